@@ -1,0 +1,25 @@
+"""Shared pytest setup: offline Hub, few threads, the real-data root."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("REID_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not DATA_ROOT.is_dir():
+        pytest.skip(f"real re-ID images not found at {DATA_ROOT} (set REID_DATA_ROOT)")
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
