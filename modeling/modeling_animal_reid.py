@@ -1,0 +1,391 @@
+"""Animal re-identification model: timm backbone, GeM pooling, embedding neck, sub-center ArcFace head.
+
+* :class:`AnimalReIDModel` is the feature extractor that ships to the Hub: ``pixel_values`` in, an
+  L2-normalised embedding out (the first output field and ``pooler_output``, so the
+  ``image-feature-extraction`` pipeline returns it).
+* :class:`AnimalReIDForMetricLearning` adds the training head of Otarashvili et al. (2024): sub-center
+  ArcFace (Deng et al., ECCV 2020) with dynamic per-class margins (Ha et al., Google Landmark Recognition
+  2020), and exports the feature extractor alone.
+
+References:
+    Otarashvili, L. et al. "Multispecies Animal Re-ID Using a Large Community-Curated Dataset", 2024.
+    Deng, J. et al. "Sub-center ArcFace: Boosting Face Recognition by Large-scale Noisy Web Faces", ECCV 2020.
+    Radenović, F. et al. "Fine-tuning CNN Image Retrieval with No Human Annotation" (GeM), TPAMI 2018.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_animal_reid import AnimalReIDConfig
+from .image_processing_animal_reid import AnimalReIDImageProcessor
+
+
+def _no_autocast(device_type: str):
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling over the spatial dims of an NCHW map, computed in fp32.
+
+    ``(mean(clamp(x, eps) ** p)) ** (1 / p)``: p = 1 is average pooling, p → ∞ max pooling.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.p = nn.Parameter(torch.tensor([float(p)]), requires_grad=learnable)
+        self.init_p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _no_autocast(x.device.type):
+            p = self.p.float().clamp(min=1e-3)
+            x = x.float().clamp(min=self.eps).pow(p)
+            return x.mean(dim=(-2, -1)).pow(1.0 / p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p.data.tolist()}, eps={self.eps}"
+
+
+def dynamic_margins(
+    counts: Sequence[int] | np.ndarray | torch.Tensor, margin_min_rad: float, margin_max_rad: float
+) -> torch.Tensor:
+    """Per-class margins from training image counts (Ha et al. 2020; used by MiewID).
+
+    ``t = n ** -0.25``; ``m = m_min + (t - min t) / (max t - min t) * (m_max - m_min)``, so the rarest identity
+    gets ``m_max`` and the most frequent ``m_min``. When every class has the same count all get ``m_max``.
+    """
+    n = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
+    if n.ndim != 1 or n.numel() == 0:
+        raise ValueError(f"counts must be a non-empty 1-D sequence, got shape {tuple(n.shape)}")
+    if (n < 1).any():
+        raise ValueError(f"every class needs at least one training image; got counts with minimum {n.min().item():g}")
+    t = n.pow(-0.25)
+    lo, hi = t.min(), t.max()
+    if hi - lo < 1e-12:
+        return torch.full_like(t, margin_max_rad, dtype=torch.float32)
+    m = margin_min_rad + (t - lo) / (hi - lo) * (margin_max_rad - margin_min_rad)
+    return m.float()
+
+
+class SubCenterArcFaceHead(nn.Module):
+    """Sub-center ArcFace with per-class additive angular margins.
+
+    ``k`` unit-norm sub-centers per class; the class cosine is the max over its sub-centers. The target
+    logit becomes ``cos(theta + m_y)`` (or ``cos(theta) - sin(pi - m) * m`` once ``theta + m`` would pass pi, the
+    standard "easy margin off" fallback), every logit is multiplied by ``scale``. k = 1 with one fixed margin
+    is plain ArcFace. Runs in fp32 even under autocast.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, subcenters: int = 3, scale: float = 30.0, margin_rad: float = 0.5):
+        super().__init__()
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.subcenters = subcenters
+        self.scale = float(scale)
+        self.weight = nn.Parameter(torch.empty(num_classes * subcenters, in_features))
+        self.register_buffer("margins_rad", torch.full((num_classes,), float(margin_rad)), persistent=True)
+        nn.init.xavier_uniform_(self.weight)
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Class cosines ``[B, C]`` (max over sub-centers), fp32."""
+        with _no_autocast(embeddings.device.type):
+            e = F.normalize(embeddings.float(), dim=-1)
+            w = F.normalize(self.weight.float(), dim=-1)
+            cos = F.linear(e, w).view(e.shape[0], self.num_classes, self.subcenters)
+            return cos.amax(dim=-1)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled logits ``[B, C]``; with ``labels`` the target logit carries its class margin."""
+        cos = self.cosine(embeddings)
+        if labels is None:
+            return cos * self.scale
+        with _no_autocast(cos.device.type):
+            labels = labels.long().view(-1, 1)
+            if labels.numel() != cos.shape[0]:
+                raise ValueError(f"got {labels.numel()} labels for {cos.shape[0]} embeddings")
+            if labels.min() < 0 or labels.max() >= self.num_classes:
+                raise ValueError(f"labels must be in [0, {self.num_classes}), got range [{labels.min()}, {labels.max()}]")
+            m = self.margins_rad.float().to(cos.device)[labels]  # [B, 1]
+            cos_t = cos.gather(1, labels).clamp(-1.0 + 1e-7, 1.0 - 1e-7)
+            sin_t = (1.0 - cos_t * cos_t).clamp(min=0.0).sqrt()
+            phi = cos_t * torch.cos(m) - sin_t * torch.sin(m)
+            th = torch.cos(math.pi - m)
+            mm = torch.sin(math.pi - m) * m
+            phi = torch.where(cos_t > th, phi, cos_t - mm)
+            logits = cos.scatter(1, labels, phi)
+            return logits * self.scale
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, subcenters={self.subcenters}, scale={self.scale}"
+
+
+@dataclass
+class AnimalReIDOutput(ModelOutput):
+    """Output of :class:`AnimalReIDModel`.
+
+    Args:
+        embeddings: ``[B, D]`` L2-normalised embeddings (compare with a dot product).
+        pooler_output: the same tensor, for the pipeline's ``pool=True`` and tools expecting it.
+        features: ``[B, D]`` neck output before normalisation.
+    """
+
+    embeddings: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    features: torch.FloatTensor | None = None
+
+
+@dataclass
+class MetricLearningOutput(ModelOutput):
+    """Output of :class:`AnimalReIDForMetricLearning` (same type in training and evaluation).
+
+    Args:
+        loss: cross-entropy over the margin logits when ``labels`` are given.
+        logits: ``[B, C]`` scaled class cosines (with margins on the targets when ``labels`` are given).
+        embeddings: ``[B, D]`` L2-normalised embeddings.
+        features: ``[B, D]`` neck output before normalisation.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    features: torch.FloatTensor | None = None
+
+
+def _make_buffers_persistent(module: nn.Module) -> None:
+    # transformers 5 builds the model on the meta device and only fills tensors found in the checkpoint:
+    # non-persistent buffers (Swin's relative position index, EVA's rope) would come back as garbage.
+    for m in module.modules():
+        m._non_persistent_buffers_set.clear()
+
+
+class AnimalReIDPreTrainedModel(PreTrainedModel):
+    config_class = AnimalReIDConfig
+    base_model_prefix = "animal_reid"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+
+    def _build_embedder(self, config: AnimalReIDConfig) -> None:
+        kwargs = dict(config.backbone_kwargs)
+        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **kwargs)
+        _make_buffers_persistent(self.backbone)
+        num_features = int(self.backbone.num_features)
+        if config.pooling == "gem":
+            self.pooling = GeM(config.gem_p, config.gem_eps, config.gem_learnable)
+        else:
+            self.pooling = None
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        if config.embedding_dim > 0:
+            self.projection = nn.Linear(num_features, config.embedding_dim)
+            dim = config.embedding_dim
+        else:
+            self.projection = None
+            dim = num_features
+        self.neck_bn = nn.BatchNorm1d(dim) if config.neck_bn else None
+        self.backbone_num_features = num_features
+        self.embedding_dim = dim
+
+    def _pool(self, feats: torch.Tensor) -> torch.Tensor:
+        pooling = self.config.pooling
+        if pooling == "backbone":
+            return self.backbone.forward_head(feats, pre_logits=True)
+        if feats.ndim != 4:
+            raise ValueError(
+                f"pooling={pooling!r} needs a spatial feature map, but backbone {self.config.backbone!r} returns a "
+                f"{feats.ndim}-D tensor {tuple(feats.shape)} (tokens?); use pooling='backbone'"
+            )
+        if getattr(self.backbone, "output_fmt", "NCHW") == "NHWC":
+            feats = feats.permute(0, 3, 1, 2)
+        if pooling == "gem":
+            return self.pooling(feats)
+        with _no_autocast(feats.device.type):
+            if pooling == "avg":
+                return feats.float().mean(dim=(-2, -1))
+            return feats.float().amax(dim=(-2, -1))
+
+    def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone.forward_features(pixel_values)
+        x = self.dropout(self._pool(feats))
+        if self.projection is not None:
+            x = self.projection(x)
+        if self.neck_bn is not None:
+            with _no_autocast(x.device.type):
+                x = self.neck_bn(x.float())
+        return x
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the layers this package owns; the timm backbone keeps its own init or loaded weights.
+        if module is self.projection:
+            init.normal_(module.weight, mean=0.0, std=0.01)
+            init.zeros_(module.bias)
+        elif module is self.neck_bn:
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, GeM):
+            init.constant_(module.p, module.init_p)
+        elif isinstance(module, SubCenterArcFaceHead):
+            init.xavier_uniform_(module.weight)
+            init.constant_(module.margins_rad, float(self.config.head["margin_rad"]) if self.config.head else 0.5)
+
+    # ------------------------------------------------------------------ convenience
+    def get_image_processor(self) -> AnimalReIDImageProcessor:
+        """The processor saved beside the weights if there is one, else one built from the config."""
+        proc = getattr(self, "_image_processor", None)
+        if proc is None:
+            name = getattr(self.config, "_name_or_path", "") or ""
+            if name:
+                try:
+                    proc = AnimalReIDImageProcessor.from_pretrained(name)
+                except Exception:  # no preprocessor_config.json there: fall back to the config
+                    proc = None
+            if proc is None:
+                proc = AnimalReIDImageProcessor.from_model_config(self.config)
+            self._image_processor = proc
+        return proc
+
+    def set_image_processor(self, processor: AnimalReIDImageProcessor) -> None:
+        self._image_processor = processor
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        images: Iterable[Any],
+        batch_size: int = 32,
+        processor: AnimalReIDImageProcessor | None = None,
+        boxes: Sequence[Sequence[float] | None] | None = None,
+        thetas: Sequence[float | None] | None = None,
+        show_progress_bar: bool | None = None,
+        num_workers: int = 0,
+        convert_to_numpy: bool = True,
+    ) -> np.ndarray | torch.Tensor:
+        """Embed images (paths, bytes, PIL images or HxWxC arrays); returns ``[N, D]`` unit-norm float32 rows.
+
+        Decoding and preprocessing run in ``num_workers`` DataLoader worker processes (0 = in this process),
+        overlapped with the forward pass.
+        """
+        from torch.utils.data import DataLoader, Dataset
+
+        images = list(images)
+        if not images:
+            return np.zeros((0, self.embedding_dim), np.float32) if convert_to_numpy else torch.zeros(0, self.embedding_dim)
+        if boxes is not None and len(boxes) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(boxes)} boxes")
+        if thetas is not None and len(thetas) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(thetas)} thetas")
+        processor = processor or self.get_image_processor()
+
+        class _Inputs(Dataset):
+            def __len__(self):
+                return len(images)
+
+            def __getitem__(self, i):
+                box = boxes[i] if boxes is not None else None
+                theta = thetas[i] if thetas is not None else 0.0
+                return processor.preprocess_one(images[i], box, theta)
+
+        param = next(self.parameters())
+        device, dtype = param.device, param.dtype
+        loader = DataLoader(
+            _Inputs(),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
+        if show_progress_bar is None:
+            show_progress_bar = len(images) > 8 * batch_size
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            loader = tqdm(loader, desc="Embedding", unit="batch")
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            for batch in loader:
+                batch = batch.to(device=device, dtype=dtype, non_blocking=True)
+                emb = self._embed(batch)
+                out.append(F.normalize(emb.float(), dim=-1).cpu())
+        finally:
+            self.train(was_training)
+        result = torch.cat(out)
+        return result.numpy() if convert_to_numpy else result
+
+
+class AnimalReIDModel(AnimalReIDPreTrainedModel):
+    """The feature extractor: image in, L2-normalised re-ID embedding out."""
+
+    def __init__(self, config: AnimalReIDConfig):
+        super().__init__(config)
+        self._build_embedder(config)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs) -> AnimalReIDOutput:
+        features = self._embed(pixel_values)
+        embeddings = F.normalize(features.float(), dim=-1)
+        out = AnimalReIDOutput(embeddings=embeddings, pooler_output=embeddings, features=features)
+        return out if return_dict is not False else out.to_tuple()
+
+
+class AnimalReIDForMetricLearning(AnimalReIDPreTrainedModel):
+    """Feature extractor + sub-center ArcFace head with dynamic margins, for training."""
+
+    def __init__(self, config: AnimalReIDConfig):
+        super().__init__(config)
+        if config.head is None:
+            raise ValueError("AnimalReIDForMetricLearning needs config.head (at least {'num_classes': N})")
+        self._build_embedder(config)
+        h = config.head
+        self.head = SubCenterArcFaceHead(self.embedding_dim, h["num_classes"], h["subcenters"], h["scale"], h["margin_rad"])
+        self.post_init()
+
+    def set_margins_from_counts(self, counts: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Set per-class margins from training image counts (``margin_mode="dynamic"``) or to the fixed margin."""
+        h = self.config.head
+        n = len(counts)
+        if n != self.head.num_classes:
+            raise ValueError(f"got counts for {n} classes, the head has {self.head.num_classes}")
+        if h["margin_mode"] == "dynamic":
+            margins = dynamic_margins(counts, h["margin_min_rad"], h["margin_max_rad"])
+        else:
+            margins = torch.full((n,), h["margin_rad"])
+        with torch.no_grad():
+            self.head.margins_rad.copy_(margins.to(self.head.margins_rad))
+        return self.head.margins_rad.detach().clone()
+
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs
+    ) -> MetricLearningOutput:
+        features = self._embed(pixel_values)
+        logits = self.head(features, labels)
+        loss = F.cross_entropy(logits, labels.long().view(-1)) if labels is not None else None
+        embeddings = F.normalize(features.float(), dim=-1)
+        out = MetricLearningOutput(loss=loss, logits=logits, embeddings=embeddings, features=features)
+        return out if return_dict is not False else out.to_tuple()
+
+    def export_feature_extractor(self) -> AnimalReIDModel:
+        """A standalone :class:`AnimalReIDModel` with this model's backbone, pooling and neck (no head)."""
+        fe = AnimalReIDModel(self.config.without_head())
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("head.")}
+        fe.load_state_dict(state, strict=True)
+        fe.to(next(self.parameters()).device)
+        if getattr(self, "_image_processor", None) is not None:
+            fe.set_image_processor(self._image_processor)
+        return fe.eval()
