@@ -1,0 +1,22 @@
+"""Source declarations. Importing this package registers every declared source in :data:`SOURCES`."""
+
+from . import local, public, synthetic  # noqa: F401  (registration side effect)
+from .base import SOURCES, Source, SourceInfo, get_source, register
+from .importers import CocoSource, MiewIDCsvSource, coco_source, miewid_source
+from .local import LOCAL_SOURCES
+from .synthetic import Synthetic, SyntheticConfig
+
+__all__ = [
+    "LOCAL_SOURCES",
+    "SOURCES",
+    "CocoSource",
+    "MiewIDCsvSource",
+    "Source",
+    "SourceInfo",
+    "Synthetic",
+    "SyntheticConfig",
+    "coco_source",
+    "get_source",
+    "miewid_source",
+    "register",
+]

@@ -1,0 +1,96 @@
+"""What a source declaration is: metadata as plain data plus one ``scan`` that maps files to records."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..download import Download, fetch_and_extract
+from ..schema import Record
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Everything a user needs to know about a source before reading a single file.
+
+    ``reported_images`` / ``reported_identities`` are the counts the source publishes (or, for the six local
+    sources, the counts of the folder as downloaded); the build report compares them with what was read.
+    ``label_fixes`` maps an original identity to the corrected one and ``exclude`` lists original image ids
+    to drop: label fixes are data, declared here, never edits buried in a reader.
+    """
+
+    name: str
+    species: tuple[str, ...]
+    license: str
+    citation: str
+    url: str
+    version: str
+    folder: str
+    description: str = ""
+    reported_images: int | None = None
+    reported_identities: int | None = None
+    downloads: tuple[Download, ...] = ()
+    label_fixes: Mapping[str, str] = field(default_factory=dict)
+    exclude: frozenset[str] = frozenset()
+
+
+class Source:
+    """Base class of every declaration. Subclasses set ``info`` and implement :meth:`scan`."""
+
+    info: SourceInfo
+
+    def scan(self, root: Path) -> Iterator[Record]:
+        """Yield one :class:`Record` per image, with the source's original ids (not namespaced)."""
+        raise NotImplementedError
+
+    def location(self, root: Path) -> Path:
+        return Path(root) / self.info.folder
+
+    def available(self, root: Path) -> bool:
+        return self.location(root).exists()
+
+    def records(self, root: Path) -> Iterator[Record]:
+        """Scan, apply the declared label fixes and exclusions, and namespace ids."""
+        if not self.available(root):
+            raise FileNotFoundError(
+                f"source {self.info.name!r}: expected its files at {self.location(root)}; "
+                f"download them with `python -m data_scripts.build --download --sources {self.info.name}`"
+                + (f" or from {self.info.url}" if self.info.url else "")
+            )
+        for rec in self.scan(Path(root)):
+            if rec.image_id in self.info.exclude:
+                logger.info("%s: excluding %s (declared in the source)", self.info.name, rec.image_id)
+                continue
+            rec.identity = self.info.label_fixes.get(rec.identity, rec.identity)
+            if not rec.license:
+                rec.license = self.info.license
+            yield rec.namespace()
+
+    def download(self, root: Path, *, progress: bool = True) -> list[Path]:
+        """Fetch and extract every declared download under ``root``."""
+        if not self.info.downloads:
+            raise ValueError(f"source {self.info.name!r} declares no plain download (see {self.info.url})")
+        return [fetch_and_extract(d, Path(root), progress=progress) for d in self.info.downloads]
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register(cls: type[Source]) -> type[Source]:
+    """Class decorator: add one instance of a declaration to :data:`SOURCES` under ``info.name``."""
+    name = cls.info.name
+    if name in SOURCES:
+        raise ValueError(f"source {name!r} declared twice")
+    SOURCES[name] = cls()
+    return cls
+
+
+def get_source(name: str) -> Source:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise KeyError(f"unknown source {name!r}; expected one of {sorted(SOURCES)}") from None
