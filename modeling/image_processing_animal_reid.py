@@ -103,7 +103,9 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         if resample not in RESAMPLES:
             raise ValueError(f"resample must be one of {RESAMPLES}, got {resample!r}")
         if len(image_mean) != 3 or len(image_std) != 3 or any(s <= 0 for s in image_std):
-            raise ValueError(f"image_mean/image_std need 3 values (std > 0), got {image_mean!r} / {image_std!r}")
+            raise ValueError(
+                f"image_mean/image_std need 3 values (std > 0), got {image_mean!r} / {image_std!r}"
+            )
         if not (isinstance(min_side, int) and min_side >= 1):
             raise ValueError(f"min_side must be an int >= 1, got {min_side!r}")
         if len(background) != 3 or not all(0 <= int(c) <= 255 for c in background):
@@ -149,21 +151,30 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
                 "(already-normalised tensors go straight to the model as pixel_values)"
             )
         elif not isinstance(image, Image.Image):
-            raise InvalidImageError(f"unsupported image input {name}; expected a path, bytes, PIL image or array")
+            raise InvalidImageError(
+                f"unsupported image input {name}; expected a path, bytes, PIL image or array"
+            )
 
-        if self.jpeg_draft and target_size is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
+        if (
+            self.jpeg_draft
+            and target_size is not None
+            and image.format == "JPEG"
+            and image.mode in ("RGB", "L")
+        ):
             image.draft(image.mode, target_size)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as err:
-            raise InvalidImageError(f"{name}: cannot decode image ({err})") from err
+            raise InvalidImageError(f"{name}: cannot decode image, truncated or corrupt ({err})") from err
         try:
             image = ImageOps.exif_transpose(image)
         except Exception:  # malformed EXIF must not lose the image: keep it unrotated
             pass
         w, h = image.size
         if min(w, h) < self.min_side:
-            raise InvalidImageError(f"{name}: image is {w}x{h} pixels; at least {self.min_side} per side is required")
+            raise InvalidImageError(
+                f"{name}: image is {w}x{h} pixels; at least {self.min_side} per side is required"
+            )
         return self._to_rgb(image, name)
 
     def _to_rgb(self, image: Image.Image, name: str) -> Image.Image:
@@ -185,7 +196,9 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
             if lo >= 0 and hi <= 1:
                 arr = arr * 255.0
             elif lo < 0 or hi > 255:
-                raise InvalidImageError(f"{name}: float image values in [{lo:.3g}, {hi:.3g}]; expected [0, 1] or [0, 255]")
+                raise InvalidImageError(
+                    f"{name}: float image values in [{lo:.3g}, {hi:.3g}]; expected [0, 1] or [0, 255]"
+                )
             return Image.fromarray(np.round(arr).astype(np.uint8), mode="L").convert("RGB")
         if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
             rgba = image.convert("RGBA")
@@ -228,12 +241,18 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         # rotated box: corners of the box rotated about its centre must touch the image
         cx, cy = x + w / 2.0, y + h / 2.0
         c, s = math.cos(theta), math.sin(theta)
-        corners = [(cx + c * dx - s * dy, cy + s * dx + c * dy) for dx in (-w / 2, w / 2) for dy in (-h / 2, h / 2)]
+        corners = [
+            (cx + c * dx - s * dy, cy + s * dx + c * dy) for dx in (-w / 2, w / 2) for dy in (-h / 2, h / 2)
+        ]
         xs, ys = [p[0] for p in corners], [p[1] for p in corners]
         if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= iw or min(ys) >= ih:
-            raise InvalidImageError(f"rotated bounding box {list(box)} (theta={theta}) lies outside the {iw}x{ih} image")
+            raise InvalidImageError(
+                f"rotated bounding box {list(box)} (theta={theta}) lies outside the {iw}x{ih} image"
+            )
         if min(w, h) < self.min_side:
-            raise InvalidImageError(f"bounding box {list(box)} is smaller than {self.min_side} pixels per side")
+            raise InvalidImageError(
+                f"bounding box {list(box)} is smaller than {self.min_side} pixels per side"
+            )
         ow, oh = max(1, round(w)), max(1, round(h))
         # output pixel (u, v) samples the image at centre + R(theta) @ (u - w/2, v - h/2)
         a, b = c * w / ow, -s * h / oh
@@ -254,7 +273,9 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         if self.resample == "bilinear_noaa":
             t = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float()
             if t.shape[1:] != (th, tw):
-                t = F.interpolate(t[None], size=(th, tw), mode="bilinear", align_corners=False, antialias=False)[0]
+                t = F.interpolate(
+                    t[None], size=(th, tw), mode="bilinear", align_corners=False, antialias=False
+                )[0]
             return t.clamp_(0, 255).round_().div_(255.0)
         if image.size != (tw, th):
             image = image.resize((tw, th), _PIL_FILTERS[self.resample])
@@ -302,7 +323,9 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         single = not isinstance(images, list | tuple)
         if single:
             images = [images]
-            if boxes is not None and (len(boxes) == 4 and not isinstance(boxes[0], list | tuple | type(None))):
+            if boxes is not None and (
+                len(boxes) == 4 and not isinstance(boxes[0], list | tuple | type(None))
+            ):
                 boxes = [boxes]
             if thetas is not None and not isinstance(thetas, list | tuple):
                 thetas = [thetas]
@@ -346,7 +369,11 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
     def from_model_config(cls, config: Any, **overrides) -> AnimalReIDImageProcessor:
         """The processor matching a model config's input size and normalisation."""
         h, w = config.image_size
-        kwargs = {"size": {"height": h, "width": w}, "image_mean": config.image_mean, "image_std": config.image_std}
+        kwargs = {
+            "size": {"height": h, "width": w},
+            "image_mean": config.image_mean,
+            "image_std": config.image_std,
+        }
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -361,7 +388,7 @@ def _open(fp: Any, name: str) -> Image.Image:
     except UnidentifiedImageError as err:
         raise InvalidImageError(f"{name}: not a readable image file ({err})") from err
     except OSError as err:
-        raise InvalidImageError(f"{name}: cannot open image ({err})") from err
+        raise InvalidImageError(f"{name}: cannot decode image, truncated or corrupt ({err})") from err
 
 
 def _from_array(arr: np.ndarray, name: str) -> Image.Image:
@@ -381,7 +408,9 @@ def _from_array(arr: np.ndarray, name: str) -> Image.Image:
             raise InvalidImageError(f"{name}: float array values in [{lo:.3g}, {hi:.3g}]; expected [0, 1]")
         arr = np.round(arr * 255.0).astype(np.uint8)
     else:
-        raise InvalidImageError(f"{name}: unsupported array dtype {arr.dtype}; expected uint8, uint16 or float in [0, 1]")
+        raise InvalidImageError(
+            f"{name}: unsupported array dtype {arr.dtype}; expected uint8, uint16 or float in [0, 1]"
+        )
     c = arr.shape[2]
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[c]
     return Image.fromarray(arr[:, :, 0] if c == 1 else np.ascontiguousarray(arr), mode=mode)

@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_animal_reid import AnimalReIDConfig
+from .configuration_animal_reid import AnimalReIDConfig, validate_head
 from .image_processing_animal_reid import AnimalReIDImageProcessor
 
 
@@ -71,7 +71,9 @@ def dynamic_margins(
     if n.ndim != 1 or n.numel() == 0:
         raise ValueError(f"counts must be a non-empty 1-D sequence, got shape {tuple(n.shape)}")
     if (n < 1).any():
-        raise ValueError(f"every class needs at least one training image; got counts with minimum {n.min().item():g}")
+        raise ValueError(
+            f"every class needs at least one training image; got counts with minimum {n.min().item():g}"
+        )
     t = n.pow(-0.25)
     lo, hi = t.min(), t.max()
     if hi - lo < 1e-12:
@@ -89,7 +91,14 @@ class SubCenterArcFaceHead(nn.Module):
     is plain ArcFace. Runs in fp32 even under autocast.
     """
 
-    def __init__(self, in_features: int, num_classes: int, subcenters: int = 3, scale: float = 30.0, margin_rad: float = 0.5):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        subcenters: int = 3,
+        scale: float = 30.0,
+        margin_rad: float = 0.5,
+    ):
         super().__init__()
         self.in_features = in_features
         self.num_classes = num_classes
@@ -117,7 +126,9 @@ class SubCenterArcFaceHead(nn.Module):
             if labels.numel() != cos.shape[0]:
                 raise ValueError(f"got {labels.numel()} labels for {cos.shape[0]} embeddings")
             if labels.min() < 0 or labels.max() >= self.num_classes:
-                raise ValueError(f"labels must be in [0, {self.num_classes}), got range [{labels.min()}, {labels.max()}]")
+                raise ValueError(
+                    f"labels must be in [0, {self.num_classes}), got range [{labels.min()}, {labels.max()}]"
+                )
             m = self.margins_rad.float().to(cos.device)[labels]  # [B, 1]
             cos_t = cos.gather(1, labels).clamp(-1.0 + 1e-7, 1.0 - 1e-7)
             sin_t = (1.0 - cos_t * cos_t).clamp(min=0.0).sqrt()
@@ -241,7 +252,9 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
             init.constant_(module.p, module.init_p)
         elif isinstance(module, SubCenterArcFaceHead):
             init.xavier_uniform_(module.weight)
-            init.constant_(module.margins_rad, float(self.config.head["margin_rad"]) if self.config.head else 0.5)
+            init.constant_(
+                module.margins_rad, float(self.config.head["margin_rad"]) if self.config.head else 0.5
+            )
 
     # ------------------------------------------------------------------ convenience
     def get_image_processor(self) -> AnimalReIDImageProcessor:
@@ -283,7 +296,11 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
 
         images = list(images)
         if not images:
-            return np.zeros((0, self.embedding_dim), np.float32) if convert_to_numpy else torch.zeros(0, self.embedding_dim)
+            return (
+                np.zeros((0, self.embedding_dim), np.float32)
+                if convert_to_numpy
+                else torch.zeros(0, self.embedding_dim)
+            )
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"got {len(images)} images but {len(boxes)} boxes")
         if thetas is not None and len(thetas) != len(images):
@@ -312,7 +329,7 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         if show_progress_bar is None:
             show_progress_bar = len(images) > 8 * batch_size
         if show_progress_bar:
-            from tqdm.auto import tqdm
+            from transformers.utils.logging import tqdm
 
             loader = tqdm(loader, desc="Embedding", unit="batch")
         was_training = self.training
@@ -337,7 +354,9 @@ class AnimalReIDModel(AnimalReIDPreTrainedModel):
         self._build_embedder(config)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs) -> AnimalReIDOutput:
+    def forward(
+        self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs
+    ) -> AnimalReIDOutput:
         features = self._embed(pixel_values)
         embeddings = F.normalize(features.float(), dim=-1)
         out = AnimalReIDOutput(embeddings=embeddings, pooler_output=embeddings, features=features)
@@ -351,9 +370,13 @@ class AnimalReIDForMetricLearning(AnimalReIDPreTrainedModel):
         super().__init__(config)
         if config.head is None:
             raise ValueError("AnimalReIDForMetricLearning needs config.head (at least {'num_classes': N})")
+        # from_pretrained(..., head={...}) sets the attribute after the config's own validation
+        config.head = validate_head(config.head)
         self._build_embedder(config)
         h = config.head
-        self.head = SubCenterArcFaceHead(self.embedding_dim, h["num_classes"], h["subcenters"], h["scale"], h["margin_rad"])
+        self.head = SubCenterArcFaceHead(
+            self.embedding_dim, h["num_classes"], h["subcenters"], h["scale"], h["margin_rad"]
+        )
         self.post_init()
 
     def set_margins_from_counts(self, counts: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -371,7 +394,11 @@ class AnimalReIDForMetricLearning(AnimalReIDPreTrainedModel):
         return self.head.margins_rad.detach().clone()
 
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
     ) -> MetricLearningOutput:
         features = self._embed(pixel_values)
         logits = self.head(features, labels)
