@@ -1,0 +1,103 @@
+"""Training augmentations that add to the image processor's preprocessing, never replace it.
+
+The processor (crop to the annotated box, rotate by theta, resize, normalise) is the single
+preprocessing path of training, evaluation and inference. `ReIDAugment` runs *after* it, on the
+normalised ``[3, H, W]`` tensor, and returns a tensor of the same size and normalisation, so the
+model never sees a different resize or normalisation at training time than at inference time.
+
+Re-ID safe defaults: no horizontal flip (left and right flanks of an animal are different patterns),
+a mild random resized crop, a small rotation, photometric jitter and random erasing. Every random draw
+comes from a ``torch.Generator`` seeded per sample, so the augmented epoch is reproducible whatever
+the number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+
+@dataclass
+class ReIDAugment:
+    """Random re-ID augmentation of one processed image tensor.
+
+    Args:
+        image_mean, image_std: the processor's normalisation (to apply photometric jitter in pixel space).
+        crop_scale: range of the area fraction kept by the random resized crop.
+        crop_ratio: range of the aspect ratio of the crop.
+        rotation_deg: maximum absolute rotation in degrees.
+        brightness, contrast, saturation: jitter strengths (factor drawn in [1 - x, 1 + x]).
+        erase_prob: probability of erasing one random rectangle (2-20% of the area).
+        hflip: flip horizontally with probability 0.5 (off by default; flanks differ).
+    """
+
+    image_mean: Sequence[float]
+    image_std: Sequence[float]
+    crop_scale: tuple[float, float] = (0.7, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotation_deg: float = 10.0
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.2
+    erase_prob: float = 0.25
+    hflip: bool = False
+
+    def _uniform(self, g: torch.Generator, low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=g))
+
+    def _crop_box(self, g: torch.Generator, height: int, width: int) -> tuple[int, int, int, int]:
+        area = height * width
+        log_ratio = (math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
+        for _ in range(10):
+            target = area * self._uniform(g, *self.crop_scale)
+            ratio = math.exp(self._uniform(g, *log_ratio))
+            w = round(math.sqrt(target * ratio))
+            h = round(math.sqrt(target / ratio))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (), generator=g))
+                left = int(torch.randint(0, width - w + 1, (), generator=g))
+                return top, left, h, w
+        return 0, 0, height, width
+
+    def __call__(self, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if pixel_values.ndim != 3 or pixel_values.shape[0] != 3:
+            raise ValueError(f"expected a processed [3, H, W] tensor, got shape {tuple(pixel_values.shape)}")
+        g = generator
+        x = pixel_values.float()
+        _, height, width = x.shape
+        mean = torch.as_tensor(self.image_mean, dtype=x.dtype).view(3, 1, 1)
+        std = torch.as_tensor(self.image_std, dtype=x.dtype).view(3, 1, 1)
+
+        # Photometric jitter in pixel space [0, 1], then back to the processor's normalisation.
+        img = (x * std + mean).clamp(0.0, 1.0)
+        if self.brightness > 0:
+            img = TF.adjust_brightness(img, self._uniform(g, 1 - self.brightness, 1 + self.brightness))
+        if self.contrast > 0:
+            img = TF.adjust_contrast(img, self._uniform(g, 1 - self.contrast, 1 + self.contrast))
+        if self.saturation > 0:
+            img = TF.adjust_saturation(img, self._uniform(g, 1 - self.saturation, 1 + self.saturation))
+        x = (img - mean) / std
+
+        # Geometry: the crop is resized back to the processor's output size; rotation fills with 0,
+        # which is the mean colour in normalised space.
+        if self.crop_scale != (1.0, 1.0):
+            top, left, h, w = self._crop_box(g, height, width)
+            x = TF.resized_crop(x, top, left, h, w, [height, width], antialias=True)
+        if self.rotation_deg > 0:
+            angle = self._uniform(g, -self.rotation_deg, self.rotation_deg)
+            x = TF.rotate(x, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+        if self.hflip and float(torch.rand((), generator=g)) < 0.5:
+            x = TF.horizontal_flip(x)
+        if self.erase_prob > 0 and float(torch.rand((), generator=g)) < self.erase_prob:
+            frac = self._uniform(g, 0.02, 0.2)
+            ratio = math.exp(self._uniform(g, math.log(0.3), math.log(3.3)))
+            h = min(height, max(1, round(math.sqrt(frac * height * width / ratio))))
+            w = min(width, max(1, round(math.sqrt(frac * height * width * ratio))))
+            top = int(torch.randint(0, height - h + 1, (), generator=g))
+            left = int(torch.randint(0, width - w + 1, (), generator=g))
+            x = TF.erase(x, top, left, h, w, torch.zeros(()))
+        return x.to(pixel_values.dtype)

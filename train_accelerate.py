@@ -1,0 +1,675 @@
+#!/usr/bin/env python
+"""Train the multispecies re-ID model with Accelerate: corpus in, exported feature extractor + model card out.
+
+One CPU, one GPU or many; the loop is the same (``prepare``, ``accumulate``, ``gather_for_metrics``)::
+
+    python train_accelerate.py configs/train_default.yaml               # the embedded default (CPU, minutes)
+    python train_accelerate.py configs/train_default.yaml --epochs 3    # YAML, then command-line overrides
+    python train_accelerate.py configs/train_default.yaml --resume      # continue a killed run
+    accelerate launch --num_processes 4 train_accelerate.py configs/train_paper_gpu.yaml     # multi-GPU DDP
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 train_accelerate.py ...              # 2-process CPU
+
+The run directory (``output_dir``) receives ``config.yaml`` (the resolved configuration), ``metrics.jsonl``
+(one line per epoch: loss, learning rates, images/s, validation metrics), ``loss.png`` / ``val_metrics.png``,
+``train.log``, ``checkpoints/checkpoint_<n>`` (``accelerator.save_state`` after every epoch), ``best/`` (the
+weights of the best validation epoch), ``results.json`` and ``export/`` (feature extractor, processor and
+README.md model card, ready for ``AutoModel.from_pretrained(dir, trust_remote_code=True)``).
+See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.logging import get_logger
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from animal_reid.metrics import evaluate_reid
+from animal_reid.training.augment import ReIDAugment
+from animal_reid.training.config import TrainConfig, parse_config, save_config
+from animal_reid.training.data import (
+    ReIDImageDataset,
+    SeededBatches,
+    dataloader_kwargs,
+    ensure_corpus,
+    load_corpus,
+    split_metadata,
+)
+from animal_reid.training.model_card import render_model_card
+from animal_reid.training.plots import plot_history
+from animal_reid.training.sampler import PKBatchSampler
+from animal_reid.training.schedule import build_scheduler
+from modeling import AnimalReIDConfig, AnimalReIDForMetricLearning, AnimalReIDImageProcessor, AnimalReIDModel
+
+logger = get_logger(__name__)
+
+REPORTED_METRICS = ("top1", "top5", "mAP")
+
+
+class TrainingState:
+    """Progress that is not in the model, optimiser or scheduler; saved with every checkpoint."""
+
+    def __init__(self) -> None:
+        self.epochs_done = 0
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epochs_done": self.epochs_done,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs_done = int(state["epochs_done"])
+        self.best_score = state["best_score"]
+        self.best_epoch = state["best_epoch"]
+        self.history = list(state["history"])
+
+
+# --------------------------------------------------------------------------- model
+
+
+def head_options(config: TrainConfig, num_classes: int) -> dict[str, Any]:
+    m = config.model
+    return {
+        "num_classes": num_classes,
+        "subcenters": m.subcenters,
+        "scale": m.scale,
+        "margin_mode": "dynamic" if m.dynamic_margins else "fixed",
+        "margin_rad": m.margin_max,
+        "margin_min_rad": m.margin_min,
+        "margin_max_rad": m.margin_max,
+    }
+
+
+def build_model(
+    config: TrainConfig, num_classes: int
+) -> tuple[AnimalReIDForMetricLearning, AnimalReIDImageProcessor]:
+    """The training model and its processor: from scratch/ImageNet, or from an exported feature extractor."""
+    m = config.model
+    head = head_options(config, num_classes)
+    if m.init_from:
+        fe = AnimalReIDModel.from_pretrained(m.init_from)
+        fe_cfg = fe.config.to_dict()
+        for key in (
+            "head",
+            "architectures",
+            "auto_map",
+            "model_type",
+            "transformers_version",
+            "_name_or_path",
+        ):
+            fe_cfg.pop(key, None)
+        model = AnimalReIDForMetricLearning(AnimalReIDConfig(**fe_cfg, head=head))
+        result = model.load_state_dict(fe.state_dict(), strict=False)
+        unexpected = list(result.unexpected_keys)
+        not_head = [k for k in result.missing_keys if not k.startswith("head.")]
+        if unexpected or not_head:
+            raise ValueError(
+                f"{m.init_from}: expected a feature extractor whose weights cover everything but the head; "
+                f"missing {not_head[:5]}, unexpected {unexpected[:5]}"
+            )
+        try:
+            processor = AnimalReIDImageProcessor.from_pretrained(m.init_from)
+        except OSError:
+            processor = AnimalReIDImageProcessor.from_model_config(model.config)
+        ignored = {
+            k: getattr(m, k)
+            for k, v in (("backbone", fe.config.backbone), ("embedding_dim", fe.config.embedding_dim))
+            if getattr(m, k) != v
+        }
+        if [m.image_size, m.image_size] != list(fe.config.image_size):
+            ignored["image_size"] = m.image_size
+        if ignored:
+            logger.warning(
+                "fine-tuning keeps the architecture and input size of %s; ignoring %s",
+                m.init_from,
+                ignored,
+                main_process_only=True,
+            )
+        del fe
+        return model, processor
+
+    model_cfg = AnimalReIDConfig(
+        backbone=m.backbone, embedding_dim=m.embedding_dim, image_size=m.image_size, head=head
+    )
+    model = AnimalReIDForMetricLearning(model_cfg)
+    if m.init_weights == "imagenet":
+        from animal_reid.weights import load_imagenet_backbone
+
+        load_imagenet_backbone(model)
+    elif m.init_weights != "none":
+        from animal_reid.weights import load_backbone_file
+
+        load_backbone_file(model, m.init_weights)
+    return model, AnimalReIDImageProcessor.from_model_config(model.config)
+
+
+def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: backbone vs the rest (pooling, neck, head), each split into decayed / not decayed."""
+    t = config.train
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        part = "backbone" if name.startswith("backbone.") else "head"
+        decay = p.ndim >= 2  # matrices and kernels; not biases, norms, GeM p or margins
+        groups.setdefault((part, decay), []).append(p)
+    out = []
+    for (part, decay), params in sorted(groups.items()):
+        out.append(
+            {
+                "params": params,
+                "lr": t.lr_backbone if part == "backbone" else t.lr_head,
+                "weight_decay": t.weight_decay if decay else 0.0,
+                "name": f"{part}{'' if decay else '_no_decay'}",
+            }
+        )
+    return out
+
+
+def set_backbone_frozen(model: torch.nn.Module, frozen: bool) -> None:
+    """Head-only warm-up: no gradient into the backbone and its BatchNorm layers in eval mode.
+
+    Eval mode keeps the running statistics of the pretrained backbone (a train-mode BatchNorm updates them
+    on every forward pass even when its weights get no gradient). Call after ``model.train()``.
+    """
+    backbone = model.backbone
+    for p in backbone.parameters():
+        p.requires_grad_(not frozen)
+    if frozen:
+        backbone.eval()
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def embed(accelerator: Accelerator, model, loader, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and dataset row indices of a prepared loader, gathered from every process."""
+    model.eval()
+    embs, idxs = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+        with accelerator.autocast():
+            out = model(pixel_values=batch["pixel_values"])
+        emb, idx = accelerator.gather_for_metrics((out.embeddings.float().contiguous(), batch["index"]))
+        embs.append(emb.cpu())
+        idxs.append(idx.cpu())
+    return torch.cat(embs).numpy(), torch.cat(idxs).numpy()
+
+
+def evaluate(
+    accelerator: Accelerator,
+    model,
+    loader,
+    meta: dict[str, list],
+    desc: str,
+    gallery: tuple[np.ndarray, dict[str, list]] | None = None,
+) -> dict[str, Any]:
+    """Re-ID metrics of one split (per species and averaged), with ``animal_reid.metrics.evaluate_reid``."""
+    emb, idx = embed(accelerator, model, loader, desc)
+    order = np.argsort(idx, kind="stable")
+    emb, idx = emb[order], idx[order]
+    labels = [meta["identity"][i] for i in idx]
+    species = [meta["species"][i] for i in idx]
+    encounters = [meta["encounter"][i] for i in idx] if "encounter" in meta else None
+    kwargs: dict[str, Any] = {}
+    if gallery is not None:
+        g_emb, g_meta = gallery
+        kwargs = {
+            "gallery_embeddings": g_emb,
+            "gallery_labels": g_meta["identity"],
+            "gallery_encounters": g_meta.get("encounter"),
+            "gallery_species": g_meta["species"],
+        }
+    return evaluate_reid(emb, labels, encounters, species, topk=(1, 5, 10), **kwargs)
+
+
+def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """The part of an ``evaluate_reid`` result kept per epoch: averages and per-species top-1/top-5/mAP."""
+    out = {k: result.get(k) for k in REPORTED_METRICS}
+    out["n_queries"] = result.get("n_queries")
+    out["per_species"] = {
+        sp: {k: v.get(k) for k in (*REPORTED_METRICS, "n_queries")}
+        for sp, v in result.get("per_species", {}).items()
+    }
+    return out
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _reset_accelerate_singletons() -> None:
+    """Allow `main` to run again in the same single process (tests do) with other precision settings."""
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
+def _last_checkpoint_index(ckpt_dir: Path) -> int | None:
+    found = [
+        int(m.group(1))
+        for p in ckpt_dir.glob("checkpoint_*")
+        if (m := re.fullmatch(r"checkpoint_(\d+)", p.name))
+    ]
+    return max(found) if found else None
+
+
+def _setup_logging(accelerator: Accelerator, run_dir: Path) -> logging.Handler | None:
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
+    for noisy in ("httpx", "httpcore", "urllib3", "PIL", "matplotlib", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not accelerator.is_main_process:
+        return None
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv`` (``[config.yaml] [--flag value ...]``), train, evaluate, export; return results.json's dict."""
+    return run(parse_config(argv))
+
+
+def run(config: TrainConfig) -> dict[str, Any]:
+    t_start = time.time()
+    tc, mc, dc = config.train, config.model, config.data
+    run_dir = Path(tc.output_dir)
+    ckpt_dir = run_dir / "checkpoints"
+
+    _reset_accelerate_singletons()
+    accelerator = Accelerator(
+        mixed_precision=tc.mixed_precision,
+        gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        project_config=ProjectConfiguration(
+            project_dir=str(run_dir), automatic_checkpoint_naming=True, total_limit=tc.save_total_limit
+        ),
+        # A head-only warm-up leaves the backbone without gradients: DDP must look for unused parameters.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=tc.freeze_backbone_epochs > 0)],
+    )
+    resuming = tc.resume and _last_checkpoint_index(ckpt_dir) is not None
+    if not tc.resume and _last_checkpoint_index(ckpt_dir) is not None:
+        raise FileExistsError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue that run or choose another output_dir"
+        )
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    handler = _setup_logging(accelerator, run_dir)
+    try:
+        return _run(config, accelerator, run_dir, ckpt_dir, resuming, t_start)
+    finally:
+        accelerator.end_training()
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _run(
+    config: TrainConfig,
+    accelerator: Accelerator,
+    run_dir: Path,
+    ckpt_dir: Path,
+    resuming: bool,
+    t_start: float,
+) -> dict[str, Any]:
+    tc, mc, dc = config.train, config.model, config.data
+    logger.info("%s", accelerator.state, main_process_only=True)
+    if accelerator.is_main_process:
+        save_config(config, run_dir / "config.yaml")
+    set_seed(tc.seed)
+
+    # ---- data
+    if accelerator.is_main_process:
+        ensure_corpus(dc, is_main_process=True)
+    accelerator.wait_for_everyone()
+    with accelerator.main_process_first():
+        corpus = load_corpus(dc, seed=tc.seed)
+
+    # ---- model
+    model, processor = build_model(config, corpus.num_classes)
+    margins = model.set_margins_from_counts(corpus.train_counts)
+    logger.info(
+        "%d identities; margins %.3f-%.3f rad (%s); %.1fM parameters",
+        corpus.num_classes,
+        float(margins.min()),
+        float(margins.max()),
+        model.config.head["margin_mode"],
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        main_process_only=True,
+    )
+
+    augment = None
+    if tc.augment == "default":
+        augment = ReIDAugment(processor.image_mean, processor.image_std, hflip=tc.hflip)
+    train_split = corpus.splits["train"]
+    train_meta = split_metadata(train_split)
+    train_ds = ReIDImageDataset(train_split, processor, corpus.label_of, augment, dc.use_boxes)
+    sampler = PKBatchSampler(
+        [corpus.label_of[i] for i in train_meta["identity"]],
+        tc.identities_per_batch,
+        tc.images_per_identity,
+        seed=tc.seed,
+        batches_per_epoch=tc.batches_per_epoch,
+        species=train_meta["species"],
+        one_species_per_batch=tc.one_species_per_batch,
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+    )
+    # The sampler shards whole P x K batches across processes itself, so this loader is NOT passed to
+    # accelerator.prepare (which would shard it again); batches are moved to the device below.
+    train_loader = DataLoader(
+        train_ds,
+        batch_sampler=SeededBatches(sampler, tc.seed),
+        pin_memory=accelerator.device.type == "cuda",
+        **dataloader_kwargs(dc.num_workers),
+    )
+
+    def eval_loader(split: str) -> DataLoader:
+        ds = ReIDImageDataset(corpus.splits[split], processor, corpus.label_of, None, dc.use_boxes)
+        return DataLoader(
+            ds, batch_size=tc.eval_batch_size, shuffle=False, **dataloader_kwargs(dc.num_workers)
+        )
+
+    val_meta = split_metadata(corpus.splits["validation"])
+    test_meta = split_metadata(corpus.splits["test"])
+
+    # ---- optimiser and schedule, counted in optimiser steps
+    optimizer = torch.optim.AdamW(parameter_groups(model, config))
+    updates_per_epoch = len(sampler) // tc.gradient_accumulation_steps
+    if updates_per_epoch < 1:
+        raise ValueError(
+            f"{len(sampler)} batches per process per epoch is fewer than gradient_accumulation_steps="
+            f"{tc.gradient_accumulation_steps}; raise batches_per_epoch"
+        )
+    batches_this_epoch = updates_per_epoch * tc.gradient_accumulation_steps
+    # A prepared scheduler steps once per process at each optimiser step (accelerate's convention when
+    # batches are not split), so the curve is laid out over updates of all processes together.
+    sched_steps_per_epoch = updates_per_epoch * accelerator.num_processes
+    total_steps = sched_steps_per_epoch * tc.epochs
+    warmup_steps = min(total_steps, round(tc.warmup_epochs * sched_steps_per_epoch))
+    scheduler = build_scheduler(optimizer, warmup_steps, total_steps, tc.min_lr_ratio)
+
+    val_loader, test_loader = eval_loader("validation"), eval_loader("test")
+    model, optimizer, scheduler, val_loader, test_loader = accelerator.prepare(
+        model, optimizer, scheduler, val_loader, test_loader
+    )
+    gallery_loader = None
+    if tc.eval_protocol == "query_gallery":
+        gallery_loader = accelerator.prepare(eval_loader("train"))
+    state = TrainingState()
+    accelerator.register_for_checkpointing(state)
+
+    if resuming:
+        accelerator.load_state()  # the latest checkpoints/checkpoint_<n>
+        last = _last_checkpoint_index(ckpt_dir)
+        # accelerate names the next save checkpoint_<iteration>; it starts at 0 in a new process (HF_NOTES).
+        accelerator.project_configuration.iteration = last + 1
+        logger.info(
+            "resumed from checkpoint_%d after epoch %d", last, state.epochs_done, main_process_only=True
+        )
+    elif tc.resume:
+        logger.info(
+            "--resume given but %s holds no checkpoint: starting a new run", ckpt_dir, main_process_only=True
+        )
+    if accelerator.is_main_process:
+        _write_history(run_dir, state.history)
+
+    unwrapped = accelerator.unwrap_model(model)
+    metric_key = tc.metric_for_best
+    logger.info(
+        "training %d epochs x %d batches/process (%d processes, P=%d x K=%d, accumulation %d): %d optimiser steps",
+        tc.epochs,
+        batches_this_epoch,
+        accelerator.num_processes,
+        tc.identities_per_batch,
+        tc.images_per_identity,
+        tc.gradient_accumulation_steps,
+        updates_per_epoch * tc.epochs,
+        main_process_only=True,
+    )
+
+    for epoch in range(state.epochs_done, tc.epochs):
+        # Every epoch is a function of (seed, epoch): the batches, the augmentations and the torch RNG,
+        # so a run resumed at an epoch boundary continues exactly as an uninterrupted one.
+        set_seed(tc.seed + epoch, device_specific=True)
+        train_loader.batch_sampler.set_epoch(epoch)
+        model.train()
+        frozen = epoch < tc.freeze_backbone_epochs
+        set_backbone_frozen(unwrapped, frozen)
+        if frozen:
+            logger.info(
+                "epoch %d: head-only warm-up (backbone frozen, BatchNorm statistics kept)",
+                epoch + 1,
+                main_process_only=True,
+            )
+
+        losses: list[float] = []
+        n_images = 0
+        t0 = time.time()
+        bar = tqdm(
+            total=batches_this_epoch,
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            disable=not accelerator.is_local_main_process,
+            leave=False,
+        )
+        for step, batch in enumerate(train_loader):
+            if step >= batches_this_epoch:
+                break
+            pixel_values = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+            labels = batch["labels"].to(accelerator.device, non_blocking=True)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    out = model(pixel_values=pixel_values, labels=labels)
+                loss = out.loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tc.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            n_images += pixel_values.shape[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if (
+                accelerator.sync_gradients
+                and (step + 1) // tc.gradient_accumulation_steps % tc.log_every == 0
+            ):
+                logger.info(
+                    "epoch %d step %d/%d loss %.4f lr %.2e",
+                    epoch + 1,
+                    step + 1,
+                    batches_this_epoch,
+                    float(np.mean(losses[-tc.log_every * tc.gradient_accumulation_steps :])),
+                    scheduler.get_last_lr()[0],
+                    main_process_only=True,
+                )
+        bar.close()
+        train_time = time.time() - t0
+        # Mean loss and image count over all processes.
+        totals = accelerator.reduce(
+            torch.tensor(
+                [sum(losses), len(losses), n_images], dtype=torch.float64, device=accelerator.device
+            ),
+            reduction="sum",
+        )
+        epoch_loss = float(totals[0] / totals[1])
+        images_per_s = float(totals[2]) / train_time
+
+        t_eval = time.time()
+        gallery = None
+        if gallery_loader is not None:
+            g_emb, g_idx = embed(accelerator, model, gallery_loader, "gallery (train)")
+            order = np.argsort(g_idx, kind="stable")
+            gallery = (g_emb[order], {k: [v[i] for i in g_idx[order]] for k, v in train_meta.items()})
+        val = evaluate(accelerator, model, val_loader, val_meta, "validation", gallery)
+        record = {
+            "epoch": epoch + 1,
+            "step": (epoch + 1) * updates_per_epoch,
+            "train_loss": epoch_loss,
+            "lr_backbone": _group_lr(optimizer, "backbone"),
+            "lr_head": _group_lr(optimizer, "head"),
+            "images_per_s": images_per_s,
+            "train_time_s": train_time,
+            "eval_time_s": time.time() - t_eval,
+            "backbone_frozen": frozen,
+            "val": summary_metrics(val),
+        }
+        score = record["val"][metric_key]
+        improved = score is not None and (state.best_score is None or score > state.best_score)
+        if improved:
+            state.best_score, state.best_epoch = float(score), epoch + 1
+            accelerator.save_model(model, run_dir / "best")
+        record["best_epoch"] = state.best_epoch
+        state.history.append(record)
+        state.epochs_done = epoch + 1
+        logger.info(
+            "epoch %d: loss %.4f, %.1f images/s, val top-1 %s top-5 %s mAP %s%s",
+            epoch + 1,
+            epoch_loss,
+            images_per_s,
+            _fmt(record["val"]["top1"]),
+            _fmt(record["val"]["top5"]),
+            _fmt(record["val"]["mAP"]),
+            " (best)" if improved else "",
+            main_process_only=True,
+        )
+        accelerator.save_state()
+        if accelerator.is_main_process:
+            _write_history(run_dir, state.history)
+            plot_history(state.history, run_dir)
+
+    # ---- final: best model on test, export, card
+    accelerator.wait_for_everyone()
+    best_file = run_dir / "best" / "model.safetensors"
+    if state.best_epoch is not None and best_file.is_file():
+        from safetensors.torch import load_file
+
+        unwrapped.load_state_dict(load_file(str(best_file)))
+        logger.info(
+            "loaded the best epoch (%d, val %s %.4f)",
+            state.best_epoch,
+            metric_key,
+            state.best_score,
+            main_process_only=True,
+        )
+    else:
+        logger.warning(
+            "no validation score was ever computed; exporting the last epoch", main_process_only=True
+        )
+    gallery = None
+    if gallery_loader is not None:
+        val_gallery_loader = accelerator.prepare(eval_loader("validation"))
+        g_emb, g_idx = embed(accelerator, model, gallery_loader, "gallery (train)")
+        v_emb, v_idx = embed(accelerator, model, val_gallery_loader, "gallery (validation)")
+        g_meta = {k: [train_meta[k][i] for i in g_idx] + [val_meta[k][i] for i in v_idx] for k in train_meta}
+        gallery = (np.concatenate([g_emb, v_emb]), g_meta)
+    test = evaluate(accelerator, model, test_loader, test_meta, "test", gallery)
+
+    results: dict[str, Any] = {
+        "best_epoch": state.best_epoch,
+        "metric_for_best": metric_key,
+        "val_best": state.history[state.best_epoch - 1]["val"] if state.best_epoch else None,
+        "test": summary_metrics(test),
+        "test_protocol": test.get("protocol"),
+        "epochs": tc.epochs,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": tc.mixed_precision,
+        "train_images_per_s": float(np.mean([h["images_per_s"] for h in state.history]))
+        if state.history
+        else None,
+        "wall_time_s": None,
+        "export_dir": str(run_dir / "export"),
+    }
+    export_dir = run_dir / "export"
+    if accelerator.is_main_process:
+        fe = unwrapped.export_feature_extractor()
+        fe.save_pretrained(export_dir, safe_serialization=True)
+        processor.save_pretrained(export_dir)
+        results["wall_time_s"] = time.time() - t_start
+        card = render_model_card(
+            config=config,
+            model_config=fe.config,
+            results=results,
+            history=state.history,
+            corpus_info=corpus.card_info(),
+            train_counts={"images": len(train_split), "identities": corpus.num_classes},
+            num_parameters=sum(p.numel() for p in fe.parameters()),
+        )
+        card.save(export_dir / "README.md")
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        logger.info(
+            "test (%s): top-1 %s, top-5 %s, mAP %s; exported to %s",
+            results["test_protocol"],
+            _fmt(results["test"]["top1"]),
+            _fmt(results["test"]["top5"]),
+            _fmt(results["test"]["mAP"]),
+            export_dir,
+        )
+        if tc.push_to_hub:
+            push_export(export_dir, tc.push_to_hub, private=tc.hub_private)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def push_export(export_dir: Path, repo_id: str, private: bool = False) -> str:
+    """Push the exported model, its processor, then the model card (``push_to_hub`` writes its own README)."""
+    from huggingface_hub import HfApi, ModelCard
+
+    model = AnimalReIDModel.from_pretrained(export_dir)
+    processor = AnimalReIDImageProcessor.from_pretrained(export_dir)
+    model.push_to_hub(repo_id, private=private, commit_message="Upload AnimalReID feature extractor")
+    processor.push_to_hub(repo_id, commit_message="Upload image processor")
+    card = ModelCard.load(export_dir / "README.md")
+    card.push_to_hub(repo_id, commit_message="Upload model card generated by the training run")
+    url = HfApi().repo_info(repo_id).id
+    logging.getLogger(__name__).info("pushed %s to the Hub as %s", export_dir, url)
+    return url
+
+
+def _group_lr(optimizer, part: str) -> float | None:
+    for g in optimizer.param_groups:
+        if g.get("name", "").startswith(part):
+            return float(g["lr"])
+    return None
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl from the state's history (so a resumed run holds each epoch exactly once)."""
+    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+        for rec in history:
+            fh.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    res = main(sys.argv[1:])
+    test_m = res["test"]
+    print(
+        f"best epoch {res['best_epoch']}; test top-1 {_fmt(test_m['top1'])}, top-5 {_fmt(test_m['top5'])}, "
+        f"mAP {_fmt(test_m['mAP'])}; wall time {res['wall_time_s']:.0f} s; export: {res['export_dir']}"
+        if res["wall_time_s"] is not None
+        else "done"
+    )
