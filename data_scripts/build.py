@@ -83,7 +83,7 @@ def build(
     *,
     data_root: Path | None = None,
     split: SplitConfig | None = None,
-    min_per_identity: int = 2,
+    min_per_identity: int | None = None,
     workers: int = 2,
     progress: bool = True,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
@@ -93,6 +93,10 @@ def build(
     t0 = time.perf_counter()
     data_root = Path(data_root) if data_root is not None else default_data_root()
     split = split or SplitConfig()
+    if min_per_identity is None:
+        # open set: an identity needs a query and a match; closed set: a lone image is still a database entry
+        # (and the benchmark files hold such identities)
+        min_per_identity = 2 if split.policy == "open" else 1
     if min_per_identity < 1:
         raise ValueError(f"min_per_identity must be >= 1, got {min_per_identity}")
     missing = [s.info.name for s in sources if not s.available(data_root)]
@@ -183,6 +187,7 @@ def build(
         "skipped": [asdict(p) for p in result.problems[:max_problems_listed]],
         "skipped_listed": min(len(result.problems), max_problems_listed),
         "warnings": result.warnings,
+        "duplicates_across_identities": result.duplicates_across_identities,
         "split": {
             "policy": split.policy,
             "seed": split.seed,
@@ -257,7 +262,7 @@ def summary_table(result: BuildResult) -> str:
         flag = (
             ""
             if r["matches_reported"]
-            else "  (source reports %s / %s)" % (r["reported_images"], r["reported_identities"])
+            else "  (source reports {} / {})".format(r["reported_images"], r["reported_identities"])
         )
         lines.append(f"source {name:<14}{r['images']:>7} images {r['identities']:>6} identities{flag}")
     for k, v in rep.get("warnings", {}).items():
@@ -316,7 +321,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST")
     )
-    p.add_argument("--min-per-identity", type=int, default=2)
+    p.add_argument(
+        "--min-per-identity", type=int, default=None, help="default: 2 for open set, 1 for closed set"
+    )
     p.add_argument("--cap-per-identity", type=int, default=None)
     p.add_argument(
         "--leave-out",

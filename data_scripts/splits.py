@@ -93,7 +93,7 @@ def apply_cap(items: Sequence[Item], cap: int | None, seed: int) -> tuple[list[I
     for it in items:
         by_identity[it.identity].append(it)
     kept, dropped = [], []
-    for identity, group in by_identity.items():
+    for _identity, group in by_identity.items():
         if len(group) <= cap:
             kept.extend(group)
             continue
@@ -129,18 +129,29 @@ def _union_find_groups(items: Sequence[Item]) -> list[list[Item]]:
 
 
 def _fill(groups: list[list[Item]], fractions: Sequence[float], seed: int, salt: str) -> dict[str, str]:
-    """Deal hash-ordered groups to train/validation/test until each reaches its image fraction."""
+    """Deal hash-ordered groups to test, validation, then train, each up to its share of the images.
+
+    A group joins the split being filled while the split's count plus half the group stays within the
+    split's target; a split with a positive fraction gets at least one group when there are enough groups
+    (one is always left for train).
+    """
     total = sum(len(g) for g in groups)
     ordered = sorted(groups, key=lambda g: stable_hash(seed, salt, min(it.identity for it in g)))
-    bounds = [fractions[0] * total, (fractions[0] + fractions[1]) * total]
     out: dict[str, str] = {}
-    done = 0
-    for g in ordered:
-        mid = done + len(g) / 2  # a group goes where its middle image falls
-        split = "train" if mid <= bounds[0] else "validation" if mid <= bounds[1] else "test"
+    i = 0
+    for split, fraction in (("test", fractions[2]), ("validation", fractions[1])):
+        target, have = fraction * total, 0
+        while fraction > 0 and i < len(ordered) - 1:
+            g = ordered[i]
+            if have > 0 and have + len(g) / 2 > target:
+                break
+            for it in g:
+                out[it.image_id] = split
+            have += len(g)
+            i += 1
+    for g in ordered[i:]:
         for it in g:
-            out[it.image_id] = split
-        done += len(g)
+            out[it.image_id] = "train"
     return out
 
 
@@ -223,7 +234,7 @@ def benchmark_closed_set(
     for it in train_items:
         by_identity[it.identity].append(it)
     val_fraction = fractions[1] / max(fractions[0] + fractions[1], 1e-9)
-    for identity, group in by_identity.items():
+    for _identity, group in by_identity.items():
         encounters = sorted({it.encounter for it in group}, key=lambda e: stable_hash(seed, "bench-val", e))
         if len(encounters) < 3:
             continue

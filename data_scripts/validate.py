@@ -34,6 +34,7 @@ CORRUPT_IMAGE = "image does not decode"
 BOX_ZERO_AREA = "box with zero area"
 BOX_OUTSIDE = "box outside image"
 TOO_FEW_IMAGES = "identity with too few images"
+EXCLUDED = "excluded by the source declaration"
 
 BOX_TOLERANCE_PX = 1.0
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif"}
@@ -64,6 +65,7 @@ class ValidationResult:
     rows: list[ValidatedRow]
     problems: list[Problem]
     warnings: dict[str, int] = field(default_factory=dict)
+    duplicates_across_identities: list[list[str]] = field(default_factory=list)
 
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(p.reason for p in self.problems).most_common())
@@ -121,6 +123,9 @@ def validate(
             missing.append("path or data")
         if missing:
             problems.append(Problem(rid, rec.source or "", MISSING_FIELD, ", ".join(missing)))
+            continue
+        if rec.extra.get("excluded"):
+            problems.append(Problem(rid, rec.source, EXCLUDED, str(rec.extra["excluded"])))
             continue
         if rec.species not in SPECIES:
             problems.append(
@@ -195,18 +200,21 @@ def validate(
         else:
             rows.append(row)
 
+    # Byte-identical images (same file content and box) are kept but reported: within one identity they are
+    # harmless copies (they share an encounter in every source here); across identities they are label errors
+    # to declare as fixes in the source.
     warnings: dict[str, int] = {}
-    by_digest = Counter(row.digest for row in rows)
-    dup = sum(n - 1 for n in by_digest.values() if n > 1)
-    if dup:
-        identities_by_digest: dict[str, set[str]] = defaultdict(set)
-        for row in rows:
-            if by_digest[row.digest] > 1:
-                identities_by_digest[row.digest].add(row.record.identity)
-        warnings["byte-identical copies (kept)"] = dup
-        warnings["byte-identical copies under different identities"] = sum(
-            1 for ids in identities_by_digest.values() if len(ids) > 1
-        )
+    same: dict[tuple, list[ValidatedRow]] = defaultdict(list)
+    for row in rows:
+        same[(row.digest, row.record.bbox)].append(row)
+    groups = [g for g in same.values() if len(g) > 1]
+    duplicates_across: list[list[str]] = []
+    if groups:
+        warnings["byte-identical copies (kept)"] = sum(len(g) - 1 for g in groups)
+        duplicates_across = [
+            sorted(r.record.image_id for r in g) for g in groups if len({r.record.identity for r in g}) > 1
+        ]
+        warnings["byte-identical images under different identities"] = len(duplicates_across)
     for p in problems:
         logger.debug("skipped %s (%s): %s %s", p.image_id, p.source, p.reason, p.detail)
     if problems:
@@ -216,4 +224,4 @@ def validate(
             len(problems) + len(rows),
             dict(Counter(p.reason for p in problems)),
         )
-    return ValidationResult(rows, problems, warnings)
+    return ValidationResult(rows, problems, warnings, duplicates_across)

@@ -7,8 +7,9 @@ Layout (the "Corpus" contract in docs/CONTRACTS.md)::
     data/<species>/<split>-NNNNN-of-NNNNN.parquet
 
 The ``all`` config reads every species' shards through a glob (``data/*/<split>-*``): nothing is stored twice.
-Every split of every config has at least one shard (an empty split is a 0-row shard), so
-``load_dataset(dir, config)`` always yields train / validation / test.
+A split with no rows in a config has no shard and is not listed for that config (``datasets`` cannot load
+an empty split from files); the splitter keeps every split with a positive fraction non-empty whenever a
+species has enough identities (open set) or encounters (closed set).
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def write_shards(
         written[species] = {}
         for split in SPLITS:
             part = sorted(grouped[species][split], key=lambda r: r.image_id)
+            if not part:
+                written[species][split] = []
+                continue
             shards: list[list[OutRow]] = [[]]
             size = 0
             for r in part:
@@ -126,19 +130,25 @@ def _counts(rows: Sequence[OutRow]) -> dict:
     return out
 
 
-def card_configs(species: Sequence[str]) -> list[dict]:
+def card_configs(written: dict[str, dict[str, list[str]]]) -> list[dict]:
+    """YAML ``configs:``: ``all`` (default) globs every species' shards; one config per species."""
+    present = [split for split in SPLITS if any(files.get(split) for files in written.values())]
     configs = [
         {
             "config_name": "all",
             "default": True,
-            "data_files": [{"split": split, "path": f"data/*/{split}-*.parquet"} for split in SPLITS],
+            "data_files": [{"split": split, "path": f"data/*/{split}-*.parquet"} for split in present],
         }
     ]
-    for sp in sorted(species):
+    for sp in sorted(written):
         configs.append(
             {
                 "config_name": sp,
-                "data_files": [{"split": split, "path": f"data/{sp}/{split}-*.parquet"} for split in SPLITS],
+                "data_files": [
+                    {"split": split, "path": f"data/{sp}/{split}-*.parquet"}
+                    for split in SPLITS
+                    if written[sp].get(split)
+                ],
             }
         )
     return configs
@@ -155,7 +165,7 @@ def render_card(counts: dict, sources: Sequence[SourceInfo], report: dict) -> st
         "task_categories": ["image-feature-extraction", "image-classification"],
         "tags": ["animal-re-identification", "wildlife", "re-id", "metric-learning"],
         "size_categories": [_size_category(counts.get("all", {}).get("images", 0))],
-        "configs": card_configs(species),
+        "configs": card_configs(report["files"]),
     }
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
     lines += [

@@ -20,7 +20,8 @@ class SourceInfo:
     ``reported_images`` / ``reported_identities`` are the counts the source publishes (or, for the six local
     sources, the counts of the folder as downloaded); the build report compares them with what was read.
     ``label_fixes`` maps an original identity to the corrected one and ``exclude`` lists original image ids
-    to drop: label fixes are data, declared here, never edits buried in a reader.
+    to drop (validation skips them and reports ``exclude_reason``): label fixes are data, declared here,
+    never edits buried in a reader.
     """
 
     name: str
@@ -36,6 +37,7 @@ class SourceInfo:
     downloads: tuple[Download, ...] = ()
     label_fixes: Mapping[str, str] = field(default_factory=dict)
     exclude: frozenset[str] = frozenset()
+    exclude_reason: str = "excluded by the source declaration"
 
 
 class Source:
@@ -62,9 +64,8 @@ class Source:
                 + (f" or from {self.info.url}" if self.info.url else "")
             )
         for rec in self.scan(Path(root)):
-            if rec.image_id in self.info.exclude:
-                logger.info("%s: excluding %s (declared in the source)", self.info.name, rec.image_id)
-                continue
+            if rec.image_id in self.info.exclude:  # validation skips it and reports the reason
+                rec.extra["excluded"] = self.info.exclude_reason
             rec.identity = self.info.label_fixes.get(rec.identity, rec.identity)
             if not rec.license:
                 rec.license = self.info.license
