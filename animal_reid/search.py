@@ -27,9 +27,12 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,13 @@ DTYPES = ("float32", "float16")
 AUTO_EXACT_MAX = 200_000
 INDEX_FILE = "gallery_index.json"
 FORMAT_VERSION = 1
+
+
+def _torch():
+    # imported lazily: a faiss-only index (and a process that only searches one) never pays torch's import
+    import torch
+
+    return torch
 
 
 def faiss_available() -> bool:
@@ -61,7 +71,7 @@ def _import_faiss():
 
 
 def _as_float32_rows(x, dim: int | None, what: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # a torch tensor
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
     if arr.ndim == 1:
@@ -141,6 +151,7 @@ class GalleryIndex:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        torch = _torch()
         return torch.float16 if self.dtype == "float16" else torch.float32
 
     def add(self, embeddings, copy: bool = True) -> None:
@@ -162,6 +173,7 @@ class GalleryIndex:
             self._add_faiss(emb)
 
     def _add_exact(self, emb: np.ndarray, copy: bool) -> None:
+        torch = _torch()
         normed = _normalized(emb)
         if self.dtype == "float16":
             self._chunks.append(torch.from_numpy(normed).half())
@@ -224,8 +236,12 @@ class GalleryIndex:
             return self._search_faiss(q, k)
         return self._search_exact(q, k)
 
-    @torch.inference_mode()
     def _search_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        torch = _torch()
+        with torch.inference_mode():
+            return self._search_exact_impl(torch, q, k)
+
+    def _search_exact_impl(self, torch, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         nq = q.shape[0]
         scores = np.full((nq, k), -np.inf, dtype=np.float32)
         indices = np.full((nq, k), -1, dtype=np.int64)
@@ -288,6 +304,7 @@ class GalleryIndex:
                 if ids.size
                 else np.zeros((0, self.dim))
             )
+        torch = _torch()
         full = torch.cat(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
         return full[torch.from_numpy(ids)].float().numpy()
 
@@ -314,6 +331,7 @@ class GalleryIndex:
         if self._faiss is not None:
             _import_faiss().write_index(self._faiss, str(d / "faiss.index"))
         else:
+            torch = _torch()
             data = (
                 torch.cat(self._chunks)
                 if self._chunks
@@ -352,7 +370,7 @@ class GalleryIndex:
             # "c": copy-on-write map, writable for torch without ever touching the file
             arr = np.load(d / "embeddings.npy", mmap_mode="c" if mmap else None)
             if arr.shape[0]:
-                index._chunks = [torch.from_numpy(arr)]
+                index._chunks = [_torch().from_numpy(arr)]
         if len(index) != meta["size"]:
             raise ValueError(f"{d}: index holds {len(index)} rows, its {INDEX_FILE} says {meta['size']}")
         return index
