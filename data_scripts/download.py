@@ -8,6 +8,7 @@ sha256 (when declared) are checked, and only then is the ``.part`` renamed to it
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import shutil
 import tarfile
@@ -139,7 +140,7 @@ def download(
                 if "sha256" in str(err):
                     part.unlink(missing_ok=True)
                 errors.append(f"{url} (try {attempt}): {err}")
-            except (urllib.error.URLError, OSError, TimeoutError) as err:
+            except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as err:
                 errors.append(f"{url} (try {attempt}): {err}")
             logger.warning("download failed: %s", errors[-1])
     raise DownloadError(f"could not download {spec.filename}:\n  " + "\n  ".join(errors))
