@@ -59,6 +59,9 @@ assert pathlib.Path(by_sha).read_text() == '{"version": 1}'
 snap = pathlib.Path(snapshot_download("alice/tiny-upload"))
 snap_files = {p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()}
 assert {k: v for k, v in snap_files.items() if k != ".gitattributes"} == original
+pr_snap = pathlib.Path(snapshot_download("alice/tiny-upload", revision=pr.pr_revision))
+assert (pr_snap / "config.json").read_text() == '{"version": 2}'
+assert (pr_snap / "weights" / "big.dat").read_bytes() == original["weights/big.dat"]
 
 errors = []
 for call in (
@@ -184,6 +187,49 @@ def test_in_process_hfapi_with_explicit_endpoint(tmp_path, monkeypatch):
             assert f.read() == payload
         assert api.dataset_info("alice/in-process").sha == info.oid
         assert _head_files(hub, "dataset", "alice/in-process")["blob.bin"]["lfs"]
+
+
+def test_commit_semantics_deletes_branches_and_stale_parent(tmp_path, monkeypatch):
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    with HubEmulator(tmp_path) as hub:
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        repo = "alice/semantics"
+        api.create_repo(repo)
+        adds = [CommitOperationAdd(f"d/{n}.txt", n.encode()) for n in ("a", "b")] + [
+            CommitOperationAdd("keep.txt", b"keep")
+        ]
+        first = api.create_commit(repo, adds, commit_message="three files")
+        api.create_branch(repo, branch="dev", revision=first.oid)
+        api.create_branch(repo, branch="dev", exist_ok=True)
+        api.create_commit(repo, [CommitOperationDelete("d/")], commit_message="drop d/", revision="dev")
+        api.delete_file("keep.txt", repo)
+        assert api.list_repo_files(repo, revision="dev") == [".gitattributes", "keep.txt"]
+        assert api.list_repo_files(repo) == [".gitattributes", "d/a.txt", "d/b.txt"]
+        assert [c.title for c in api.list_repo_commits(repo)] == [
+            "Delete keep.txt with huggingface_hub",
+            "three files",
+            "initial commit",
+        ]
+        with pytest.raises(HfHubHTTPError) as stale:
+            api.create_commit(
+                repo, [CommitOperationAdd("x.txt", b"x")], commit_message="x", parent_commit=first.oid
+            )
+        assert stale.value.response.status_code == 412
+        assert not api.file_exists(repo, "x.txt") and api.file_exists(repo, "d/a.txt")
+        listing = api.list_repo_tree(repo, path_in_repo="d")
+        assert [(type(e).__name__, e.path) for e in listing] == [
+            ("RepoFile", "d/a.txt"),
+            ("RepoFile", "d/b.txt"),
+        ]
+        top = api.list_repo_tree(repo)
+        assert [(type(e).__name__, e.path) for e in top] == [
+            ("RepoFile", ".gitattributes"),
+            ("RepoFolder", "d"),
+        ]
 
 
 def test_resolve_headers_and_ranges(tmp_path, monkeypatch):
