@@ -55,6 +55,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -137,13 +138,20 @@ class HubStore:
         tmp.write_text(json.dumps(state))
         os.replace(tmp, path)
 
-    def put_object(self, data: bytes) -> str:
-        sha256 = hashlib.sha256(data).hexdigest()
-        path = self.objects / sha256
-        if not path.exists():
-            tmp = self.objects / f".{sha256}.{threading.get_ident()}"
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+    def put_object(self, data: bytes | Iterable[bytes], expected_sha256: str | None = None) -> str:
+        """Store bytes (or an iterable of chunks, streamed to disk) under their sha256 and return it."""
+        digest, tmp = hashlib.sha256(), self.objects / f".upload-{threading.get_ident()}-{time.time_ns()}"
+        with open(tmp, "wb") as f:
+            for chunk in [data] if isinstance(data, bytes) else data:
+                digest.update(chunk)
+                f.write(chunk)
+        sha256 = digest.hexdigest()
+        if expected_sha256 not in (None, sha256):
+            tmp.unlink()
+            raise HubError(
+                400, "BadRequest", f"uploaded bytes hash to sha256 {sha256}, not {expected_sha256}"
+            )
+        os.replace(tmp, self.objects / sha256)
         return sha256
 
     def object_size(self, sha256: str) -> int | None:
@@ -269,7 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         self.store: HubStore = self.server.store  # type: ignore[attr-defined]
         self.query = {key: values[-1] for key, values in parse_qs(url.query).items()}
-        self.body = self._read_body() if self.command in ("POST", "PUT") else b""
+        self.body = self._read_body() if self.command == "POST" else b""  # PUT bodies are streamed
+        self.close_connection = self.command == "PUT"  # until the upload has consumed the body
         try:
             for methods, pattern, name in ROUTES:
                 match = re.fullmatch(pattern, url.path)
@@ -288,16 +297,27 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("hub emulator failed on %s %s", self.command, self.path)
             self._json({"error": f"{type(err).__name__}: {err}"}, 500)
 
+    def _body_chunks(self) -> Iterator[bytes]:
+        """The request body, by Content-Length or chunked transfer encoding, in pieces of at most 1 MiB."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                yield from self._read_exactly(size)
+                self.rfile.readline()
+            while self.rfile.readline().strip():  # trailers
+                pass
+        else:
+            yield from self._read_exactly(int(self.headers.get("Content-Length") or 0))
+
+    def _read_exactly(self, size: int) -> Iterator[bytes]:
+        while size > 0:
+            chunk = self.rfile.read(min(size, 1 << 20))
+            if not chunk:
+                raise HubError(400, "BadRequest", "request body ended early")
+            size -= len(chunk)
+            yield chunk
+
     def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        chunks = []
-        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline()
-        while self.rfile.readline().strip():  # trailers
-            pass
-        return b"".join(chunks)
+        return b"".join(self._body_chunks())
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None) -> None:
         self.send_response(status)
@@ -451,9 +471,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, body, {"Content-Type": "application/vnd.git-lfs+json"})
 
     def lfs_upload(self, oid: str) -> None:
-        if hashlib.sha256(self.body).hexdigest() != oid:
-            raise HubError(400, "BadRequest", f"uploaded bytes do not hash to sha256 {oid}")
-        self.store.put_object(self.body)
+        self.store.put_object(self._body_chunks(), expected_sha256=oid)
+        self.close_connection = False
         self._send(200)
 
     # -- downloads -------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ JSON summary that the test checks again against the emulator's store.
 """
 
 import hashlib
+import http.client
 import json
 import os
 import subprocess
@@ -256,6 +257,39 @@ def test_resolve_headers_and_ranges(tmp_path, monkeypatch):
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"{hub.endpoint}/alice/headers/resolve/main/nope.bin")
         assert missing.value.code == 404 and missing.value.headers["X-Error-Code"] == "EntryNotFound"
+
+
+def test_lfs_batch_and_chunked_upload_protocol(tmp_path):
+    data = os.urandom(300_000)
+    oid = hashlib.sha256(data).hexdigest()
+    with HubEmulator(tmp_path) as hub:
+        hub.store.create_repo("dataset", "alice/lfs", private=False)
+        host, port = hub.endpoint.removeprefix("http://").split(":")
+
+        def request(method: str, path: str, body=None, headers=None, chunked: bool = False):
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
+            resp = conn.getresponse()
+            payload = resp.read()
+            conn.close()
+            return resp.status, payload
+
+        batch = json.dumps(
+            {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": len(data)}]}
+        )
+        status, answer = request("POST", "/datasets/alice/lfs.git/info/lfs/objects/batch", batch)
+        assert status == 200
+        href = json.loads(answer)["objects"][0]["actions"]["upload"]["href"]
+        assert href == f"{hub.endpoint}/lfs-objects/{oid}"
+        path = href.removeprefix(hub.endpoint)
+        status, _ = request("PUT", path, iter([data[:1000], data[1000:]]), chunked=True)
+        assert status == 200 and hub.store.object_size(oid) == len(data)
+        status, answer = request("PUT", path, data[::-1])
+        assert status == 400 and b"sha256" in answer
+        status, answer = request("POST", "/datasets/alice/lfs.git/info/lfs/objects/batch", batch)
+        assert json.loads(answer)["objects"] == [{"oid": oid, "size": len(data)}]  # stored: nothing to upload
+        status, _ = request("POST", "/datasets/alice/missing.git/info/lfs/objects/batch", batch)
+        assert status == 404
 
 
 def test_cli_serves_in_the_foreground(tmp_path):
