@@ -205,3 +205,68 @@ def test_cosine_topk_matches_numpy():
     ref_i = np.argsort(-full, axis=1)[:, :5]
     np.testing.assert_array_equal(i, ref_i)
     np.testing.assert_allclose(s, np.take_along_axis(full, ref_i, 1), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the evaluate metric module (metrics/reid): loads offline and agrees with animal_reid.metrics
+def test_evaluate_module_agrees_with_package(repo_root):
+    evaluate = pytest.importorskip("evaluate")
+    reid = evaluate.load(str(repo_root / "metrics" / "reid"))
+    rng = np.random.default_rng(7)
+    emb, labels, enc = _random_data(rng, 50, n_ids=8)
+    species = rng.choice(["lion", "nyala"], size=50)
+    g, gl, ge = _random_data(rng, 70, n_ids=8)
+    gs = rng.choice(["lion", "nyala"], size=70)
+
+    # leave-one-out, rows added in two batches
+    reid.add_batch(predictions=emb[:20], references=list(labels[:20]))
+    got = reid.compute(
+        predictions=emb[20:], references=list(labels[20:]), encounters=list(enc), species=list(species)
+    )
+    want = metrics.evaluate_reid(emb, labels, encounters=enc, species=species)
+    assert got.keys() == want.keys()
+    _assert_close_dicts(got, want)
+
+    got = reid.compute(
+        predictions=emb,
+        references=list(labels),
+        encounters=list(enc),
+        species=list(species),
+        gallery_embeddings=g,
+        gallery_labels=list(gl),
+        gallery_encounters=list(ge),
+        gallery_species=list(gs),
+        topk=(1, 3),
+    )
+    want = metrics.evaluate_reid(
+        emb,
+        labels,
+        enc,
+        species,
+        gallery_embeddings=g,
+        gallery_labels=gl,
+        gallery_encounters=ge,
+        gallery_species=gs,
+        topk=(1, 3),
+    )
+    _assert_close_dicts(got, want)
+
+    # integer labels and the hand-worked example
+    out = reid.compute(predictions=HAND, references=[0, 0, 1, 1])
+    assert out["top1"] == pytest.approx(0.5)
+    assert out["mAP"] == pytest.approx((1 + 0.5 + 1 / 3 + 1) / 4)
+
+
+def _assert_close_dicts(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_close_dicts(a[k], b[k])
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_close_dicts(x, y)
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-6)
+    else:
+        assert a == b
