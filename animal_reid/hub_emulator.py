@@ -141,10 +141,14 @@ class HubStore:
     def put_object(self, data: bytes | Iterable[bytes], expected_sha256: str | None = None) -> str:
         """Store bytes (or an iterable of chunks, streamed to disk) under their sha256 and return it."""
         digest, tmp = hashlib.sha256(), self.objects / f".upload-{threading.get_ident()}-{time.time_ns()}"
-        with open(tmp, "wb") as f:
-            for chunk in [data] if isinstance(data, bytes) else data:
-                digest.update(chunk)
-                f.write(chunk)
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    digest.update(chunk)
+                    f.write(chunk)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         sha256 = digest.hexdigest()
         if expected_sha256 not in (None, sha256):
             tmp.unlink()
@@ -225,7 +229,9 @@ class HubStore:
                     files[value["path"]] = self.lfs_entry(value["oid"], size)
                 elif key == "deletedFile":
                     if files.pop(value["path"], None) is None:
-                        raise HubError(404, "EntryNotFound", f"A file with this name doesn't exist: {value}")
+                        raise HubError(
+                            404, "EntryNotFound", f"A file with this name doesn't exist: {value['path']}"
+                        )
                 elif key == "deletedFolder":
                     prefix = value["path"].rstrip("/") + "/"
                     files = {path: entry for path, entry in files.items() if not path.startswith(prefix)}
@@ -291,7 +297,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(404, "NotFound", f"the hub emulator does not answer {self.command} {url.path}")
         except HubError as err:
             logger.debug("%s %s -> %d %s", self.command, self.path, err.status, err.message)
-            headers = {"X-Error-Code": err.code, "X-Error-Message": err.message}
+            ascii_message = err.message.encode("ascii", "backslashreplace").decode()  # headers are latin-1
+            headers = {"X-Error-Code": err.code, "X-Error-Message": ascii_message}
             self._json({"error": err.message, **err.extra}, err.status, headers)
         except Exception as err:  # answer 500 and keep serving, as the Hub would
             logger.exception("hub emulator failed on %s %s", self.command, self.path)
@@ -400,7 +407,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def refs(self, repo_type: str, repo: str) -> None:
         refs = sorted(self.store.load(repo_type, repo)["refs"].items())
-        branches = [{"name": r, "ref": f"refs/heads/{r}", "targetCommit": s} for r, s in refs if "/" not in r]
+        branches = [
+            {"name": r, "ref": f"refs/heads/{r}", "targetCommit": s}
+            for r, s in refs
+            if not r.startswith("refs/")
+        ]
         prs = [{"name": r, "ref": r, "targetCommit": s} for r, s in refs if r.startswith("refs/pr/")]
         pull_requests = prs if self.query.get("include_prs") else None
         self._json({"branches": branches, "converts": [], "tags": [], "pullRequests": pull_requests})
