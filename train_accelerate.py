@@ -270,18 +270,29 @@ def _last_checkpoint_index(ckpt_dir: Path) -> int | None:
     return max(found) if found else None
 
 
-def _setup_logging(accelerator: Accelerator, run_dir: Path) -> logging.Handler | None:
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
-    )
+def _setup_logging(accelerator: Accelerator, run_dir: Path) -> tuple[logging.Handler | None, int]:
+    """INFO logs to stderr and (main process) to ``run_dir/train.log``; returns what `_restore_logging` undoes."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    root = logging.getLogger()
+    previous_level = root.level
+    root.setLevel(logging.INFO)
     for noisy in ("httpx", "httpcore", "urllib3", "PIL", "matplotlib", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not accelerator.is_main_process:
-        return None
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    return handler
+    handler = None
+    if accelerator.is_main_process:
+        handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    return handler, previous_level
+
+
+def _restore_logging(handler: logging.Handler | None, previous_level: int) -> None:
+    root = logging.getLogger()
+    root.setLevel(previous_level)
+    if handler is not None:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -291,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def run(config: TrainConfig) -> dict[str, Any]:
     t_start = time.time()
-    tc, mc, dc = config.train, config.model, config.data
+    tc = config.train
     run_dir = Path(tc.output_dir)
     ckpt_dir = run_dir / "checkpoints"
 
@@ -313,14 +324,12 @@ def run(config: TrainConfig) -> dict[str, Any]:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    handler = _setup_logging(accelerator, run_dir)
+    handler, previous_level = _setup_logging(accelerator, run_dir)
     try:
         return _run(config, accelerator, run_dir, ckpt_dir, resuming, t_start)
     finally:
         accelerator.end_training()
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+        _restore_logging(handler, previous_level)
 
 
 def _run(
@@ -331,7 +340,7 @@ def _run(
     resuming: bool,
     t_start: float,
 ) -> dict[str, Any]:
-    tc, mc, dc = config.train, config.model, config.data
+    tc, dc = config.train, config.data
     logger.info("%s", accelerator.state, main_process_only=True)
     if accelerator.is_main_process:
         save_config(config, run_dir / "config.yaml")
@@ -592,6 +601,7 @@ def _run(
         "test": summary_metrics(test),
         "test_protocol": test.get("protocol"),
         "epochs": tc.epochs,
+        "num_classes": corpus.num_classes,
         "num_processes": accelerator.num_processes,
         "mixed_precision": tc.mixed_precision,
         "train_images_per_s": float(np.mean([h["images_per_s"] for h in state.history]))

@@ -1,0 +1,288 @@
+"""End-to-end runs of train_accelerate.py on a tiny generated corpus, asserting on what they wrote.
+
+A tiny timm model (``test_efficientnet``, 64 px, a few batches per epoch) keeps every run to seconds.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train_accelerate
+from animal_reid.training.config import parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from data_scripts.build import main as build_main
+
+    out = tmp_path_factory.mktemp("corpus") / "tiny"
+    build_main(
+        [
+            "--sources", "synthetic", "--out", str(out), "--split", "open",
+            "--synthetic-identities", "8", "--synthetic-images", "4", "--synthetic-size", "64",
+            "--synthetic-patterns", "stripes", "spots", "--no-progress",
+        ]
+    )  # fmt: skip
+    return out
+
+
+def tiny_args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--corpus", str(corpus), "--output_dir", str(out),
+        "--backbone", "test_efficientnet", "--init_weights", "none", "--image_size", "64", "--embedding_dim", "32",
+        "--epochs", "2", "--batches_per_epoch", "3", "--identities_per_batch", "4", "--images_per_identity", "2",
+        "--num_workers", "0", "--eval_batch_size", "16", "--log_every", "1", "--lr_head", "1e-2",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base_run(corpus, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("runs") / "base"
+    results = train_accelerate.main(tiny_args(corpus, out))
+    return out, results
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_config_metrics_plots_checkpoints(base_run, corpus):
+    run_dir, results = base_run
+    resolved = parse_config([str(run_dir / "config.yaml")])
+    assert resolved.to_flat_dict() == parse_config(tiny_args(corpus, run_dir)).to_flat_dict()
+
+    history = _history(run_dir)
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        assert np.isfinite(h["train_loss"]) and h["train_loss"] > 0
+        assert (
+            h["images_per_s"] > 0
+            and h["lr_backbone"] > 0
+            and h["lr_head"] == pytest.approx(100 * h["lr_backbone"])
+        )
+        for key in ("top1", "top5", "mAP"):
+            assert 0.0 <= h["val"][key] <= 1.0
+        assert set(h["val"]["per_species"]) == {"synth_spots", "synth_stripes"}
+    assert history[-1]["best_epoch"] == results["best_epoch"] in (1, 2)
+    best = max(history, key=lambda h: h["val"]["top1"])
+    assert results["val_best"]["top1"] == best["val"]["top1"]
+
+    for png in ("loss.png", "val_metrics.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "epoch 2" in (run_dir / "train.log").read_text()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1"]
+    assert json.loads((run_dir / "results.json").read_text())["test"] == results["test"]
+    assert 0.0 <= results["test"]["top1"] <= 1.0 and results["test_protocol"] == "leave_one_out"
+
+
+def test_export_loads_with_automodel_and_pipeline(base_run, corpus):
+    from PIL import Image
+    from transformers import AutoModel, pipeline
+
+    export = base_run[0] / "export"
+    files = {p.name for p in export.iterdir()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files), files
+    config = json.loads((export / "config.json").read_text())
+    assert config.get("head") is None and config["backbone"] == "test_efficientnet"
+    assert not any(k.startswith("head.") for k in load_file(str(export / "model.safetensors")))
+
+    model = AutoModel.from_pretrained(export, trust_remote_code=True).eval()
+    image = Image.new("RGB", (80, 64))
+    image.putdata([((x * 3) % 256, (y * 5) % 256, (x * y) % 256) for y in range(64) for x in range(80)])
+    emb = model.encode([image])
+    assert emb.shape == (1, 32) and np.isclose(np.linalg.norm(emb), 1.0, atol=1e-5)
+    extractor = pipeline("image-feature-extraction", model=str(export), trust_remote_code=True)
+    from_pipeline = np.asarray(extractor(image, pool=True)).reshape(-1)
+    np.testing.assert_allclose(from_pipeline, emb[0], atol=1e-5)
+
+
+def test_model_card_carries_the_run(base_run):
+    from huggingface_hub import ModelCard
+
+    run_dir, results = base_run
+    card = ModelCard.load(run_dir / "export" / "README.md")
+    data = card.data
+    assert data.pipeline_tag == "image-feature-extraction"
+    assert data.library_name == "transformers"
+    assert data.license == "apache-2.0"
+    assert "animal-reid" in data.tags and "species:synth_spots" in data.tags
+    got = {(r.dataset_config, r.metric_type): r.metric_value for r in data.eval_results}
+    for sp, m in results["test"]["per_species"].items():
+        assert got[(sp, "top1_accuracy")] == pytest.approx(round(100 * m["top1"], 2))
+        assert got[(sp, "map")] == pytest.approx(round(100 * m["mAP"], 2))
+    assert got[("all", "top1_accuracy")] == pytest.approx(round(100 * results["test"]["top1"], 2))
+    text = card.text
+    assert "test_efficientnet" in text and "trust_remote_code=True" in text
+    assert 'pipeline("image-feature-extraction"' in text
+    assert "CC0" in text  # the synthetic source's licence, read from the corpus card
+    assert "## Limitations" in text and "arXiv:2412.05602" in text
+    assert "procedurally generated" in text
+
+
+def test_existing_run_dir_needs_resume(base_run, corpus):
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_accelerate.main(tiny_args(corpus, base_run[0]))
+
+
+class _Killed(Exception):
+    pass
+
+
+def _comparable(history: list[dict]) -> list[tuple]:
+    return [
+        (h["epoch"], h["train_loss"], h["lr_head"], json.dumps(h["val"], sort_keys=True)) for h in history
+    ]
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(base_run, corpus, tmp_path, monkeypatch):
+    """Stop right after the epoch-1 checkpoint (as a kill would), resume, compare with the uninterrupted run."""
+    from accelerate import Accelerator
+
+    original = Accelerator.save_state
+
+    def save_then_die(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        raise _Killed("killed after the first checkpoint")
+
+    run_dir = tmp_path / "killed"
+    monkeypatch.setattr(Accelerator, "save_state", save_then_die)
+    with pytest.raises(_Killed):
+        train_accelerate.main(tiny_args(corpus, run_dir))
+    monkeypatch.setattr(Accelerator, "save_state", original)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint_0"]
+    assert not (run_dir / "export").exists()
+
+    results = train_accelerate.main(tiny_args(corpus, run_dir, "--resume"))
+    base_dir, base_results = base_run
+    # the next save after load_state went to checkpoint_1 (project_configuration.iteration was restored)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1"]
+    assert _comparable(_history(run_dir)) == _comparable(_history(base_dir))
+    assert results["test"] == base_results["test"]
+    assert results["best_epoch"] == base_results["best_epoch"]
+    a = load_file(str(run_dir / "export" / "model.safetensors"))
+    b = load_file(str(base_dir / "export" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetune_warmup_keeps_backbone_batchnorm_statistics(base_run, corpus, tmp_path):
+    export = base_run[0] / "export"
+    start = load_file(str(export / "model.safetensors"))
+    run_dir = tmp_path / "finetune"
+    train_accelerate.main(
+        tiny_args(
+            corpus,
+            run_dir,
+            "--init_from",
+            str(export),
+            "--freeze_backbone_epochs",
+            "1",
+            "--lr_backbone",
+            "1e-2",
+        )
+    )
+    history = _history(run_dir)
+    assert [h["backbone_frozen"] for h in history] == [True, False]
+    after_warmup = load_file(str(run_dir / "checkpoints" / "checkpoint_0" / "model.safetensors"))
+    after_full = load_file(str(run_dir / "checkpoints" / "checkpoint_1" / "model.safetensors"))
+    backbone = [k for k in start if k.startswith("backbone.")]
+    bn_stats = [k for k in backbone if k.endswith(("running_mean", "running_var"))]
+    assert bn_stats, "test_efficientnet has BatchNorm layers"
+    for k in backbone:  # weights and running statistics untouched by the head-only warm-up
+        assert torch.equal(after_warmup[k], start[k]), k
+    assert any(not torch.equal(after_full[k], start[k]) for k in bn_stats), (
+        "full fine-tuning updates BatchNorm"
+    )
+    assert any(not torch.equal(after_warmup[k], start[k]) for k in start if not k.startswith("backbone.")), (
+        "the head-side layers (pooling, neck) train during the warm-up"
+    )
+    # a new head, one class per training identity of the fine-tuning corpus
+    assert (
+        after_warmup["head.weight"].shape[0]
+        == 3 * json.loads((run_dir / "results.json").read_text())["num_classes"]
+    )
+
+
+def test_push_to_hub_emulator(base_run, corpus, tmp_path):
+    """`--push_to_hub REPO` in a client process: model, processor and the card (pushed last) reach the Hub."""
+    from animal_reid.hub_emulator import HubEmulator
+
+    args = tiny_args(corpus, tmp_path / "pushed", "--epochs", "1", "--push_to_hub", "me/tiny-reid")
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(REPO)!r})
+import train_accelerate
+train_accelerate.main({args!r})
+from huggingface_hub import HfApi, ModelCard
+from transformers import AutoModel, AutoImageProcessor
+files = sorted(HfApi().list_repo_files("me/tiny-reid"))
+card = ModelCard.load("me/tiny-reid")
+model = AutoModel.from_pretrained("me/tiny-reid", trust_remote_code=True)
+proc = AutoImageProcessor.from_pretrained("me/tiny-reid", trust_remote_code=True)
+print(json.dumps({{"files": files, "tag": card.data.pipeline_tag, "n_results": len(card.data.eval_results or []),
+                   "dim": model.config.embedding_dim, "size": proc.size}}))
+"""
+    with HubEmulator(tmp_path / "hub") as hub:
+        proc = hub.run_python(code, cwd=str(REPO), timeout=240)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "modeling_animal_reid.py",
+    } <= set(out["files"])
+    assert out["tag"] == "image-feature-extraction" and out["n_results"] >= 4
+    assert out["dim"] == 32 and out["size"] == {"height": 64, "width": 64}
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run_trains_and_exports(corpus, tmp_path):
+    """`ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2`: real DDP over gloo on the CPU."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(REPO / "train_accelerate.py"), *tiny_args(corpus, out, "--batches_per_epoch", "4")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_processes"] == 2
+    assert (out / "export" / "model.safetensors").is_file()
+    # 4 global batches per epoch, 2 per process: both processes' images are counted
+    assert "2 batches/process (2 processes" in (out / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_in_a_subprocess(base_run, corpus, tmp_path):
+    """A real SIGKILL once the epoch-1 checkpoint is complete, then `--resume`: same metrics as uninterrupted."""
+    run_dir = tmp_path / "sigkill"
+    cmd = [
+        sys.executable,
+        str(REPO / "train_accelerate.py"),
+        *tiny_args(corpus, run_dir, "--batches_per_epoch", "3"),
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = run_dir / "checkpoints" / "checkpoint_0" / "custom_checkpoint_0.pkl"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (run_dir / "export").exists():
+        pytest.skip("the run finished before it could be killed")
+    results = train_accelerate.main(tiny_args(corpus, run_dir, "--resume"))
+    assert results["test"] == base_run[1]["test"]
+    assert _comparable(_history(run_dir)) == _comparable(_history(base_run[0]))
