@@ -516,6 +516,21 @@ class _Handler(BaseHTTPRequestHandler):
                     remaining -= len(chunk)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], store: HubStore):
+        super().__init__(address, _Handler)
+        self.store = store
+
+    def handle_error(self, request, client_address) -> None:
+        """Log instead of printing to stderr; a client dropping its connection is routine."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("client %s dropped the connection", client_address)
+        else:
+            logger.exception("hub emulator: error while serving %s", client_address)
+
+
 class HubEmulator:
     """The emulator in a background thread: ``with HubEmulator(root) as hub:`` gives ``endpoint``, ``env``."""
 
@@ -524,13 +539,11 @@ class HubEmulator:
     ):
         self.root, self.port, self.token = Path(root), port, token
         self.store = HubStore(self.root / "hub", user=user)
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> "HubEmulator":
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
-        self._server.daemon_threads = True
-        self._server.store = self.store  # type: ignore[attr-defined]
+        self._server = _Server(("127.0.0.1", self.port), self.store)
         self._thread = threading.Thread(target=self._server.serve_forever, name="hub-emulator", daemon=True)
         self._thread.start()
         logger.info("hub emulator serving %s at %s", self.store.root, self.endpoint)
