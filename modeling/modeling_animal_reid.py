@@ -286,12 +286,17 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         show_progress_bar: bool | None = None,
         num_workers: int = 0,
         convert_to_numpy: bool = True,
+        precision: str = "fp32",
+        channels_last: bool = True,
     ) -> np.ndarray | torch.Tensor:
         """Embed images (paths, bytes, PIL images or HxWxC arrays); returns ``[N, D]`` unit-norm float32 rows.
 
         Decoding and preprocessing run in ``num_workers`` DataLoader worker processes (0 = in this process),
-        overlapped with the forward pass.
+        overlapped with the forward pass. ``precision`` ("fp32", "bf16", "fp16") autocasts the backbone; pooling,
+        neck and normalisation stay in fp32. ``channels_last`` feeds NHWC batches (faster convolutions).
         """
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
         from torch.utils.data import DataLoader, Dataset
 
         images = list(images)
@@ -335,10 +340,14 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         was_training = self.training
         self.eval()
         out = []
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         try:
             for batch in loader:
                 batch = batch.to(device=device, dtype=dtype, non_blocking=True)
-                emb = self._embed(batch)
+                if channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    emb = self._embed(batch)
                 out.append(F.normalize(emb.float(), dim=-1).cpu())
         finally:
             self.train(was_training)

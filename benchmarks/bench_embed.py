@@ -1,0 +1,171 @@
+"""Embedding throughput, end to end, against the model's forward-only limit and the naive pipeline loop.
+
+For each backbone, on the same real image files (nyala field photos from ../shared/data by default):
+
+* ``forward``  – the model's forward pass alone on tensors already in memory (the limit on this machine);
+* ``encode``   – end to end: read and decode files, preprocess, model, L2-normalised embeddings written
+                 to disk as .npy (``AnimalReIDModel.encode`` with DataLoader workers);
+* ``pipeline`` – what users do today: ``pipeline("image-feature-extraction")`` called image by image.
+
+Each mode runs in the same process on the same model; ratios are printed against ``forward``.
+
+    python benchmarks/bench_embed.py                      # Lite0 @ 224 and efficientnetv2_rw_m @ 440, CPU
+    python benchmarks/bench_embed.py --device cuda --n-images 2048 --n-images-large 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel  # noqa: E402
+
+DEFAULT_DATA = Path(os.environ.get("REID_DATA_ROOT", REPO.parent / "shared" / "data"))
+
+
+def _machine() -> str:
+    try:
+        cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
+    except OSError:
+        name = platform.processor()
+    desc = f"{os.cpu_count()} cores, {name}"
+    if torch.cuda.is_available():
+        desc += f", GPU {torch.cuda.get_device_name(0)}"
+    return desc
+
+
+def find_images(root: Path, n: int) -> list[str]:
+    files = sorted((root / "wildlife_reidentification-main" / "Nyala_Data_Zero").rglob("*.jpg"))
+    if not files:
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise SystemExit(f"no images under {root}; set --data-root or REID_DATA_ROOT")
+    reps = -(-n // len(files))
+    return [str(p) for p in (files * reps)[:n]]
+
+
+def build(backbone: str, size: int, device: torch.device) -> tuple[AnimalReIDModel, AnimalReIDImageProcessor, str]:
+    cfg = AnimalReIDConfig(backbone=backbone, image_size=size, embedding_dim=512 if "lite" in backbone else 0)
+    model = AnimalReIDModel(cfg).eval().to(device)
+    proc = AnimalReIDImageProcessor.from_model_config(cfg)
+    tmp = tempfile.mkdtemp(prefix="bench_embed_")
+    model.save_pretrained(tmp)
+    proc.save_pretrained(tmp)
+    model.set_image_processor(proc)
+    return model, proc, tmp
+
+
+def time_forward(model, proc, files, batch_size, device, channels_last, warmup=1) -> float:
+    x = torch.stack([proc.preprocess_one(f) for f in files[:batch_size]]).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    n_batches = max(1, len(files) // batch_size)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(pixel_values=x)
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(n_batches):
+            model(pixel_values=x).embeddings.cpu()
+        _sync(device)
+    return n_batches * batch_size / (time.perf_counter() - t)
+
+
+def time_encode(model, files, batch_size, num_workers, out_dir) -> float:
+    model.encode(files[: batch_size * 2], batch_size=batch_size, num_workers=num_workers)  # warm-up
+    _sync(next(model.parameters()).device)
+    t = time.perf_counter()
+    emb = model.encode(files, batch_size=batch_size, num_workers=num_workers, show_progress_bar=False)
+    np.save(Path(out_dir) / "embeddings.npy", emb)
+    return len(files) / (time.perf_counter() - t)
+
+
+def time_pipeline(model_dir, files, device) -> float:
+    from transformers import pipeline
+
+    pipe = pipeline("image-feature-extraction", model=model_dir, trust_remote_code=True, device=device)
+    pipe(files[0])
+    t = time.perf_counter()
+    out = [pipe(f, return_tensors=True) for f in files]
+    np.save(Path(model_dir) / "naive.npy", torch.cat(out).numpy())
+    return len(files) / (time.perf_counter() - t)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--n-images", type=int, default=256, help="images for Lite0 @ 224")
+    ap.add_argument("--n-images-large", type=int, default=32, help="images for efficientnetv2_rw_m @ 440")
+    ap.add_argument("--n-pipeline", type=int, default=None, help="images for the naive loop (default: same)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: 1 on CPU, 8 on GPU)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--backbones", default="efficientnet_lite0:224,efficientnetv2_rw_m:440")
+    ap.add_argument("--json-out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    workers = args.num_workers if args.num_workers is not None else (8 if device.type == "cuda" else 1)
+    results = {"date": dt.date.today().isoformat(), "machine": _machine(), "torch": torch.__version__, "rows": []}
+    for spec in args.backbones.split(","):
+        backbone, size = spec.split(":")
+        size = int(size)
+        n = args.n_images if "lite" in backbone else args.n_images_large
+        files = find_images(args.data_root, n)
+        model, proc, model_dir = build(backbone, size, device)
+        bs = min(args.batch_size, n)
+        fwd = time_forward(model, proc, files, bs, device, channels_last=True)
+        enc = time_encode(model, files, bs, workers, model_dir)
+        n_pipe = min(args.n_pipeline or n, n)
+        naive = time_pipeline(model_dir, files[:n_pipe], device)
+        row = {
+            "backbone": backbone,
+            "size": size,
+            "n_images": n,
+            "batch_size": bs,
+            "workers": workers,
+            "forward_img_s": round(fwd, 2),
+            "encode_img_s": round(enc, 2),
+            "pipeline_img_s": round(naive, 2),
+            "encode_vs_forward": round(enc / fwd, 3),
+            "encode_vs_pipeline": round(enc / naive, 2),
+        }
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\n{results['machine']}, torch {results['torch']}, {results['date']}")
+    print("| backbone | px | forward only img/s | end-to-end img/s | pipeline loop img/s | e2e / forward | e2e / pipeline |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results["rows"]:
+        print(
+            f"| {r['backbone']} | {r['size']} | {r['forward_img_s']} | {r['encode_img_s']} | {r['pipeline_img_s']} "
+            f"| {r['encode_vs_forward']} | {r['encode_vs_pipeline']}x |"
+        )
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
