@@ -1,0 +1,234 @@
+"""Convert a MiewID checkpoint (Conservation X Labs / Wild Me) to this package's Hub format.
+
+MiewID's published weights (``conservationxlabs/miewid-msv2``, ``-msv3``, ...) are a timm ``efficientnetv2_rw_m``
+under ``backbone.*`` (classifier and global pool replaced by identities), a GeM pooling with one learned exponent
+``pooling.p`` and a ``BatchNorm1d(2152)`` under ``bn.*``: 1,208 tensors. Its embedding is ``bn(gem(features))``,
+2152-d, not L2-normalised (compared by cosine). Older training checkpoints (``.bin``) also hold the ArcFace head
+under ``final.*``; MiewID's ``extract_feat`` never uses it (nor an optional ``fc.*``), so both are dropped.
+
+The converted model computes exactly that embedding: ``features`` is MiewID's raw output, ``embeddings`` the same
+direction L2-normalised. Preprocessing as MiewID's evaluation code: squash-resize to 440 x 440 with bilinear
+interpolation without antialiasing (OpenCV ``INTER_LINEAR``, ``resample="bilinear_noaa"``), ImageNet mean/std, RGB.
+
+Usage::
+
+    python -m animal_reid.convert.miewid path/to/miewid-msv3 converted/miewid-msv3 \\
+        --source-repo conservationxlabs/miewid-msv3
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import timm
+import torch
+
+from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel
+from modeling.configuration_animal_reid import IMAGENET_MEAN, IMAGENET_STD
+
+from .common import (
+    CheckpointError,
+    ConversionResult,
+    check_floats,
+    check_layout,
+    find_weights_file,
+    load_state_dict,
+    read_json,
+    save_hub_folder,
+    sha256_of,
+    verify_reload,
+)
+from .model_card import render_card
+
+logger = logging.getLogger(__name__)
+
+MIEWID_BACKBONE = "efficientnetv2_rw_m"
+MIEWID_IMAGE_SIZE = 440
+#: Tensors in the published layout: 1,202 backbone + pooling.p + 5 BatchNorm1d tensors.
+MIEWID_NUM_TENSORS = 1208
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.bin", "model.pth", "checkpoint.pth")
+#: Training-only parts of MiewID checkpoints: the ArcFace head, the unused ``fc`` branch, timm's ImageNet classifier.
+DROPPED_PREFIXES = ("final.", "fc.", "backbone.classifier.")
+BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def expected_layout(backbone: str = MIEWID_BACKBONE, backbone_kwargs: dict | None = None) -> dict[str, tuple]:
+    """Tensor names and shapes of a MiewID checkpoint for ``backbone`` (built on the meta device, no memory)."""
+    with torch.device("meta"):
+        bb = timm.create_model(backbone, pretrained=False, num_classes=0, **(backbone_kwargs or {}))
+    shapes = {f"backbone.{k}": tuple(v.shape) for k, v in bb.state_dict().items()}
+    dim = int(bb.num_features)
+    shapes["pooling.p"] = (1,)
+    for k in BN_KEYS:
+        shapes[f"bn.{k}"] = () if k == "num_batches_tracked" else (dim,)
+    return shapes
+
+
+def _layout_hint(state: dict[str, torch.Tensor]) -> str:
+    keys = list(state)
+    if not any(k.startswith("backbone.") for k in keys):
+        if any(k.startswith(("layers.", "patch_embed.")) for k in keys):
+            return (
+                " It looks like a timm Swin checkpoint (MegaDescriptor): convert it with "
+                "`python -m animal_reid.convert.megadescriptor`."
+            )
+        if any(k.startswith(("conv_stem.", "blocks.")) for k in keys):
+            return " It looks like a bare timm backbone without MiewID's pooling and BatchNorm neck."
+    return ""
+
+
+def read_miewid_state(
+    path: Path, backbone: str = MIEWID_BACKBONE
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Load, clean and validate a MiewID state dict; returns it with the names of the dropped tensors."""
+    state = load_state_dict(path)
+    dropped = sorted(k for k in state if k.startswith(DROPPED_PREFIXES))
+    for k in dropped:
+        del state[k]
+    if dropped:
+        logger.info(
+            "dropped %d training-only tensors (%s): not part of MiewID's embedding",
+            len(dropped),
+            ", ".join(pfx + "*" for pfx in DROPPED_PREFIXES if any(k.startswith(pfx) for k in dropped)),
+        )
+    p = state.get("pooling.p")
+    if p is not None and p.ndim == 0:
+        state["pooling.p"] = p.reshape(1)  # some exports save the GeM exponent as a 0-d tensor
+    if "bn.num_batches_tracked" not in state and "bn.running_mean" in state:
+        state["bn.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)  # optional counter
+    expected = expected_layout(backbone)
+    try:
+        check_layout(state, expected, f"MiewID ({backbone} + GeM + BatchNorm1d)", path)
+    except CheckpointError as err:
+        raise CheckpointError(str(err) + _layout_hint(state)) from None
+    check_floats(state, path)
+    if float(state["pooling.p"].reshape(-1)[0]) <= 0:
+        raise CheckpointError(
+            f"{path}: GeM exponent pooling.p must be > 0, got {state['pooling.p'].tolist()}"
+        )
+    return state, dropped
+
+
+def convert_miewid(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    backbone: str | None = None,
+    image_size: int = MIEWID_IMAGE_SIZE,
+    source_repo: str | None = None,
+    verify: bool = True,
+) -> ConversionResult:
+    """Convert a MiewID ``.safetensors``/``.bin`` file, or a directory holding one, into ``out_dir``.
+
+    ``backbone`` defaults to the ``model_name`` of a MiewID ``config.json`` beside the weights, else
+    ``efficientnetv2_rw_m``. ``verify`` reloads the written folder with ``AutoModel`` (remote code) and checks
+    that its embeddings equal the converted model's.
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    weights = find_weights_file(src, WEIGHT_FILES)
+    cfg_json = read_json(src / "config.json") if src.is_dir() and (src / "config.json").is_file() else {}
+    if cfg_json.get("architecture") and "pretrained_cfg" in cfg_json:
+        raise CheckpointError(
+            f"{src / 'config.json'} is a timm model config (architecture {cfg_json['architecture']!r}), not "
+            "MiewID's; for MegaDescriptor use `python -m animal_reid.convert.megadescriptor`"
+        )
+    backbone = backbone or cfg_json.get("model_name") or MIEWID_BACKBONE
+    if cfg_json.get("use_fc"):
+        logger.info(
+            "config.json sets use_fc: MiewID's extract_feat still returns bn(gem(x)); fc.* is dropped"
+        )
+
+    state, dropped = read_miewid_state(weights, backbone)
+    p = float(state["pooling.p"].reshape(-1)[0])
+    config = AnimalReIDConfig(
+        backbone=backbone,
+        pooling="gem",
+        gem_p=p,
+        gem_eps=1e-6,
+        embedding_dim=0,
+        neck_bn=True,
+        image_size=image_size,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    )
+    model = AnimalReIDModel(config).eval()
+    ours = {("neck_bn." + k[3:] if k.startswith("bn.") else k): v for k, v in state.items()}
+    model.load_state_dict(ours, strict=True)
+    processor = AnimalReIDImageProcessor(
+        size={"height": image_size, "width": image_size},
+        resample="bilinear_noaa",
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    )
+    digest = sha256_of(weights)
+    card = render_card(
+        kind="miewid",
+        source_file=weights.name,
+        source_sha256=digest,
+        source_repo=source_repo,
+        num_tensors=len(state),
+        dropped=dropped,
+        config=config,
+        processor=processor,
+        embedding_dim=model.embedding_dim,
+        extra={"GeM exponent p": round(p, 6)},
+    )
+    save_hub_folder(model, processor, out_dir, card)
+    result = ConversionResult(out_dir, weights, digest, len(state), dropped)
+    if verify:
+        result.reload_max_abs_diff = verify_reload(out_dir, model)
+    return result
+
+
+def main(argv: list[str] | None = None) -> ConversionResult:
+    parser = argparse.ArgumentParser(
+        prog="python -m animal_reid.convert.miewid",
+        description="Convert a local MiewID checkpoint (file or directory) to an animal-reid Hub folder.",
+    )
+    parser.add_argument(
+        "src", help="model.safetensors / .bin file, or a directory holding one (and config.json)"
+    )
+    parser.add_argument(
+        "out_dir", help="directory to write (config, model.safetensors, processor, README.md)"
+    )
+    parser.add_argument(
+        "--backbone", default=None, help=f"timm backbone name (default: config.json or {MIEWID_BACKBONE})"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=MIEWID_IMAGE_SIZE, help="square input side (default 440)"
+    )
+    parser.add_argument(
+        "--source-repo", default=None, help="Hub id of the source, recorded in the card (base_model)"
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip reloading the written folder to check it"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = convert_miewid(
+            args.src,
+            args.out_dir,
+            backbone=args.backbone,
+            image_size=args.image_size,
+            source_repo=args.source_repo,
+            verify=not args.no_verify,
+        )
+    except CheckpointError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(
+        f"converted {result.source_file} ({result.num_tensors} tensors, {len(result.dropped)} dropped) -> "
+        f"{result.out_dir}"
+        + (
+            f"; reload check max abs diff {result.reload_max_abs_diff:.2g}"
+            if result.reload_max_abs_diff is not None
+            else ""
+        )
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
