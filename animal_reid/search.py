@@ -85,12 +85,19 @@ def _as_float32_rows(x, dim: int | None, what: str) -> np.ndarray:
 
 def _normalized(x: np.ndarray, tol: float = 1e-3) -> np.ndarray:
     """Unit rows; returns ``x`` itself (no copy) when it already is."""
-    norms = np.linalg.norm(x, axis=1)
+    # row norms chunk by chunk: np.linalg.norm(x, axis=1) would materialise x * x, a full-size temporary
+    norms = np.empty(x.shape[0], dtype=np.float32)
+    step = 1 << 16
+    for start in range(0, x.shape[0], step):
+        part = x[start : start + step]
+        norms[start : start + step] = np.sqrt(np.einsum("ij,ij->i", part, part))
     if x.shape[0] == 0 or np.all(np.abs(norms - 1.0) < tol):
         return x
     if np.any(norms == 0):
         raise ValueError(f"{int((norms == 0).sum())} embedding rows are all zeros; cannot normalise them")
-    return (x / norms[:, None]).astype(np.float32)
+    out = np.empty_like(x)
+    np.divide(x, norms[:, None], out=out)
+    return out
 
 
 class GalleryIndex:

@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     print(f"# search benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
     print(f"# {args.n_queries} queries, top-{args.k}, dim {args.dim}, IVF nprobe {args.nprobe}")
+    print(f"# load average at start (1/5/15 min): {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
     rows: list[dict] = []
     header = (
         f"| gallery | method | build s | search s | total s | speed-up vs sklearn (search / total) "
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 flush=True,
             )
             rows.append(r)
+        print(f"# load average after {n:,}: {os.getloadavg()[0]:.1f}", flush=True)
         if "sklearn" in idx and "exact" in idx:
             agree = recall_at_k(idx["sklearn"], idx["exact"])
             print(f"# {n:,}: sklearn top-{args.k} vs our exact top-{args.k} overlap {agree:.4f}", flush=True)
