@@ -113,6 +113,7 @@ def encode_labels(*arrays: Sequence | np.ndarray | None) -> list[np.ndarray | No
 
     ``None`` arrays stay ``None``. Missing values (None / NaN) get a fresh code each, so they never compare equal.
     """
+    arrays = tuple(a.detach().cpu().numpy() if hasattr(a, "detach") else a for a in arrays)  # torch tensors
     present = [np.asarray(a, dtype=object).reshape(-1) for a in arrays if a is not None]
     if not present:
         return [None for _ in arrays]

@@ -189,6 +189,16 @@ def test_missing_encounters_never_match_each_other():
     assert out["n_queries_without_match"] == 0
 
 
+def test_torch_inputs_give_the_same_results():
+    import torch
+
+    rng = np.random.default_rng(6)
+    emb, _, _ = _random_data(rng, 30)
+    labels = rng.integers(0, 5, size=30)
+    want = metrics.evaluate_reid(emb, labels)
+    assert metrics.evaluate_reid(torch.from_numpy(emb), torch.from_numpy(labels)) == want
+
+
 def test_length_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="labels has 3 entries, expected 4"):
         metrics.evaluate_reid(HAND, ["A", "A", "B"])
