@@ -375,7 +375,12 @@ def main(argv: Sequence[str] | None = None) -> BuildResult:
         image_size=args.synthetic_size,
         seed=args.seed,
     )
-    sources = [Synthetic(synth_cfg) if isinstance(s, Synthetic) else s for s in sources]
+    sources = [
+        Synthetic(synth_cfg, workers=args.workers, progress=not args.no_progress)
+        if isinstance(s, Synthetic)
+        else s
+        for s in sources
+    ]
     sources += [coco_source(*_named(s, "--coco")) for s in args.coco]
     sources += [miewid_source(*_named(s, "--miewid")) for s in args.miewid]
     if args.download:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm.auto import tqdm
 
 from ..schema import Record
 from ..splits import stable_hash
@@ -42,7 +44,7 @@ class SyntheticConfig:
     patterns: tuple[str, ...] = PATTERNS
     identities_per_species: int = 40
     images_per_identity: int = 8
-    encounters_per_identity: int = 3
+    encounters_per_identity: int = 4
     image_size: int = 128
     seed: int = 0
     jpeg_quality: int = 90
@@ -73,17 +75,17 @@ def coat(pattern: str, rng: np.random.Generator, h: int = TEX_H, w: int = TEX_W)
     """One individual's coat on one flank: float RGB ``[h, w, 3]`` in [0, 255]."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if pattern == "stripes":
-        freq = rng.uniform(0.06, 0.09)
-        warp = 6.0 * _smooth_noise(rng, h, w, 5) + 2.5 * _smooth_noise(rng, h, w, 11)
+        freq = rng.uniform(0.035, 0.055)
+        warp = 7.0 * _smooth_noise(rng, h, w, 4) + 2.0 * _smooth_noise(rng, h, w, 8)
         tilt = rng.uniform(-0.5, 0.5)
         field = np.sin(2 * np.pi * freq * (xx + tilt * yy + 4.0 * warp)) + 0.35 * _smooth_noise(rng, h, w, 8)
         ink = field > rng.uniform(-0.2, 0.3)
     elif pattern in ("spots", "rosettes"):
         ink = np.zeros((h, w), bool)
-        n = int(rng.integers(45, 65)) if pattern == "spots" else int(rng.integers(16, 24))
+        n = int(rng.integers(22, 32)) if pattern == "spots" else int(rng.integers(10, 15))
         for _ in range(n):
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-            r = rng.uniform(3.5, 8.0) if pattern == "spots" else rng.uniform(7.0, 12.0)
+            r = rng.uniform(5.0, 12.0) if pattern == "spots" else rng.uniform(9.0, 15.0)
             d = np.hypot((xx - cx) * rng.uniform(0.8, 1.25), yy - cy)
             if pattern == "spots":
                 ink |= d < r
@@ -94,7 +96,7 @@ def coat(pattern: str, rng: np.random.Generator, h: int = TEX_H, w: int = TEX_W)
                 )
                 ink |= (np.abs(d - r) < r * 0.28) & gap
     elif pattern == "patches":
-        n = int(rng.integers(14, 22))
+        n = int(rng.integers(9, 15))
         pts = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n)], 1)
         d = np.sort(np.hypot(xx[..., None] - pts[:, 0], yy[..., None] - pts[:, 1]), axis=-1)
         ink = (d[..., 1] - d[..., 0]) > rng.uniform(3.0, 5.0)
@@ -134,19 +136,19 @@ def render(
     if flank == "right":  # the right flank seen from the right: the animal faces the other way
         animal, mask = animal.transpose(Image.FLIP_LEFT_RIGHT), mask.transpose(Image.FLIP_LEFT_RIGHT)
     # pose: yaw squash, scale, rotation, position (partly out of frame sometimes)
-    scale = rng.uniform(0.7, 1.05) * size / TEX_W
+    scale = rng.uniform(0.8, 1.1) * size / TEX_W
     squash = rng.uniform(0.8, 1.15)
     w, h = max(8, int(TEX_W * scale * squash)), max(8, int(TEX_H * scale))
     animal, mask = animal.resize((w, h), Image.BILINEAR), mask.resize((w, h), Image.BILINEAR)
-    angle = rng.uniform(-18, 18)
+    angle = rng.uniform(-15, 15)
     animal = animal.rotate(angle, Image.BILINEAR, expand=True)
     mask = mask.rotate(angle, Image.BILINEAR, expand=True)
     # background of the encounter, shifted per photo
     bg = enc["background"]
     ox, oy = (int(v) for v in rng.integers(0, bg.shape[0] - size, size=2))
     photo = Image.fromarray(bg[oy : oy + size, ox : ox + size].astype(np.uint8), "RGB")
-    tx = int((size - animal.width) / 2 + rng.uniform(-0.18, 0.18) * size)
-    ty = int((size - animal.height) / 2 + rng.uniform(-0.15, 0.15) * size)
+    tx = int((size - animal.width) / 2 + rng.uniform(-0.12, 0.12) * size)
+    ty = int((size - animal.height) / 2 + rng.uniform(-0.12, 0.12) * size)
     photo.paste(animal, (tx, ty), mask)
     d = ImageDraw.Draw(photo)
     for _ in range(int(rng.poisson(enc["occlusion_rate"]))):  # grass stalks / branches in front
@@ -175,15 +177,21 @@ def render(
 def encounter_conditions(rng: np.random.Generator, size: int) -> dict:
     """What the photos of one sighting share: background, light, blur, noise, occluders."""
     span = size + size // 2
-    sky, ground = rng.uniform(60, 230, 3), rng.uniform(40, 170, 3)
+    # muted natural scenes: a greyish sky over green-brown ground, each varied per encounter
+    sky = rng.uniform(110, 210) * np.array([1.0, 1.0, 1.0]) + rng.uniform(-15, 25, 3) * np.array(
+        [-1.0, 0.0, 1.0]
+    )
+    ground = np.array([rng.uniform(60, 140), rng.uniform(70, 150), rng.uniform(30, 80)]) * rng.uniform(
+        0.7, 1.2
+    )
     horizon = rng.uniform(0.2, 0.6)
     t = np.clip((np.arange(span, dtype=np.float32)[:, None] / span - horizon) * 4, 0, 1)[..., None]
     bg = sky * (1 - t) + ground * t
     bg = np.broadcast_to(bg, (span, span, 3)) * (1 + 0.25 * _smooth_noise(rng, span, span, 9)[..., None])
     return {
         "background": np.clip(bg, 0, 255),
-        "gain": rng.uniform(0.6, 1.3),
-        "cast": rng.uniform(0.85, 1.15, 3),
+        "gain": rng.uniform(0.65, 1.25),
+        "cast": rng.uniform(0.9, 1.1, 3),
         "gamma": rng.uniform(0.8, 1.25),
         "gradient": rng.uniform(0.0, 0.6),
         "blur": rng.choice([0.0, 0.0, 0.5, 1.0]),
@@ -193,35 +201,52 @@ def encounter_conditions(rng: np.random.Generator, size: int) -> dict:
     }
 
 
-def generate(config: SyntheticConfig) -> Iterator[tuple[str, str, str, str, str, bytes]]:
-    """Yield ``(species_key, identity, encounter, viewpoint, image_id, jpeg_bytes)`` for every photo."""
+def identity_photos(
+    config: SyntheticConfig, pattern: str, ident: int
+) -> list[tuple[str, str, str, str, str, bytes]]:
+    """Every photo of one individual: ``(species_key, identity, encounter, viewpoint, image_id, jpeg_bytes)``."""
     size = config.image_size
-    for pattern in config.patterns:
-        species = f"synth_{pattern}"
-        for ident in range(config.identities_per_species):
-            iid = f"{ident:04d}"
-            coats = {
-                flank: coat(pattern, _rng(config.seed, pattern, ident, flank)) for flank in ("left", "right")
-            }
-            n_enc = min(config.encounters_per_identity, config.images_per_identity)
-            encounters = []
-            for e in range(n_enc):
-                erng = _rng(config.seed, pattern, ident, "encounter", e)
-                encounters.append(
-                    (
-                        f"{iid}/e{e}",
-                        encounter_conditions(erng, size),
-                        "left" if erng.random() < 0.5 else "right",
-                    )
-                )
-            for i in range(config.images_per_identity):
-                enc_name, cond, main_flank = encounters[i % n_enc]
-                prng = _rng(config.seed, pattern, ident, "photo", i)
-                flank = main_flank if prng.random() < 0.8 else ("right" if main_flank == "left" else "left")
-                img = render(pattern, coats[flank], flank, prng, cond, size)
-                buf = io.BytesIO()
-                img.save(buf, format="JPEG", quality=config.jpeg_quality)
-                yield species, iid, enc_name, flank, f"{pattern}/{iid}/{i:03d}", buf.getvalue()
+    species, iid = f"synth_{pattern}", f"{ident:04d}"
+    coats = {flank: coat(pattern, _rng(config.seed, pattern, ident, flank)) for flank in ("left", "right")}
+    n_enc = min(config.encounters_per_identity, config.images_per_identity)
+    encounters = []
+    for e in range(n_enc):
+        erng = _rng(config.seed, pattern, ident, "encounter", e)
+        flank = "left" if erng.random() < 0.5 else "right"
+        encounters.append((f"{iid}/e{e}", encounter_conditions(erng, size), flank))
+    out = []
+    for i in range(config.images_per_identity):
+        enc_name, cond, main_flank = encounters[i % n_enc]
+        prng = _rng(config.seed, pattern, ident, "photo", i)
+        flank = main_flank if prng.random() < 0.8 else ("right" if main_flank == "left" else "left")
+        img = render(pattern, coats[flank], flank, prng, cond, size)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=config.jpeg_quality)
+        out.append((species, iid, enc_name, flank, f"{pattern}/{iid}/{i:03d}", buf.getvalue()))
+    return out
+
+
+def _identity_photos_star(args):
+    return identity_photos(*args)
+
+
+def generate(config: SyntheticConfig, workers: int = 1, progress: bool = False) -> Iterator[tuple]:
+    """Yield ``(species_key, identity, encounter, viewpoint, image_id, jpeg_bytes)`` for every photo, in order.
+
+    ``workers > 1`` renders individuals in a process pool; the output is the same either way.
+    """
+    tasks = [(config, p, i) for p in config.patterns for i in range(config.identities_per_species)]
+    bar = tqdm(total=len(tasks), desc="synthetic individuals", unit="id", disable=not progress)
+    if workers > 1 and len(tasks) > 8:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for photos in pool.map(_identity_photos_star, tasks, chunksize=4):
+                bar.update()
+                yield from photos
+    else:
+        for task in tasks:
+            bar.update()
+            yield from identity_photos(*task)
+    bar.close()
 
 
 @register
@@ -244,14 +269,15 @@ class Synthetic(Source):
         description="Procedural stripes / spots / rosettes / patches individuals; left and right flanks differ.",
     )
 
-    def __init__(self, config: SyntheticConfig | None = None):
+    def __init__(self, config: SyntheticConfig | None = None, workers: int = 2, progress: bool = False):
         self.config = config or SyntheticConfig()
+        self.workers, self.progress = workers, progress
 
     def available(self, root: Path) -> bool:
         return True
 
     def scan(self, root: Path) -> Iterator[Record]:
-        for species, iid, enc, flank, image_id, data in generate(self.config):
+        for species, iid, enc, flank, image_id, data in generate(self.config, self.workers, self.progress):
             yield Record(
                 source=self.info.name,
                 species=species,
