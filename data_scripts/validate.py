@@ -80,6 +80,8 @@ class ValidationResult:
 def decode(item: tuple[str | None, bytes | None]) -> tuple[bytes | None, int, int, str, str | None]:
     """Read (if a path) and fully decode one image: ``(bytes, width, height, format, error)``."""
     path, data = item
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, whatever the caller set
     try:
         if data is None:
             data = Path(path).read_bytes()
@@ -90,6 +92,8 @@ def decode(item: tuple[str | None, bytes | None]) -> tuple[bytes | None, int, in
         return None, 0, 0, "", MISSING_FILE
     except Exception as err:  # any decoder failure is a property of the file, reported per row
         return None, 0, 0, "", f"{type(err).__name__}: {err}"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
 
 def _box_problem(bbox, width: int, height: int) -> tuple[str, str] | None:
@@ -112,7 +116,6 @@ def validate(
     progress: bool = True,
 ) -> ValidationResult:
     """Check every record; return the rows that pass and one :class:`Problem` per skipped row."""
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
     problems: list[Problem] = []
     candidates: list[Record] = []
     seen_ids: set[str] = set()

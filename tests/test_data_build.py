@@ -18,6 +18,7 @@ from data_scripts.validate import (  # noqa: E402
     BOX_OUTSIDE,
     BOX_ZERO_AREA,
     CORRUPT_IMAGE,
+    EXCLUDED,
     MISSING_FIELD,
     MISSING_FILE,
     TOO_FEW_IMAGES,
@@ -213,3 +214,23 @@ def test_cli_builds_small_synthetic_corpus(tmp_path, capsys):
         "encounters_in_several_splits": 0,
     }
     assert report["timing"]["images_per_second"] > 0
+
+
+def test_label_fixes_and_exclusions_are_declared_data(miewid_folder, tmp_path):
+    from dataclasses import replace
+
+    src = miewid_source("toy", miewid_folder / "annotations.csv")
+    src.info = replace(
+        src.info,
+        label_fixes={"z1": "z0"},  # z1 was the same zebra as z0
+        exclude=frozenset({"annotations/0-0"}),
+        exclude_reason="blurred beyond recognition",
+    )
+    recs = {r.image_id: r for r in src.records(tmp_path)}
+    assert recs["toy:plains_zebra:annotations/1-0"].identity == "toy:plains_zebra:z0"
+    result = build([src], tmp_path / "out", data_root=tmp_path, workers=1, progress=False)
+    assert result.report["skipped_by_reason"][EXCLUDED] == 1
+    assert [p["detail"] for p in result.report["skipped"] if p["reason"] == EXCLUDED] == [
+        "blurred beyond recognition"
+    ]
+    assert result.counts["plains_zebra"]["identities"] == 7

@@ -85,6 +85,11 @@ def test_closed_set_reproduces_megadescriptor_benchmarks(data_root, tmp_path):
                     "test" if r["split"] == "test" else "train"
                 )  # train + validation = benchmark train
         assert ours == bench
+    # LionData's ".png" files are JPEG: the embedded file name says so
+    lion_names = pq.read_table(next((out / "data" / "lion").glob("train-*.parquet")), columns=["image"])
+    assert all(
+        n.endswith(".jpg") for n in lion_names.column("image").combine_chunks().field("path").to_pylist()
+    )
     val = [r for r in rows if r["split"] == "validation"]
     assert (
         val
