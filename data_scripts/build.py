@@ -10,6 +10,7 @@ Command line (``python -m data_scripts.build --help``)::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -213,8 +214,6 @@ def build(
         "decode_workers": workers,
     }
     # rewrite the report with the timing (the card does not carry timings, so it stays reproducible)
-    import json
-
     (Path(out_dir) / "build_report.json").write_text(
         json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
@@ -275,6 +274,10 @@ def summary_table(result: BuildResult) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``--config FILE.yaml`` sets defaults (keys = option names, ``-`` or ``_``)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    known, _ = pre.parse_known_args(argv)
     p = argparse.ArgumentParser(
         prog="python -m data_scripts.build",
         description=__doc__,
@@ -350,6 +353,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--private", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "--config", type=Path, default=None, help="YAML file of option defaults (the command line wins)"
+    )
+    if known.config is not None:
+        import yaml
+
+        values = yaml.safe_load(known.config.read_text()) or {}
+        dests = {a.dest for a in p._actions}
+        defaults = {}
+        for key, value in values.items():
+            dest = key.replace("-", "_")
+            if dest not in dests:
+                raise SystemExit(
+                    f"{known.config}: unknown option {key!r}; expected one of {sorted(dests - {'help'})}"
+                )
+            defaults[dest] = Path(value) if dest in ("out", "data_root") and value is not None else value
+        p.set_defaults(**defaults)
+        for action in p._actions:  # a required option given in the file is no longer required
+            if action.dest in defaults:
+                action.required = False
     return p.parse_args(argv)
 
 
@@ -405,6 +428,10 @@ def main(argv: Sequence[str] | None = None) -> BuildResult:
         workers=args.workers,
         progress=not args.no_progress,
         max_shard_bytes=args.max_shard_mb * 1024 * 1024,
+    )
+    result.report["cli"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    (Path(args.out) / "build_report.json").write_text(
+        json.dumps(result.report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     print(summary_table(result))
     if args.push_to_hub:
