@@ -40,7 +40,9 @@ DEFAULT_DATA = Path(os.environ.get("REID_DATA_ROOT", REPO.parent / "shared" / "d
 def _machine() -> str:
     try:
         cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
+        name = next(
+            (ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?"
+        )
     except OSError:
         name = platform.processor()
     desc = f"{os.cpu_count()} cores, {name}"
@@ -59,7 +61,9 @@ def find_images(root: Path, n: int) -> list[str]:
     return [str(p) for p in (files * reps)[:n]]
 
 
-def build(backbone: str, size: int, device: torch.device) -> tuple[AnimalReIDModel, AnimalReIDImageProcessor, str]:
+def build(
+    backbone: str, size: int, device: torch.device
+) -> tuple[AnimalReIDModel, AnimalReIDImageProcessor, str]:
     cfg = AnimalReIDConfig(backbone=backbone, image_size=size, embedding_dim=512 if "lite" in backbone else 0)
     model = AnimalReIDModel(cfg).eval().to(device)
     proc = AnimalReIDImageProcessor.from_model_config(cfg)
@@ -119,7 +123,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-images-large", type=int, default=32, help="images for efficientnetv2_rw_m @ 440")
     ap.add_argument("--n-pipeline", type=int, default=None, help="images for the naive loop (default: same)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: 1 on CPU, 8 on GPU)")
+    ap.add_argument(
+        "--num-workers", type=int, default=None, help="DataLoader workers (default: 1 on CPU, 8 on GPU)"
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--backbones", default="efficientnet_lite0:224,efficientnetv2_rw_m:440")
     ap.add_argument("--json-out", type=Path, default=None)
@@ -128,7 +134,12 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     workers = args.num_workers if args.num_workers is not None else (8 if device.type == "cuda" else 1)
-    results = {"date": dt.date.today().isoformat(), "machine": _machine(), "torch": torch.__version__, "rows": []}
+    results = {
+        "date": dt.date.today().isoformat(),
+        "machine": _machine(),
+        "torch": torch.__version__,
+        "rows": [],
+    }
     for spec in args.backbones.split(","):
         backbone, size = spec.split(":")
         size = int(size)
@@ -155,7 +166,9 @@ def main(argv=None) -> dict:
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{results['machine']}, torch {results['torch']}, {results['date']}")
-    print("| backbone | px | forward only img/s | end-to-end img/s | pipeline loop img/s | e2e / forward | e2e / pipeline |")
+    print(
+        "| backbone | px | forward only img/s | end-to-end img/s | pipeline loop img/s | e2e / forward | e2e / pipeline |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results["rows"]:
         print(

@@ -1,0 +1,140 @@
+"""Does bf16 inference keep the rankings? Top-1 on MegaDescriptor's closed-set Lion and Nyala splits, fp32 vs bf16.
+
+Embeds the split's images with one model (by default ImageNet EfficientNet-Lite0 features, no re-ID training;
+or ``--model DIR`` for an exported re-ID model) in fp32 and in bf16 autocast, then scores test-vs-train 1-NN
+top-1 (MegaDescriptor's protocol) with ``animal_reid.metrics``. Prints both, the top-1 change, the fraction of
+queries whose nearest neighbour changed, the embedding cosine between precisions, and the speed-up.
+
+    python benchmarks/bench_precision.py                         # ImageNet Lite0 @ 224, CPU
+    python benchmarks/bench_precision.py --model runs/real6/export --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from animal_reid.metrics import evaluate_reid  # noqa: E402
+from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel  # noqa: E402
+
+DEFAULT_DATA = Path(os.environ.get("REID_DATA_ROOT", REPO.parent / "shared" / "data"))
+SPLITS = {
+    "LionData": "megadescriptor_closed_set/LionData.csv",
+    "NyalaData": "megadescriptor_closed_set/NyalaData.csv",
+}
+
+
+def imagenet_lite0(size: int) -> tuple[AnimalReIDModel, AnimalReIDImageProcessor, str]:
+    from animal_reid.weights import LITE_MEAN, LITE_STD, load_imagenet_backbone
+
+    cfg = AnimalReIDConfig(
+        backbone="efficientnet_lite0",
+        pooling="avg",
+        embedding_dim=0,
+        neck_bn=False,
+        image_size=size,
+        image_mean=LITE_MEAN,
+        image_std=LITE_STD,
+    )
+    model = load_imagenet_backbone(AnimalReIDModel(cfg))
+    return (
+        model,
+        AnimalReIDImageProcessor.from_model_config(cfg),
+        "ImageNet EfficientNet-Lite0 (avg-pooled features)",
+    )
+
+
+def load_split(data_root: Path, name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    rows = list(csv.DictReader(open(data_root / "benchmarks" / SPLITS[name])))
+    paths = [str(data_root / r["path"]) for r in rows]
+    return paths, np.array([r["identity"] for r in rows]), np.array([r["split"] for r in rows])
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--model", default=None, help="exported model dir or Hub id (default: ImageNet Lite0)")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--json-out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if args.model:
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
+        proc, desc = model.get_image_processor(), f"re-ID model {args.model}"
+    else:
+        model, proc, desc = imagenet_lite0(args.size)
+    model = model.eval().to(device)
+    out = {"date": dt.date.today().isoformat(), "model": desc, "device": str(device), "rows": []}
+    for name in SPLITS:
+        paths, ids, split = load_split(args.data_root, name)
+        q, g = split == "test", split == "train"
+        res = {}
+        for precision in ("fp32", "bf16"):
+            t = time.perf_counter()
+            emb = model.encode(
+                paths,
+                batch_size=args.batch_size,
+                processor=proc,
+                precision=precision,
+                num_workers=args.num_workers,
+            )
+            secs = time.perf_counter() - t
+            r = evaluate_reid(emb[q], ids[q], gallery_embeddings=emb[g], gallery_labels=ids[g], topk=(1, 5))
+            nn = (emb[q] @ emb[g].T).argmax(1)
+            res[precision] = {
+                "emb": emb,
+                "top1": r["top1"],
+                "top5": r["top5"],
+                "mAP": r["mAP"],
+                "secs": secs,
+                "nn": nn,
+            }
+        cos = float(np.mean(np.sum(res["fp32"]["emb"] * res["bf16"]["emb"], axis=1)))
+        row = {
+            "dataset": name,
+            "n_query": int(q.sum()),
+            "n_database": int(g.sum()),
+            "top1_fp32": round(100 * res["fp32"]["top1"], 2),
+            "top1_bf16": round(100 * res["bf16"]["top1"], 2),
+            "mAP_fp32": round(100 * res["fp32"]["mAP"], 2),
+            "mAP_bf16": round(100 * res["bf16"]["mAP"], 2),
+            "nn_changed_pct": round(100 * float(np.mean(res["fp32"]["nn"] != res["bf16"]["nn"])), 2),
+            "mean_cosine_fp32_bf16": round(cos, 5),
+            "speedup_bf16": round(res["fp32"]["secs"] / res["bf16"]["secs"], 2),
+        }
+        out["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\n{desc}, {args.size} px, {device}, {out['date']}")
+    print(
+        "| dataset | queries | top-1 fp32 | top-1 bf16 | mAP fp32 | mAP bf16 | 1-NN changed | cos(fp32, bf16) | bf16 speed-up |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in out["rows"]:
+        print(
+            f"| {r['dataset']} | {r['n_query']} | {r['top1_fp32']} | {r['top1_bf16']} | {r['mAP_fp32']} | {r['mAP_bf16']} "
+            f"| {r['nn_changed_pct']}% | {r['mean_cosine_fp32_bf16']} | {r['speedup_bf16']}x |"
+        )
+    if args.json_out:
+        args.json_out.write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
