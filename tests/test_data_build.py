@@ -249,3 +249,35 @@ def test_yaml_config_sets_defaults_and_command_line_wins(tmp_path, repo_root):
     bad.write_text("sauces: [real]\n")
     with pytest.raises(SystemExit, match="unknown option 'sauces'"):
         parse_args(["--config", str(bad), "--out", "x"])
+
+
+def test_leave_one_species_out_corpus_loads(tmp_path):
+    out = tmp_path / "loso"
+    result = main(
+        [
+            "--sources",
+            "synthetic",
+            "--out",
+            str(out),
+            "--synthetic-identities",
+            "6",
+            "--synthetic-images",
+            "3",
+            "--synthetic-patterns",
+            "stripes",
+            "spots",
+            "--synthetic-size",
+            "40",
+            "--leave-out",
+            "synth_spots",
+            "--no-progress",
+            "--workers",
+            "1",
+        ]
+    )
+    assert result.counts["synth_stripes"]["test"]["images"] == 0
+    stripes = datasets.load_dataset(str(out), "synth_stripes", cache_dir=str(tmp_path / "cache"))
+    assert set(stripes) == {"train", "validation"}  # an empty split is left out of the config
+    everything = datasets.load_dataset(str(out), "all", cache_dir=str(tmp_path / "cache"))
+    assert set(everything["test"]["species"]) == {"synth_spots"} and len(everything["test"]) == 18
+    assert "synth_spots" not in set(everything["train"]["species"])
