@@ -68,6 +68,7 @@ __all__ = [
     "read_queries",
     "write_results",
     "model_cache_key",
+    "run",
     "main",
 ]
 
@@ -643,7 +644,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> list[QueryResult]:
+def run(argv: list[str] | None = None) -> list[QueryResult]:
+    """The command line as a function: parse ``argv``, identify, write outputs, print a summary; returns results."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s"
@@ -687,5 +689,11 @@ def main(argv: list[str] | None = None) -> list[QueryResult]:
     return results
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (``animal-reid-identify``); exit status 0 on success."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    sys.exit(main())

@@ -235,14 +235,14 @@ def test_cli_with_tiny_model_writes_outputs_and_reuses_cache(
         "--cache-dir",
         str(tmp_path / "c"),
     ]
-    results = identify.main(argv + ["--quiet"])
+    results = identify.run(argv + ["--quiet"])
     first = capsys.readouterr().out
     assert "embedded 12 images" in first
     assert len(results) == 3 and all(len(r.candidates) == 2 for r in results)
     assert all(r.new_individual is not None for r in results)
     assert (tmp_path / "out" / "results.csv").is_file() and (tmp_path / "out" / "results.json").is_file()
     assert len(list((tmp_path / "out" / "match_sheets").glob("*.png"))) == 3
-    identify.main(argv + ["--quiet"])
+    assert identify.main(argv + ["--quiet"]) == 0
     assert "embedded 0 images" in capsys.readouterr().out
     # the cache key follows the weights: another model directory gets its own entry
     key1, meta = identify.model_cache_key(tiny_model_dir, None)
@@ -301,7 +301,7 @@ def test_identify_on_real_nyala_gallery(tmp_path, data_root, tiny_model_dir, cap
                 gw.writerow([str(p), d.name, "nyala"])
     argv = ["--model", str(tiny_model_dir), "--gallery", str(gcsv), "--queries", str(qcsv), "--top-k", "3"]
     argv += ["--out", str(tmp_path / "out"), "--threshold", "0.9", "--cache-dir", str(tmp_path / "cache")]
-    results = identify.main(argv)
+    results = identify.run(argv)
     out1 = capsys.readouterr().out
     assert "embedded 40 images" in out1 and "1. " in out1
     assert len(results) == 10 and all(len(r.candidates) == 3 for r in results)
