@@ -174,14 +174,15 @@ def check_layout(
     ]
     if not (missing or unexpected or wrong):
         return
-    parts = [f"{source} is not a {what} checkpoint ({len(state)} tensors, {len(expected)} expected):"]
+    parts = []
     if missing:
         parts.append(f"{len(missing)} missing, e.g. {_few(missing)}")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected, e.g. {_few(unexpected)}")
     if wrong:
         parts.append(f"{len(wrong)} with the wrong shape, e.g. {_few(wrong)}")
-    raise CheckpointError("; ".join(parts))
+    head = f"{source} is not a {what} checkpoint ({len(state)} tensors, {len(expected)} expected): "
+    raise CheckpointError(head + "; ".join(parts))
 
 
 def _few(items: list[str], n: int = 5) -> str:

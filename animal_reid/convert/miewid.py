@@ -71,19 +71,29 @@ def _layout_hint(state: dict[str, torch.Tensor]) -> str:
     if not any(k.startswith("backbone.") for k in keys):
         if any(k.startswith(("layers.", "patch_embed.")) for k in keys):
             return (
-                " It looks like a timm Swin checkpoint (MegaDescriptor): convert it with "
+                "; it looks like a timm Swin checkpoint (MegaDescriptor): convert it with "
                 "`python -m animal_reid.convert.megadescriptor`."
             )
         if any(k.startswith(("conv_stem.", "blocks.")) for k in keys):
-            return " It looks like a bare timm backbone without MiewID's pooling and BatchNorm neck."
+            return "; it looks like a bare timm backbone without MiewID's pooling and BatchNorm neck"
     return ""
 
 
 def read_miewid_state(
     path: Path, backbone: str = MIEWID_BACKBONE
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Load, clean and validate a MiewID state dict; returns it with the names of the dropped tensors."""
-    state = load_state_dict(path)
+    """Load, clean and validate a MiewID checkpoint file; returns the state and the names of dropped tensors."""
+    return validate_miewid_state(load_state_dict(path), path, backbone)
+
+
+def validate_miewid_state(
+    state: dict[str, torch.Tensor], source: str | Path, backbone: str = MIEWID_BACKBONE
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Drop training-only tensors, normalise ``pooling.p`` to shape [1], check names, shapes and values.
+
+    Raises :class:`CheckpointError` naming what is missing, unexpected or wrongly shaped.
+    """
+    state = dict(state)
     dropped = sorted(k for k in state if k.startswith(DROPPED_PREFIXES))
     for k in dropped:
         del state[k]
@@ -100,15 +110,42 @@ def read_miewid_state(
         state["bn.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)  # optional counter
     expected = expected_layout(backbone)
     try:
-        check_layout(state, expected, f"MiewID ({backbone} + GeM + BatchNorm1d)", path)
+        check_layout(state, expected, f"MiewID ({backbone} + GeM + BatchNorm1d)", source)
     except CheckpointError as err:
         raise CheckpointError(str(err) + _layout_hint(state)) from None
-    check_floats(state, path)
+    check_floats(state, source)
     if float(state["pooling.p"].reshape(-1)[0]) <= 0:
         raise CheckpointError(
-            f"{path}: GeM exponent pooling.p must be > 0, got {state['pooling.p'].tolist()}"
+            f"{source}: GeM exponent pooling.p must be > 0, got {state['pooling.p'].tolist()}"
         )
     return state, dropped
+
+
+def miewid_config(
+    backbone: str = MIEWID_BACKBONE, image_size: int = MIEWID_IMAGE_SIZE, gem_p: float = 3.0
+) -> AnimalReIDConfig:
+    """The model config of a converted MiewID: GeM (eps 1e-6), no projection, BatchNorm1d neck, ImageNet stats."""
+    return AnimalReIDConfig(
+        backbone=backbone,
+        pooling="gem",
+        gem_p=gem_p,
+        gem_eps=1e-6,
+        embedding_dim=0,
+        neck_bn=True,
+        image_size=image_size,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    )
+
+
+def miewid_processor(image_size: int = MIEWID_IMAGE_SIZE) -> AnimalReIDImageProcessor:
+    """MiewID's evaluation preprocessing: squash resize, bilinear without antialias (cv2 INTER_LINEAR), ImageNet."""
+    return AnimalReIDImageProcessor(
+        size={"height": image_size, "width": image_size},
+        resample="bilinear_noaa",
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    )
 
 
 def convert_miewid(
@@ -142,26 +179,11 @@ def convert_miewid(
 
     state, dropped = read_miewid_state(weights, backbone)
     p = float(state["pooling.p"].reshape(-1)[0])
-    config = AnimalReIDConfig(
-        backbone=backbone,
-        pooling="gem",
-        gem_p=p,
-        gem_eps=1e-6,
-        embedding_dim=0,
-        neck_bn=True,
-        image_size=image_size,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-    )
+    config = miewid_config(backbone, image_size, gem_p=p)
     model = AnimalReIDModel(config).eval()
     ours = {("neck_bn." + k[3:] if k.startswith("bn.") else k): v for k, v in state.items()}
     model.load_state_dict(ours, strict=True)
-    processor = AnimalReIDImageProcessor(
-        size={"height": image_size, "width": image_size},
-        resample="bilinear_noaa",
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-    )
+    processor = miewid_processor(image_size)
     digest = sha256_of(weights)
     card = render_card(
         kind="miewid",
