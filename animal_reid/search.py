@@ -9,7 +9,8 @@ Methods
 -------
 * ``"exact"``: torch matmul + ``topk`` over gallery chunks, merging running top-k lists; memory beyond the
   gallery itself is bounded by ``memory_budget_bytes`` (default 128 MiB) whatever the gallery size.
-  ``dtype="float16"`` halves storage; scores are still computed in float32 chunk by chunk.
+  ``dtype="float16"`` halves storage; scores are still computed in float32 chunk by chunk. ``device="cuda"``
+  keeps the rows on a GPU and scores there.
 * ``"ivf"``: faiss ``IndexIVFFlat`` (``IndexIVFScalarQuantizer`` fp16 with ``dtype="float16"``) on inner
   product, ``nlist`` coarse cells trained by k-means on a sample, ``nprobe`` cells visited per query (the
   recall / speed knob).
@@ -114,6 +115,7 @@ class GalleryIndex:
         ef_search: int = 128,
         memory_budget_bytes: int = 128 * 1024**2,
         seed: int = 0,
+        device: str | None = None,
     ):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -134,6 +136,7 @@ class GalleryIndex:
         self.ef_search = int(ef_search)
         self.memory_budget_bytes = int(memory_budget_bytes)
         self.seed = seed
+        self.device = device  # exact search: where the rows live and scores are computed (None: CPU)
         self._chunks: list[torch.Tensor] = []  # exact: stored gallery rows
         self._faiss = None
 
@@ -183,11 +186,12 @@ class GalleryIndex:
         torch = _torch()
         normed = _normalized(emb)
         if self.dtype == "float16":
-            self._chunks.append(torch.from_numpy(normed).half())
+            self._chunks.append(torch.from_numpy(normed).to(self.device or "cpu", torch.float16))
         elif normed is emb and copy:
-            self._chunks.append(torch.from_numpy(emb.copy()))
+            self._chunks.append(torch.from_numpy(emb).to(self.device or "cpu", copy=True))
         else:
-            self._chunks.append(torch.from_numpy(normed))  # aliases the caller's array when copy=False
+            # aliases the caller's array when copy=False (on the CPU)
+            self._chunks.append(torch.from_numpy(normed).to(self.device or "cpu"))
 
     def _default_nlist(self, n: int) -> int:
         # ~sqrt(N) cells, at least 39 training points per cell (faiss' minimum) and at most 4096 cells
@@ -256,14 +260,15 @@ class GalleryIndex:
         if n == 0 or nq == 0:
             return scores, indices
         kk = min(k, n)
-        qt = torch.from_numpy(q)
+        dev = self._chunks[0].device
+        qt = torch.from_numpy(q).to(dev)
         # bound the [q_chunk, g_chunk] score block to the memory budget (plus a float32 copy of a fp16 chunk)
         q_chunk = max(1, min(nq, 1024))
         g_chunk = max(kk, self.memory_budget_bytes // (4 * (q_chunk + self.dim)))
         for qs in range(0, nq, q_chunk):
             qb = qt[qs : qs + q_chunk]
-            best_s = torch.full((qb.shape[0], 0), -torch.inf)
-            best_i = torch.zeros((qb.shape[0], 0), dtype=torch.int64)
+            best_s = torch.full((qb.shape[0], 0), -torch.inf, device=dev)
+            best_i = torch.zeros((qb.shape[0], 0), dtype=torch.int64, device=dev)
             offset = 0
             for chunk in self._chunks:
                 for gs in range(0, chunk.shape[0], g_chunk):
@@ -282,8 +287,8 @@ class GalleryIndex:
             order = torch.argsort(best_i, dim=1)
             best_s, best_i = torch.gather(best_s, 1, order), torch.gather(best_i, 1, order)
             order = torch.sort(best_s, dim=1, descending=True, stable=True).indices
-            scores[qs : qs + qb.shape[0], :kk] = torch.gather(best_s, 1, order).numpy()
-            indices[qs : qs + qb.shape[0], :kk] = torch.gather(best_i, 1, order).numpy()
+            scores[qs : qs + qb.shape[0], :kk] = torch.gather(best_s, 1, order).cpu().numpy()
+            indices[qs : qs + qb.shape[0], :kk] = torch.gather(best_i, 1, order).cpu().numpy()
         return scores, indices
 
     def _search_faiss(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -313,7 +318,7 @@ class GalleryIndex:
             )
         torch = _torch()
         full = torch.cat(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
-        return full[torch.from_numpy(ids)].float().numpy()
+        return full[torch.from_numpy(ids).to(full.device)].float().cpu().numpy()
 
     # ------------------------------------------------------------------------------------------------------------
     def _meta(self) -> dict:
@@ -344,12 +349,14 @@ class GalleryIndex:
                 if self._chunks
                 else torch.zeros((0, self.dim), dtype=self.torch_dtype)
             )
-            np.save(d / "embeddings.npy", data.numpy())
+            np.save(d / "embeddings.npy", data.cpu().numpy())
         (d / INDEX_FILE).write_text(json.dumps(self._meta(), indent=2))
         return d
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, mmap: bool = False) -> GalleryIndex:
+    def load(
+        cls, directory: str | os.PathLike, mmap: bool = False, device: str | None = None
+    ) -> GalleryIndex:
         """Read an index written by :meth:`save`; ``mmap=True`` maps an exact index's rows instead of reading them."""
         d = Path(directory)
         meta_path = d / INDEX_FILE
@@ -370,6 +377,7 @@ class GalleryIndex:
             ef_search=meta["ef_search"],
             memory_budget_bytes=meta["memory_budget_bytes"],
             seed=meta["seed"],
+            device=device,
         )
         if meta["method"] in ("ivf", "hnsw"):
             index._faiss = _import_faiss().read_index(str(d / "faiss.index"))
@@ -377,7 +385,7 @@ class GalleryIndex:
             # "c": copy-on-write map, writable for torch without ever touching the file
             arr = np.load(d / "embeddings.npy", mmap_mode="c" if mmap else None)
             if arr.shape[0]:
-                index._chunks = [_torch().from_numpy(arr)]
+                index._chunks = [_torch().from_numpy(arr).to(device or "cpu")]
         if len(index) != meta["size"]:
             raise ValueError(f"{d}: index holds {len(index)} rows, its {INDEX_FILE} says {meta['size']}")
         return index

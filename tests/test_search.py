@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from animal_reid.search import GalleryIndex, faiss_available
 
@@ -37,6 +38,20 @@ def test_exact_matches_numpy_across_chunks():
     ref_s, ref_i = _exact(q, g, 10)
     np.testing.assert_array_equal(i, ref_i)
     np.testing.assert_allclose(s, ref_s, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))],
+)
+def test_exact_on_a_device_matches_numpy(device):
+    rng = np.random.default_rng(5)
+    g, q = _clustered_pair(rng, 1500, 20)
+    index = GalleryIndex.build(g, method="exact", device=device, memory_budget_bytes=256 * 1024)
+    s, i = index.search(q, 5)
+    ref_s, ref_i = _exact(q, g, 5)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-4, atol=1e-5)
 
 
 def test_exact_float16_storage_keeps_rankings():
