@@ -203,7 +203,7 @@ def build(
         },
     }
     t_write0 = time.perf_counter()
-    counts = write_corpus(rows, Path(out_dir), [s.info for s in sources], report, max_shard_bytes)
+    counts = write_corpus(rows, Path(out_dir), [s.info for s in sources], report, max_shard_bytes, progress)
     seconds = time.perf_counter() - t0
     report["timing"] = {
         "seconds": round(seconds, 2),

@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+from tqdm.auto import tqdm
 
 from .schema import COLUMNS, SPECIES, SPLITS, hf_features
 from .sources.base import SourceInfo
@@ -78,7 +79,10 @@ def to_table(rows: Sequence[OutRow], schema: pa.Schema | None = None) -> pa.Tabl
 
 
 def write_shards(
-    rows: Sequence[OutRow], out_dir: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    rows: Sequence[OutRow],
+    out_dir: Path,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    progress: bool = False,
 ) -> dict:
     """Write ``data/<species>/<split>-*.parquet``; return ``{species: {split: [file names]}}``."""
     schema = arrow_schema()
@@ -86,7 +90,7 @@ def write_shards(
     for r in rows:
         grouped[r.species][r.split].append(r)
     written: dict[str, dict[str, list[str]]] = {}
-    for species in sorted(grouped):
+    for species in tqdm(sorted(grouped), desc="write parquet", unit="species", disable=not progress):
         folder = Path(out_dir) / "data" / species
         folder.mkdir(parents=True, exist_ok=True)
         written[species] = {}
@@ -261,6 +265,7 @@ def write_corpus(
     sources: Sequence[SourceInfo],
     report: dict,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    progress: bool = False,
 ) -> dict:
     """Write shards, card and report into ``out_dir`` (its ``data/`` is replaced); return the counts."""
     out_dir = Path(out_dir)
@@ -269,7 +274,7 @@ def write_corpus(
         for old in data.glob("*/*.parquet"):
             old.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-    report["files"] = write_shards(rows, out_dir, max_shard_bytes)
+    report["files"] = write_shards(rows, out_dir, max_shard_bytes, progress)
     counts = _counts(rows)
     report["counts"] = counts
     (out_dir / "README.md").write_text(render_card(counts, sources, report), encoding="utf-8")
