@@ -266,3 +266,26 @@ def test_cli_exit_code_and_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main([str(tmp_path), str(tmp_path / "out")])
     assert info.value.code == 2 and "file is empty" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_bilinear_noaa_is_within_one_grey_level_of_opencv(data_root):
+    """MiewID's evaluation resized with OpenCV INTER_LINEAR; the converted processor must reproduce it."""
+    cv2 = pytest.importorskip("cv2")
+    from PIL import Image
+
+    paths = sorted((data_root / "wildlife_reidentification-main" / "Nyala_Data_Zero").rglob("*.jpg"))[::150][
+        :8
+    ]
+    paths += sorted((data_root / "DogFaceNet" / "after_4_bis").rglob("*.jpg"))[::1000][:4]
+    assert len(paths) >= 10
+    proc = miewid_processor()
+    worst = 0
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        ours = (proc.resize(image) * 255.0).round().to(torch.int16).permute(1, 2, 0).numpy()
+        ref = cv2.resize(np.asarray(image), (440, 440), interpolation=cv2.INTER_LINEAR).astype(np.int16)
+        diff = np.abs(ours - ref)
+        worst = max(worst, int(diff.max()))
+        assert diff.mean() < 0.05, (path, float(diff.mean()))
+    assert worst <= 1
