@@ -1,0 +1,291 @@
+#!/usr/bin/env python
+"""Training throughput (issue 5, #2): ``train_accelerate.py``'s loop against the model's plain forward/backward.
+
+For each precision (fp32, bf16), in separate processes so each peak memory is its own:
+
+* ``loop``  – ``train_accelerate.main`` on a config (default: the CPU benchmark ``configs/train_cpu_real6.yaml``)
+              for one short epoch: corpus decoding, preprocessing, augmentation, P×K sampler, Accelerate
+              ``accumulate``/autocast, clipping, AdamW, scheduler. Images/s is the loop's own figure
+              (``metrics.jsonl``: training images over the epoch's training time, evaluation excluded).
+* ``plain`` – the same model (``train_accelerate.build_model``, same head size) and optimiser stepping on a
+              random batch of the same shape already in memory on the device: the limit for this model here.
+
+Peak memory is ``ru_maxrss`` of the measuring process (its DataLoader workers reported apart) on the CPU and
+``torch.cuda.max_memory_allocated`` on a GPU. Ratios are printed: loop / plain per precision, bf16 / fp32 per mode.
+
+    python benchmarks/bench_train.py                                   # CPU, configs/train_cpu_real6.yaml
+    python benchmarks/bench_train.py --corpus runs/bench_real/corpora/open_src --batches 6
+    python benchmarks/bench_train.py --device cuda --corpus .gpu/bench/corpora/open --batches 60 \\
+        --set image_size=224 identities_per_batch=16 num_workers=12
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+PRECISIONS = {"fp32": "no", "bf16": "bf16"}
+
+
+def _maxrss_mib(who: int) -> float:
+    # Linux reports ru_maxrss in KiB
+    return resource.getrusage(who).ru_maxrss / 1024.0
+
+
+def _overrides(sets: list[str]) -> list[str]:
+    argv = []
+    for item in sets:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        argv += [f"--{k}", *v.split()]
+    return argv
+
+
+def worker_loop(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    import train_accelerate
+
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        argv = [args.config, "--output_dir", str(Path(tmp) / "run"), "--epochs", "1"]
+        argv += ["--batches_per_epoch", str(args.batches), "--mixed_precision", PRECISIONS[args.precision]]
+        argv += ["--max_eval_images_per_identity", "2", "--save_total_limit", "1", "--log_every", "1000"]
+        if args.corpus:
+            argv += ["--corpus", args.corpus]
+        argv += _overrides(args.set)
+        t0 = time.time()
+        res = train_accelerate.main(argv)
+        wall = time.time() - t0
+        hist = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines() if x]
+    out = {
+        "mode": "loop",
+        "precision": args.precision,
+        "images_per_s": hist[-1]["images_per_s"],
+        "train_time_s": hist[-1]["train_time_s"],
+        "images": round(hist[-1]["images_per_s"] * hist[-1]["train_time_s"]),
+        "run_wall_s": wall,
+        "num_classes": res["num_classes"],
+        "peak_rss_mib": _maxrss_mib(resource.RUSAGE_SELF),
+        "peak_rss_children_mib": _maxrss_mib(resource.RUSAGE_CHILDREN),
+    }
+    if torch.cuda.is_available():
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def worker_plain(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    import train_accelerate
+    from animal_reid.training.config import parse_config
+    from animal_reid.training.data import load_corpus
+
+    argv = [args.config] + (["--corpus", args.corpus] if args.corpus else []) + _overrides(args.set)
+    config = parse_config(argv)
+    corpus = load_corpus(config.data, seed=config.train.seed)
+    n_classes = corpus.num_classes
+    del corpus
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model, _ = train_accelerate.build_model(config, n_classes)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(train_accelerate.parameter_groups(model, config))
+    b, s = config.train.batch_size, config.model.image_size
+    x = torch.randn(b, 3, s, s, device=device)
+    y = torch.randint(0, n_classes, (b,), device=device)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model(pixel_values=x, labels=y).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    dt_s = time.perf_counter() - t0
+    out = {
+        "mode": "plain",
+        "precision": args.precision,
+        "images_per_s": args.steps * b / dt_s,
+        "train_time_s": dt_s,
+        "images": args.steps * b,
+        "num_classes": n_classes,
+        "peak_rss_mib": _maxrss_mib(resource.RUSAGE_SELF),
+    }
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _machine(device: str) -> str:
+    import torch
+
+    desc = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}"
+    if device == "cuda" and torch.cuda.is_available():
+        desc += f", GPU {torch.cuda.get_device_name(0)}"
+    return desc
+
+
+def render(results: dict[str, Any]) -> str:
+    rows = results["runs"]
+    mem_key = "peak_cuda_mib" if results["device"] == "cuda" else "peak_rss_mib"
+    lines = [
+        f"# Training throughput ({results['device']})",
+        "",
+        f"- date: {results['date']}; machine: {results['machine']}",
+        f"- command: `{results['command']}`",
+        f"- config: {results['config']} (corpus {results['corpus'] or 'from the config'}; overrides "
+        f"{results['set'] or 'none'}; torch threads {results.get('threads') or 'default'})",
+        "",
+        f"| mode | precision | images/s | images timed | peak memory (MiB, {mem_key}) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mem = r.get(mem_key)
+        extra = (
+            f" (+ children {r['peak_rss_children_mib']:.0f})"
+            if "peak_rss_children_mib" in r and mem_key == "peak_rss_mib"
+            else ""
+        )
+        lines.append(
+            f"| {r['mode']} | {r['precision']} | {r['images_per_s']:.1f} | {r['images']} | "
+            f"{'–' if mem is None else f'{mem:.0f}'}{extra} |"
+        )
+    lines += ["", "| ratio | value |", "|---|---|"]
+    for name, v in results["ratios"].items():
+        lines.append(f"| {name} | {v:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", default=str(REPO / "configs" / "train_cpu_real6.yaml"))
+    p.add_argument("--corpus", default=None, help="corpus directory (default: the config's)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train_accelerate overrides")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
+    p.add_argument("--batches", type=int, default=8, help="batches of the loop's one epoch")
+    p.add_argument("--steps", type=int, default=6, help="timed steps of the plain forward/backward")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (plain)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads in the measuring processes"
+    )
+    p.add_argument("--out", default=None, help="results file stem (.json and .md written)")
+    p.add_argument("--worker", choices=("loop", "plain"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        fn = worker_loop if args.worker == "loop" else worker_plain
+        print("RESULT " + json.dumps(fn(args)), flush=True)
+        return None
+
+    if args.device == "cuda":
+        os.environ.pop("ACCELERATE_USE_CPU", None)
+    else:
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # the loop stays on the CPU even where a GPU is visible
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench_train_cache_") as cache:
+        env = {
+            **os.environ,
+            "HF_DATASETS_CACHE": cache,
+            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        }
+        if args.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        elif not env["CUDA_VISIBLE_DEVICES"]:
+            env.pop("CUDA_VISIBLE_DEVICES")
+        for precision in args.precisions:
+            for mode in ("plain", "loop"):
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    mode,
+                    "--precision",
+                    precision,
+                    "--config",
+                    args.config,
+                ]
+                cmd += ["--device", args.device, "--batches", str(args.batches), "--steps", str(args.steps)]
+                cmd += ["--warmup", str(args.warmup)]
+                if args.threads:
+                    cmd += ["--threads", str(args.threads)]
+                if args.corpus:
+                    cmd += ["--corpus", args.corpus]
+                if args.set:
+                    cmd += ["--set", *args.set]
+                print(f"[bench_train] {mode} {precision} ...", file=sys.stderr, flush=True)
+                proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+                found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                if proc.returncode != 0 or not found:
+                    raise RuntimeError(
+                        f"{mode} {precision} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+                    )
+                runs.append(json.loads(found[-1][len("RESULT ") :]))
+    by = {(r["mode"], r["precision"]): r["images_per_s"] for r in runs}
+    ratios = {}
+    for prec in args.precisions:
+        ratios[f"loop / plain ({prec})"] = by[("loop", prec)] / by[("plain", prec)]
+    if {"fp32", "bf16"} <= set(args.precisions):
+        for mode in ("loop", "plain"):
+            ratios[f"bf16 / fp32 ({mode})"] = by[(mode, "bf16")] / by[(mode, "fp32")]
+    results = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": _machine(args.device),
+        "device": args.device,
+        "command": "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "config": args.config,
+        "corpus": args.corpus,
+        "set": args.set,
+        "threads": args.threads,
+        "runs": runs,
+        "ratios": ratios,
+    }
+    text = render(results)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1253 @@
+#!/usr/bin/env python
+"""The paper's claims measured on real photos (issue 6, tables 1-5), CPU or GPU, under one budget config.
+
+    python benchmarks/reid_real.py --config configs/bench_cpu.yaml                 # 2 CPU cores, reduced
+    python benchmarks/reid_real.py --config configs/bench_gpu.yaml --corpora .gpu/corpora   # packed subset
+    python benchmarks/reid_real.py --config configs/bench_smoke.yaml --out /tmp/smoke     # synthetic, seconds
+
+Tables (each a set of ``train_accelerate.main`` runs plus evaluations of their exported feature extractors):
+
+1. MegaDescriptor's closed-set LionData / NyalaData splits: test images query train + validation (= the
+   benchmark's training set), 1-NN cosine top-1, same-encounter matches *kept* as MegaDescriptor does
+   (a stricter figure with them excluded is reported too). Ours (sub-center ArcFace k=3, dynamic margins) vs
+   MegaDescriptor's loss (plain ArcFace, k=1, m=0.5 rad, s=64) with the same backbone, data and budget, vs
+   ImageNet features alone, vs the published MegaDescriptor table.
+2. Multispecies vs species-specific on the identity-disjoint ("open") split: one model on all species against
+   one model per species; same epochs (each species-specific model gets ``batches_per_epoch`` scaled by its
+   share of the training images, so the total number of steps equals the multispecies model's); per-species
+   top-1 and mAP with the paper's leave-one-out protocol on test identities.
+3. Zero-shot: a model trained without species X, evaluated on X's test identities; against ImageNet features,
+   the species-specific and the multispecies model of table 2.
+4. Fine-tuning on a new species with few training identities: from the table-3 model that never saw it vs
+   from ImageNet weights, same recipe and budget.
+5. Open set: the multispecies model on test identities (never trained on): per species, a fraction of the
+   identities is unknown (all their images are queries) and each known identity gives one query; the
+   new-individual threshold is calibrated on the validation identities the same way, BAKS / BAUS / AUROC on test.
+
+Every run directory and result lands under ``--out``; ``results.json`` and ``results.md`` are rewritten after
+each table, so a run stopped by its time budget keeps what it finished. Runs whose ``results.json`` exists are
+reused (delete the run directory to redo one). See docs/benchmarks_real.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+logger = logging.getLogger("reid_real")
+
+# MegaDescriptor (Čermák et al., WACV 2024), top-1 % on the closed-set splits (../shared/data/README.md).
+PUBLISHED_MEGADESCRIPTOR = {
+    "MegaDescriptor-T-224": {"lion": 14.8, "nyala": 9.3},
+    "MegaDescriptor-S-224": {"lion": 16.1, "nyala": 15.0},
+    "MegaDescriptor-B-224": {"lion": 13.5, "nyala": 18.5},
+    "MegaDescriptor-L-224": {"lion": 20.6, "nyala": 21.7},
+    "MegaDescriptor-L-384": {"lion": 25.2, "nyala": 36.4},
+}
+TABLE_ORDER = (1, 2, 5, 3, 4)  # 5 reuses table 2's model; 4 reuses table 3's
+
+
+@dataclass
+class BenchConfig:
+    """Budget and data of one benchmark run (YAML keys are these field names)."""
+
+    # data: corpora are built from ../shared/data (or $REID_DATA_ROOT) then compacted (resized JPEGs)
+    open_sources: list[str] = field(default_factory=lambda: ["real"])
+    closed_sources: list[str] = field(default_factory=lambda: ["liondata", "nyaladata"])
+    build_args: list[str] = field(default_factory=list)  # extra `data_scripts.build` arguments
+    cap_per_identity: int | None = 12  # at build time (open corpus)
+    max_identities: dict[str, int] = field(default_factory=dict)  # per species, seeded choice
+    pack_size: int = 128  # longest side of the compacted JPEGs
+    pack_max_images_per_identity: int | None = None  # open corpus, every split (keeps a GPU pack small)
+    pack_quality: int = 90
+    # model and training (shared by every run)
+    backbone: str = "efficientnet_lite0"
+    init_weights: str = "imagenet"
+    image_size: int = 96
+    embedding_dim: int = 512
+    scale: float = 30.0
+    margin_min: float = 0.05
+    margin_max: float = 0.5
+    identities_per_batch: int = 8
+    images_per_identity: int = 4
+    max_images_per_identity: int | None = 8
+    max_eval_images_per_identity: int | None = 8
+    lr_backbone: float = 3.0e-4
+    lr_head: float = 3.0e-3
+    warmup_epochs: float = 0.5
+    mixed_precision: str = "no"
+    num_workers: int = 2
+    eval_batch_size: int = 128
+    seed: int = 42
+    # table 1 (closed set, uncapped data: the benchmark's exact database)
+    closed_epochs: int = 4
+    closed_batches_per_epoch: int = 40
+    closed_eval_protocol: str = "query_gallery"  # per-epoch validation of table-1 runs (picks the best epoch)
+    megadescriptor_scale: float = 64.0
+    megadescriptor_margin: float = 0.5
+    # table 2 / 3 / 5
+    epochs: int = 3
+    batches_per_epoch: int = 60  # the multispecies model's; others get the same epochs
+    zero_shot_species: list[str] = field(default_factory=lambda: ["lion", "pig"])
+    openset_unknown_fraction: float = 0.3
+    # table 4
+    finetune_species: str = "pig"
+    finetune_identities: int = 15
+    finetune_epochs: int = 4
+    finetune_batches_per_epoch: int = 15
+    finetune_freeze_backbone_epochs: int = 1
+    finetune_lr_backbone: float = 1.0e-4
+    # runtime
+    tables: list[int] = field(default_factory=lambda: list(TABLE_ORDER))
+    time_budget_s: float | None = None  # stop starting new runs after this many seconds
+    min_run_s: float = 0.0  # do not start a training run with less time left than this
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.tables) - set(TABLE_ORDER))
+        if unknown:
+            raise ValueError(f"tables must be among {sorted(TABLE_ORDER)}, got {unknown}")
+        if not 0 < self.openset_unknown_fraction < 1:
+            raise ValueError(
+                f"openset_unknown_fraction must be in (0, 1), got {self.openset_unknown_fraction}"
+            )
+        if self.finetune_identities < 2:
+            raise ValueError(f"finetune_identities must be >= 2, got {self.finetune_identities}")
+
+
+def load_bench_config(path: str | Path | None, overrides: list[str] | None = None) -> BenchConfig:
+    """Read a YAML file of `BenchConfig` fields, then ``key=value`` overrides (values parsed as YAML)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of BenchConfig fields, got {type(values).__name__}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        values[key.strip()] = yaml.safe_load(raw)
+    names = {f.name for f in dataclasses.fields(BenchConfig)}
+    bad = sorted(set(values) - names)
+    if bad:
+        raise ValueError(f"unknown benchmark option(s) {bad}; expected names among {sorted(names)}")
+    return BenchConfig(**values)
+
+
+# ------------------------------------------------------------------------------------------------ corpora
+
+
+def _stable_rank(seed: int, key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little")
+
+
+def build_source_corpus(
+    out: Path, sources: list[str], policy: str, extra: list[str], cap: int | None
+) -> Path:
+    """`python -m data_scripts.build` into ``out`` unless it is already there."""
+    if (out / "README.md").is_file():
+        return out
+    cmd = [sys.executable, "-m", "data_scripts.build", "--sources", *sources, "--split", policy]
+    cmd += ["--out", str(out), "--no-progress", *extra]
+    if cap is not None:
+        cmd += ["--cap-per-identity", str(cap)]
+    logger.info("building corpus: %s", " ".join(cmd))
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(
+            f"corpus build failed (exit {res.returncode}): {' '.join(cmd)}\n{res.stderr[-3000:]}"
+        )
+    return out
+
+
+def _shrink(data: bytes, bbox, size: int, quality: int) -> tuple[bytes, list[float] | None]:
+    """Re-encode one image as RGB JPEG with its longest side at most ``size`` (EXIF orientation applied)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        w, h = im.size
+        f = min(1.0, size / max(w, h))
+        if f < 1.0:
+            im = im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=quality)
+    box = None if bbox is None else [float(v) * f for v in bbox]
+    return buf.getvalue(), box
+
+
+def compact_corpus(
+    src: Path,
+    dst: Path,
+    size: int,
+    quality: int = 90,
+    max_identities: dict[str, int] | None = None,
+    species: list[str] | None = None,
+    max_train_identities: int | None = None,
+    max_images_per_identity: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Copy a built corpus with every image re-encoded at ``size`` px (longest side), same layout and schema.
+
+    ``max_identities`` keeps a seeded choice of at most N identities per species (over all splits);
+    ``species`` keeps only those species' shards; ``max_train_identities`` keeps at most N identities in the
+    train split (validation and test untouched) — the "new species with few identities" of table 4;
+    ``max_images_per_identity`` keeps a seeded choice of at most N images per identity in every split.
+    Boxes are scaled with the image. Returns counts written (also saved as ``compact_report.json``).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not (src / "README.md").is_file():
+        raise FileNotFoundError(
+            f"{src}: expected a built corpus (README.md and data/<config>/<split>-*.parquet)"
+        )
+    tmp = dst.with_name(dst.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "data").mkdir(parents=True)
+    files = sorted((src / "data").glob("*/*.parquet"))
+    by_species: dict[str, list[Path]] = {}
+    for f in files:
+        by_species.setdefault(f.parent.name, []).append(f)
+    if species:
+        missing = sorted(set(species) - set(by_species))
+        if missing:
+            raise ValueError(f"species {missing} not in corpus {src}; it has {sorted(by_species)}")
+        by_species = {k: v for k, v in by_species.items() if k in species}
+    report: dict[str, Any] = {"source": str(src), "size": size, "quality": quality, "species": {}}
+    for sp, sp_files in sorted(by_species.items()):
+        tables = {f: pq.read_table(f) for f in sp_files}
+        keep_ids = None
+        if max_identities and sp in max_identities:
+            ids = sorted({i for t in tables.values() for i in t.column("identity").to_pylist()})
+            ids.sort(key=lambda i: _stable_rank(seed, i))
+            keep_ids = set(ids[: max_identities[sp]])
+        counts = {}
+        for f, table in tables.items():
+            split = f.name.split("-")[0]
+            ident = table.column("identity").to_pylist()
+            keep = [keep_ids is None or i in keep_ids for i in ident]
+            if split == "train" and max_train_identities is not None:
+                train_ids = sorted({i for i, k in zip(ident, keep, strict=True) if k})
+                train_ids.sort(key=lambda i: _stable_rank(seed, "few:" + i))
+                chosen = set(train_ids[:max_train_identities])
+                keep = [k and i in chosen for i, k in zip(ident, keep, strict=True)]
+            if max_images_per_identity is not None:
+                seen: Counter = Counter()
+                ids_ = table.column("image_id").to_pylist()
+                for i in sorted(range(len(ident)), key=lambda r: _stable_rank(seed, "img:" + ids_[r])):
+                    if keep[i]:
+                        seen[ident[i]] += 1
+                        keep[i] = seen[ident[i]] <= max_images_per_identity
+            table = table.filter(pa.array(keep))
+            images = table.column("image").to_pylist()
+            boxes = table.column("bbox").to_pylist() if "bbox" in table.column_names else [None] * len(images)
+            new_images, new_boxes = [], []
+            for img, box in zip(images, boxes, strict=True):
+                data, nb = _shrink(img["bytes"], box, size, quality)
+                new_images.append({"bytes": data, "path": img.get("path")})
+                new_boxes.append(nb)
+            table = table.set_column(
+                table.column_names.index("image"),
+                "image",
+                pa.array(new_images, type=table.schema.field("image").type),
+            )
+            if "bbox" in table.column_names:
+                table = table.set_column(
+                    table.column_names.index("bbox"),
+                    "bbox",
+                    pa.array(new_boxes, type=table.schema.field("bbox").type),
+                )
+            (tmp / "data" / sp).mkdir(exist_ok=True)
+            pq.write_table(
+                table.replace_schema_metadata(tables[f].schema.metadata), tmp / "data" / sp / f.name
+            )
+            counts[split] = {
+                "images": table.num_rows,
+                "identities": len(set(table.column("identity").to_pylist())),
+            }
+        report["species"][sp] = counts
+    _write_card(src, tmp, sorted(by_species))
+    for extra in ("build_report.json",):
+        if (src / extra).is_file():
+            shutil.copy2(src / extra, tmp / extra)
+    (tmp / "compact_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
+    return report
+
+
+def _write_card(src: Path, dst: Path, species: list[str]) -> None:
+    """The source's dataset card with its ``configs:`` reduced to the species kept (and ``all``)."""
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(src / "README.md")
+    configs = card.data.to_dict().get("configs") or []
+    kept = []
+    for c in configs:
+        if c["config_name"] != "all" and c["config_name"] not in species:
+            continue
+        files = [d for d in c["data_files"] if any((dst / "data").glob(d["path"].removeprefix("data/")))]
+        if files:
+            kept.append({**c, "data_files": files})
+    card.data.configs = kept
+    card.save(dst / "README.md")
+
+
+def prepare_corpora(cfg: BenchConfig, work: Path, pack_dir: Path | None = None) -> dict[str, Path]:
+    """Build (if missing) the open and closed corpora under ``work/corpora``, compacted into ``pack_dir``
+    (default: the same folder)."""
+    base = work / "corpora"
+    out = {}
+    for name, sources, policy, cap, max_ids, max_img in (
+        (
+            "open",
+            cfg.open_sources,
+            "open",
+            cfg.cap_per_identity,
+            cfg.max_identities,
+            cfg.pack_max_images_per_identity,
+        ),
+        ("closed", cfg.closed_sources, "closed", None, None, None),
+    ):
+        dst = (pack_dir or base) / name
+        if not (dst / "README.md").is_file():
+            src = build_source_corpus(base / f"{name}_src", sources, policy, cfg.build_args, cap)
+            t0 = time.time()
+            compact_corpus(
+                src,
+                dst,
+                cfg.pack_size,
+                cfg.pack_quality,
+                max_identities=max_ids,
+                max_images_per_identity=max_img,
+                seed=cfg.seed,
+            )
+            logger.info("compacted %s -> %s in %.0f s", src, dst, time.time() - t0)
+        out[name] = dst
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+class Deadline:
+    """Hard wall-clock budget: training runs are not started once it is spent."""
+
+    def __init__(self, budget_s: float | None, min_run_s: float = 0.0) -> None:
+        self.t0 = time.time()
+        self.budget_s = budget_s
+        self.min_run_s = min_run_s
+
+    def left(self) -> float:
+        return float("inf") if self.budget_s is None else self.budget_s - (time.time() - self.t0)
+
+    def allows_run(self) -> bool:
+        return self.left() > self.min_run_s
+
+
+class OutOfTime(RuntimeError):
+    pass
+
+
+@dataclass
+class Bench:
+    cfg: BenchConfig
+    work: Path
+    corpora: dict[str, Path]
+    deadline: Deadline
+    run_times: dict[str, float] = field(default_factory=dict)
+    _cache: dict[tuple, Any] = field(default_factory=dict)
+
+    # ---- training
+
+    def train_argv(self, name: str, corpus: Path, **over: Any) -> list[str]:
+        c = self.cfg
+        opts: dict[str, Any] = {
+            "corpus": corpus,
+            "corpus_config": "all",
+            "output_dir": self.work / "runs" / name,
+            "backbone": c.backbone,
+            "init_weights": c.init_weights,
+            "image_size": c.image_size,
+            "embedding_dim": c.embedding_dim,
+            "subcenters": 3,
+            "scale": c.scale,
+            "margin_min": c.margin_min,
+            "margin_max": c.margin_max,
+            "dynamic_margins": True,
+            "epochs": c.epochs,
+            "batches_per_epoch": c.batches_per_epoch,
+            "identities_per_batch": c.identities_per_batch,
+            "images_per_identity": c.images_per_identity,
+            "max_images_per_identity": c.max_images_per_identity,
+            "max_eval_images_per_identity": c.max_eval_images_per_identity,
+            "lr_backbone": c.lr_backbone,
+            "lr_head": c.lr_head,
+            "warmup_epochs": c.warmup_epochs,
+            "mixed_precision": c.mixed_precision,
+            "num_workers": c.num_workers,
+            "eval_batch_size": c.eval_batch_size,
+            "seed": c.seed,
+            "save_total_limit": 1,
+            "log_every": 1000,
+        }
+        opts.update(over)
+        argv: list[str] = []
+        for k, v in opts.items():
+            if v is None:
+                continue
+            if isinstance(v, (list, tuple)):
+                argv += [f"--{k}", *map(str, v)]
+            else:
+                argv += [f"--{k}", str(v)]
+        return argv
+
+    def train(self, name: str, corpus: Path, **over: Any) -> dict[str, Any]:
+        """One `train_accelerate.main` run (reused when its results.json exists); results.json's dict."""
+        import train_accelerate
+
+        run_dir = self.work / "runs" / name
+        done = run_dir / "results.json"
+        if done.is_file():
+            logger.info("reusing %s", run_dir)
+            return json.loads(done.read_text(encoding="utf-8"))
+        if not self.deadline.allows_run():
+            raise OutOfTime(f"{name}: {self.deadline.left():.0f} s left of the time budget")
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # an unfinished run
+        argv = self.train_argv(name, corpus, **over)
+        logger.info("train %s: train_accelerate.py %s", name, " ".join(argv))
+        t0 = time.time()
+        res = train_accelerate.main(argv)
+        self.run_times[name] = time.time() - t0
+        logger.info("train %s: %.0f s, test top-1 %s", name, self.run_times[name], res["test"]["top1"])
+        res["argv"] = argv
+        res["bench_wall_s"] = self.run_times[name]
+        done.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        return res
+
+    # ---- embeddings
+
+    @property
+    def device(self) -> str:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def extractor(self, which: str):
+        """``(model, processor)``: ``"imagenet"`` (backbone features, no re-ID training) or an export dir."""
+        from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel
+
+        key = ("model", which)
+        if key not in self._cache:
+            if which == "imagenet":
+                c = self.cfg
+                model = AnimalReIDModel(
+                    AnimalReIDConfig(backbone=c.backbone, embedding_dim=0, image_size=c.image_size)
+                )
+                if c.init_weights == "imagenet":
+                    from animal_reid.weights import load_imagenet_backbone
+
+                    load_imagenet_backbone(model)
+                elif c.init_weights != "none":
+                    from animal_reid.weights import load_backbone_file
+
+                    load_backbone_file(model, c.init_weights)
+                processor = AnimalReIDImageProcessor.from_model_config(model.config)
+            else:
+                model = AnimalReIDModel.from_pretrained(which)
+                processor = AnimalReIDImageProcessor.from_pretrained(which)
+            self._cache[key] = (model.to(self.device).eval(), processor)
+        return self._cache[key]
+
+    def split(self, corpus: Path, split: str, species: list[str] | None = None, capped: bool = True):
+        """A corpus split filtered and capped exactly as `train_accelerate` does (same seed)."""
+        from animal_reid.training.config import DataArguments
+        from animal_reid.training.data import load_corpus
+
+        key = ("split", str(corpus), tuple(species or ()), capped)
+        if key not in self._cache:
+            c = self.cfg
+            args = DataArguments(
+                corpus=str(corpus),
+                corpus_config="all",
+                species=species,
+                max_images_per_identity=c.max_images_per_identity if capped else None,
+                max_eval_images_per_identity=c.max_eval_images_per_identity if capped else None,
+                num_workers=c.num_workers,
+            )
+            self._cache[key] = load_corpus(args, seed=c.seed).splits
+        return self._cache[key][split]
+
+    def embed(
+        self, which: str, corpus: Path, split: str, species: list[str] | None = None, capped: bool = True
+    ):
+        """``(embeddings [N, D], metadata dict of lists)`` of a split under a model."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        from animal_reid.training.data import ReIDImageDataset, dataloader_kwargs, split_metadata
+
+        key = ("emb", which, str(corpus), split, tuple(species or ()), capped)
+        if key in self._cache:
+            return self._cache[key]
+        model, processor = self.extractor(which)
+        ds = self.split(corpus, split, species, capped)
+        loader = DataLoader(
+            ReIDImageDataset(ds, processor),
+            batch_size=self.cfg.eval_batch_size,
+            **dataloader_kwargs(self.cfg.num_workers),
+        )
+        dtype = torch.bfloat16 if self.cfg.mixed_precision == "bf16" else None
+        out = []
+        with torch.inference_mode():
+            for batch in loader:
+                x = batch["pixel_values"].to(self.device, non_blocking=True)
+                with torch.autocast(self.device, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    out.append(model(pixel_values=x).embeddings.float().cpu())
+        result = (torch.cat(out).numpy(), split_metadata(ds))
+        self._cache[key] = result
+        return result
+
+    def leave_one_out(self, which: str, corpus: Path, species: list[str] | None = None) -> dict[str, Any]:
+        """The paper's protocol on the (capped) test split: every image queries the others of its species."""
+        from animal_reid.metrics import evaluate_reid
+
+        emb, meta = self.embed(which, corpus, "test", species)
+        return evaluate_reid(emb, meta["identity"], meta.get("encounter"), meta["species"], topk=(1, 5, 10))
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def floor_label(cfg: BenchConfig) -> str:
+    """Name of the no-re-ID-training baseline: the backbone's starting weights alone (GeM-pooled features)."""
+    start = "ImageNet" if cfg.init_weights == "imagenet" else f"{cfg.init_weights} (untrained)"
+    return f"{start} features, no re-ID training"
+
+
+def _pick(res: dict[str, Any], species: str) -> dict[str, float | None]:
+    ps = res.get("per_species", {}).get(species, {})
+    return {"top1": ps.get("top1"), "mAP": ps.get("mAP"), "n_queries": ps.get("n_queries")}
+
+
+def _train_counts(bench: Bench, corpus: Path) -> Counter:
+    return Counter(bench.split(corpus, "train")["species"])
+
+
+def table1(bench: Bench) -> dict[str, Any]:
+    """Closed set (MegaDescriptor's protocol): ours vs plain ArcFace vs ImageNet features vs published."""
+    from animal_reid.metrics import evaluate_reid
+
+    c, corpus = bench.cfg, bench.corpora["closed"]
+    common = {
+        "eval_protocol": c.closed_eval_protocol,
+        "epochs": c.closed_epochs,
+        "batches_per_epoch": c.closed_batches_per_epoch,
+        "max_images_per_identity": None,  # the benchmark's exact database
+        "max_eval_images_per_identity": None,
+    }
+    runs = {
+        "ours (sub-center k=3, dynamic margins)": bench.train("t1_ours", corpus, **common),
+        f"MegaDescriptor loss (ArcFace k=1, m={c.megadescriptor_margin}, s={c.megadescriptor_scale:g})": bench.train(
+            "t1_arcface",
+            corpus,
+            subcenters=1,
+            dynamic_margins=False,
+            margin_max=c.megadescriptor_margin,
+            margin_min=0.0,
+            scale=c.megadescriptor_scale,
+            **common,
+        ),
+    }
+    models = {floor_label(c): "imagenet"}
+    models.update({k: v["export_dir"] for k, v in runs.items()})
+    rows: dict[str, Any] = {}
+    curves = {}
+    for label, which in models.items():
+        q, qm = bench.embed(which, corpus, "test", capped=False)
+        g1, gm1 = bench.embed(which, corpus, "train", capped=False)
+        g2, gm2 = bench.embed(which, corpus, "validation", capped=False)
+        g = np.concatenate([g1, g2])
+        gm = {k: gm1[k] + gm2[k] for k in gm1}
+        per: dict[str, Any] = {}
+        for protocol, enc in (("megadescriptor", False), ("strict", True)):
+            r = evaluate_reid(
+                q,
+                qm["identity"],
+                qm["encounter"] if enc else None,
+                qm["species"],
+                gallery_embeddings=g,
+                gallery_labels=gm["identity"],
+                gallery_encounters=gm["encounter"] if enc else None,
+                gallery_species=gm["species"],
+                topk=(1, 5),
+            )
+            per[protocol] = {sp: _pick(r, sp) for sp in r["per_species"]}
+            if protocol == "megadescriptor":
+                curves[label] = r
+        rows[label] = per
+    species = sorted(next(iter(rows.values()))["megadescriptor"])
+    return {
+        "protocol": "test images query train+validation (= MegaDescriptor's training set), 1-NN cosine; "
+        "'megadescriptor' keeps same-encounter gallery images as MegaDescriptor does, 'strict' drops them",
+        "species": species,
+        "rows": rows,
+        "published": PUBLISHED_MEGADESCRIPTOR,
+        "runs": {k: _run_summary(v) for k, v in runs.items()},
+        "_curves": curves,
+    }
+
+
+def _run_summary(res: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "best_epoch": res.get("best_epoch"),
+        "epochs": res.get("epochs"),
+        "train_images_per_s": res.get("train_images_per_s"),
+        "wall_time_s": res.get("bench_wall_s"),
+        "export_dir": res.get("export_dir"),
+        "argv": " ".join(res.get("argv", [])),
+    }
+
+
+def _scaled_batches(total: int, part: int, whole: int) -> int:
+    return max(1, round(total * part / whole))
+
+
+def table2(bench: Bench) -> dict[str, Any]:
+    """One multispecies model vs one model per species, same epochs (so the same total steps)."""
+    c, corpus = bench.cfg, bench.corpora["open"]
+    counts = _train_counts(bench, corpus)
+    whole = sum(counts.values())
+    multi = bench.train("t2_multi", corpus)
+    multi_eval = bench.leave_one_out(multi["export_dir"], corpus)
+    bench._cache["t2_multi_eval"] = multi_eval
+    rows: dict[str, Any] = {}
+    specific_runs = {}
+    for sp in sorted(counts):
+        b = _scaled_batches(c.batches_per_epoch, counts[sp], whole)
+        try:
+            res = bench.train(f"t2_only_{sp}", corpus, species=[sp], batches_per_epoch=b)
+        except OutOfTime as err:
+            logger.warning("table 2: %s", err)
+            res = None
+        specific_runs[sp] = res
+        spec = _pick(res["test"], sp) if res else {"top1": None, "mAP": None}
+        rows[sp] = {
+            "train_images": counts[sp],
+            "specific_batches_per_epoch": b,
+            "multispecies": _pick(multi_eval, sp),
+            "species_specific": spec,
+        }
+    gains = {
+        m: [
+            r["multispecies"][m] - r["species_specific"][m]
+            for r in rows.values()
+            if r["species_specific"][m] is not None
+        ]
+        for m in ("top1", "mAP")
+    }
+    return {
+        "protocol": "leave-one-out within species on test identities (never trained on), same-encounter excluded",
+        "budget": f"same epochs: multispecies {c.epochs} x {c.batches_per_epoch} batches; species-specific "
+        f"{c.epochs} x round({c.batches_per_epoch} x species share of train images)",
+        "rows": rows,
+        "mean_gain": {m: (float(np.mean(v)) if v else None) for m, v in gains.items()},
+        "n_species_compared": len(gains["top1"]),
+        "runs": {"multispecies": _run_summary(multi)}
+        | {f"only_{k}": _run_summary(v) for k, v in specific_runs.items() if v},
+        "_multi_eval": multi_eval,
+    }
+
+
+def table3(bench: Bench, t2: dict[str, Any] | None) -> dict[str, Any]:
+    """Zero-shot: train without species X, evaluate on X."""
+    c, corpus = bench.cfg, bench.corpora["open"]
+    counts = _train_counts(bench, corpus)
+    whole = sum(counts.values())
+    floor = bench.leave_one_out("imagenet", corpus)
+    rows = {}
+    runs = {}
+    for sp in c.zero_shot_species:
+        if sp not in counts:
+            raise ValueError(f"zero_shot_species {sp!r} not in the open corpus; it has {sorted(counts)}")
+        others = sorted(set(counts) - {sp})
+        row: dict[str, Any] = {"imagenet": _pick(floor, sp)}
+        try:
+            res = bench.train(
+                f"t3_without_{sp}",
+                corpus,
+                species=others,
+                batches_per_epoch=_scaled_batches(c.batches_per_epoch, whole - counts[sp], whole),
+            )
+            runs[sp] = res
+            row["zero_shot"] = _pick(bench.leave_one_out(res["export_dir"], corpus, [sp]), sp)
+        except OutOfTime as err:
+            logger.warning("table 3: %s", err)
+            row["zero_shot"] = {"top1": None, "mAP": None}
+        if t2 is not None:
+            row["species_specific"] = t2["rows"][sp]["species_specific"]
+            row["multispecies"] = t2["rows"][sp]["multispecies"]
+        rows[sp] = row
+    return {
+        "protocol": "leave-one-out within species on the held-out species' test identities",
+        "rows": rows,
+        "runs": {f"without_{k}": _run_summary(v) for k, v in runs.items()},
+    }
+
+
+def table4(bench: Bench) -> dict[str, Any]:
+    """Fine-tune on a new species with few identities: from a model that never saw it vs from ImageNet."""
+    c, src = bench.cfg, bench.corpora["open"]
+    sp = c.finetune_species
+    few = bench.work / "corpora" / f"few_{sp}_{c.finetune_identities}"
+    if not (few / "README.md").is_file():
+        compact_corpus(
+            src,
+            few,
+            c.pack_size,
+            c.pack_quality,
+            species=[sp],
+            max_train_identities=c.finetune_identities,
+            seed=c.seed,
+        )
+    counts = _train_counts(bench, src)
+    others = sorted(set(counts) - {sp})
+    base = bench.train(
+        f"t3_without_{sp}",
+        src,
+        species=others,
+        batches_per_epoch=_scaled_batches(
+            c.batches_per_epoch, sum(counts[o] for o in others), sum(counts.values())
+        ),
+    )
+    common = {
+        "epochs": c.finetune_epochs,
+        "batches_per_epoch": c.finetune_batches_per_epoch,
+        "freeze_backbone_epochs": c.finetune_freeze_backbone_epochs,
+        "lr_backbone": c.finetune_lr_backbone,
+        "warmup_epochs": 0.0,
+    }
+    runs = {
+        "from multispecies (never saw it)": bench.train(
+            f"t4_{sp}_from_multi", few, init_from=base["export_dir"], **common
+        ),
+        "from ImageNet": bench.train(f"t4_{sp}_from_imagenet", few, **common),
+    }
+    rows = {k: _pick(v["test"], sp) for k, v in runs.items()}
+    rows["zero-shot multispecies (no fine-tuning)"] = _pick(bench.leave_one_out(base["export_dir"], few), sp)
+    rows[floor_label(c)] = _pick(bench.leave_one_out("imagenet", few), sp)
+    tr = bench.split(few, "train")
+    return {
+        "species": sp,
+        "train_identities": len(set(tr["identity"])),
+        "train_images": len(tr),
+        "budget": f"{c.finetune_epochs} epochs x {c.finetune_batches_per_epoch} batches, first "
+        f"{c.finetune_freeze_backbone_epochs} head-only (backbone frozen, BatchNorm kept), lr_backbone {c.finetune_lr_backbone}",
+        "rows": rows,
+        "runs": {k: _run_summary(v) for k, v in runs.items()},
+    }
+
+
+def open_set_queries(emb, meta, unknown_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Per species: some identities unknown (all images query), one query per known identity, the rest gallery.
+
+    Same-encounter gallery images are masked out of a known query's candidates; a known query left with no
+    image of its identity is dropped. Returns arrays over queries: best_score, best_label, true, unknown, species.
+    """
+    from animal_reid.openset import open_set_split
+
+    ident = np.asarray(meta["identity"], dtype=object)
+    enc = np.asarray(meta.get("encounter") or [None] * len(ident), dtype=object)
+    spec = np.asarray(meta["species"], dtype=object)
+    out: dict[str, list] = {k: [] for k in ("best_score", "best_label", "true", "unknown", "species")}
+    dropped = 0
+    for sp in sorted(set(spec.tolist())):
+        idx = np.flatnonzero(spec == sp)
+        if len(set(ident[idx].tolist())) < 3:
+            continue
+        gal, qry, unk = open_set_split(ident[idx], unknown_fraction, queries_per_known=1, seed=seed)
+        gi, qi = idx[gal], idx[qry]
+        sims = emb[qi] @ emb[gi].T
+        same_enc = (enc[qi][:, None] == enc[gi][None, :]) & (enc[qi][:, None] != None)  # noqa: E711
+        sims[same_enc] = -np.inf
+        for row, q in enumerate(qi):
+            u = bool(unk[qry][row])
+            if not u and not np.any((ident[gi] == ident[q]) & ~same_enc[row]):
+                dropped += 1
+                continue
+            j = int(np.argmax(sims[row]))
+            if not np.isfinite(sims[row, j]):
+                dropped += 1
+                continue
+            out["best_score"].append(float(sims[row, j]))
+            out["best_label"].append(ident[gi][j])
+            out["true"].append(ident[q])
+            out["unknown"].append(u)
+            out["species"].append(sp)
+    arrays = {
+        k: np.asarray(v, dtype=object if k in ("best_label", "true", "species") else None)
+        for k, v in out.items()
+    }
+    arrays["dropped"] = np.asarray(dropped)
+    return arrays
+
+
+def table5(bench: Bench) -> dict[str, Any]:
+    """Open set on identities held out of training: calibrate on validation, report on test."""
+    from animal_reid.openset import OpenSetThreshold, open_set_report
+
+    c, corpus = bench.cfg, bench.corpora["open"]
+    multi = bench.train("t2_multi", corpus)
+    out: dict[str, Any] = {"rows": {}, "_scores": {}}
+    for label, which in (("multispecies", multi["export_dir"]), (floor_label(c), "imagenet")):
+        val = open_set_queries(*bench.embed(which, corpus, "validation"), c.openset_unknown_fraction, c.seed)
+        test = open_set_queries(*bench.embed(which, corpus, "test"), c.openset_unknown_fraction, c.seed + 1)
+        thr = OpenSetThreshold.fit(
+            val["best_score"], val["best_label"], val["true"], val["unknown"], val["species"]
+        )
+        pred = thr.predict(test["best_score"], test["best_label"], test["species"])
+        rep = open_set_report(test["true"], pred, test["best_score"], test["unknown"], test["species"])
+        rep["threshold"] = thr.to_dict()
+        rep["n_queries"] = {"validation": len(val["true"]), "test": len(test["true"])}
+        rep["dropped_queries"] = {"validation": int(val["dropped"]), "test": int(test["dropped"])}
+        out["rows"][label] = rep
+        out["_scores"][label] = (test, thr.global_threshold)
+    out["protocol"] = (
+        f"per species, {c.openset_unknown_fraction:.0%} of the test identities unknown (all their images query), "
+        "one query per known identity, rest gallery; threshold calibrated (per species where >= 20 known and "
+        "unknown queries, else global) on validation identities split the same way"
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+
+
+def _f(x: float | None, pct: bool = True) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "–"
+    return f"{x * 100:.1f}" if pct else f"{x:.3f}"
+
+
+def _top1_map(m: dict[str, Any] | None) -> str:
+    m = m or {}
+    return f"{_f(m.get('top1'))} / {_f(m.get('mAP'))}"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    lines = [
+        f"# Real-photo benchmarks ({meta['config_name']})",
+        "",
+        f"- date: {meta['date']}; machine: {meta['machine']}; wall time so far: {meta['wall_time_s']:.0f} s",
+        f"- command: `{meta['command']}`",
+        f"- budget: {meta['budget']}",
+        "",
+    ]
+    t = results["tables"]
+    if "1" in t:
+        r = t["1"]
+        lines += [
+            "## 1. Closed set, MegaDescriptor splits (top-1 %, test queries train+val)",
+            "",
+            r.get("protocol", ""),
+            "",
+        ]
+        if "error" in r:
+            lines += [f"not run: {r['error']}", ""]
+        else:
+            sps = r["species"]
+            lines += ["| model | " + " | ".join(f"{s} top-1 | {s} top-1 strict" for s in sps) + " |"]
+            lines += ["|---" * (1 + 2 * len(sps)) + "|"]
+            for label, per in r["rows"].items():
+                cells = []
+                for s in sps:
+                    cells += [_f(per["megadescriptor"][s]["top1"]), _f(per["strict"][s]["top1"])]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            for name, vals in r["published"].items():
+                cells = []
+                for s in sps:
+                    cells += [f"{vals[s]:.1f} (published)" if s in vals else "–", "–"]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
+    if "2" in t:
+        r = t["2"]
+        lines += [
+            "## 2. Multispecies vs species-specific (test identities, leave-one-out)",
+            "",
+            r.get("budget", ""),
+            "",
+        ]
+        if "error" in r:
+            lines += [f"not run: {r['error']}", ""]
+        else:
+            lines += [
+                "| species | train images | multi top-1 | specific top-1 | multi mAP | specific mAP |",
+                "|---|---|---|---|---|---|",
+            ]
+            for sp, row in r["rows"].items():
+                m, s = row["multispecies"], row["species_specific"]
+                lines.append(
+                    f"| {sp} | {row['train_images']} | {_f(m['top1'])} | {_f(s['top1'])} | {_f(m['mAP'])} | {_f(s['mAP'])} |"
+                )
+            g = r["mean_gain"]
+            lines += [
+                "",
+                f"Mean gain of the multispecies model: top-1 {_f(g['top1'])} points, mAP {_f(g['mAP'])} points "
+                f"over {r['n_species_compared']} species.",
+                "",
+            ]
+    if "3" in t:
+        r = t["3"]
+        lines += ["## 3. Zero-shot on a species left out of training (top-1 / mAP %)", ""]
+        if "error" in r:
+            lines += [f"not run: {r['error']}", ""]
+        else:
+            lines += [
+                "| held-out species | ImageNet features | zero-shot (trained without it) | species-specific | multispecies (saw it) |",
+                "|---|---|---|---|---|",
+            ]
+            for sp, row in r["rows"].items():
+                cells = [
+                    _top1_map(row.get(k))
+                    for k in ("imagenet", "zero_shot", "species_specific", "multispecies")
+                ]
+                lines.append(f"| {sp} | " + " | ".join(cells) + " |")
+            lines.append("")
+    if "4" in t:
+        r = t["4"]
+        lines += ["## 4. Fine-tuning on a new species with few identities (top-1 / mAP %)", ""]
+        if "error" in r:
+            lines += [f"not run: {r['error']}", ""]
+        else:
+            lines += [
+                f"species {r['species']}: {r['train_identities']} training identities, {r['train_images']} images; {r['budget']}",
+                "",
+            ]
+            lines += ["| start | top-1 | mAP |", "|---|---|---|"]
+            for label, m in r["rows"].items():
+                lines.append(f"| {label} | {_f(m['top1'])} | {_f(m['mAP'])} |")
+            lines.append("")
+    if "5" in t:
+        r = t["5"]
+        lines += [
+            "## 5. Open set: new-individual decision on identities held out of training",
+            "",
+            r.get("protocol", ""),
+            "",
+        ]
+        if "error" in r:
+            lines += [f"not run: {r['error']}", ""]
+        else:
+            lines += [
+                "| model | BAKS | BAUS | sqrt(BAKS·BAUS) | AUROC | test queries (known+unknown) | global threshold |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for label, rep in r["rows"].items():
+                lines.append(
+                    f"| {label} | {_f(rep.get('BAKS'))} | {_f(rep.get('BAUS'))} | {_f(rep.get('geometric_mean'))} | "
+                    f"{_f(rep.get('AUROC'), pct=False)} | {rep['n_queries']['test']} | {rep['threshold']['global_threshold']:.3f} |"
+                )
+            lines.append("")
+    if results.get("skipped"):
+        lines += ["## Not run", ""] + [f"- {s}" for s in results["skipped"]] + [""]
+    return "\n".join(lines)
+
+
+def _plots(results: dict[str, Any], tables: dict[str, Any], plot_dir: Path, tag: str) -> list[str]:
+    from animal_reid import plots
+
+    made = []
+    try:
+        if "1" in tables and "_curves" in tables["1"]:
+            per = {
+                label: {"per_species": {s: v for s, v in rows["megadescriptor"].items()}}
+                for label, rows in tables["1"]["rows"].items()
+            }
+            made.append(
+                str(
+                    plots.plot_per_species(
+                        per,
+                        plot_dir / f"{tag}_table1_closed_top1.png",
+                        metrics=("top1",),
+                        title="Closed set top-1 (MegaDescriptor splits)",
+                    )
+                )
+            )
+        if "2" in tables and "_multi_eval" in tables["2"]:
+            made.append(
+                str(
+                    plots.plot_cmc(
+                        tables["2"]["_multi_eval"],
+                        plot_dir / f"{tag}_table2_cmc_multispecies.png",
+                        title="CMC, multispecies model, test identities",
+                    )
+                )
+            )
+            per = {
+                "multispecies": {
+                    "per_species": {s: r["multispecies"] for s, r in tables["2"]["rows"].items()}
+                },
+                "species-specific": {
+                    "per_species": {s: r["species_specific"] for s, r in tables["2"]["rows"].items()}
+                },
+            }
+            made.append(
+                str(
+                    plots.plot_per_species(
+                        per,
+                        plot_dir / f"{tag}_table2_per_species.png",
+                        metrics=("top1",),
+                        title="Multispecies vs species-specific top-1",
+                    )
+                )
+            )
+        if "5" in tables and "_scores" in tables["5"]:
+            test, thr = tables["5"]["_scores"]["multispecies"]
+            u = test["unknown"].astype(bool)
+            made.append(
+                str(
+                    plots.plot_score_histograms(
+                        test["best_score"][~u].astype(float),
+                        test["best_score"][u].astype(float),
+                        plot_dir / f"{tag}_table5_openset_scores.png",
+                        threshold=thr,
+                        title="Best-match cosine: known vs new individuals (test)",
+                        labels=("known individual", "new individual"),
+                    )
+                )
+            )
+    except Exception as err:  # a plot must not lose the figures
+        logger.warning("plotting failed: %s", err)
+    return made
+
+
+def machine() -> str:
+    import torch
+
+    desc = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
+    if torch.cuda.is_available():
+        desc += f", GPU {torch.cuda.get_device_name(0)}"
+    return desc + f", torch {torch.__version__}"
+
+
+def use_private_datasets_cache(work: Path) -> Path:
+    """Point `datasets` at a fresh cache under ``work``; returns what `restore_datasets_cache` puts back.
+
+    `datasets.load_dataset(dir, config)` names its Arrow cache after the directory's base name, the config and
+    the data-file patterns, not the files' contents: a corpus rebuilt at the same path (or another corpus
+    folder with the same name, e.g. two ``open/``) is read back stale from ``~/.cache``. Each benchmark run
+    therefore starts from an empty cache of its own.
+    """
+    cache = work / "hf_datasets_cache"
+    if cache.exists():
+        shutil.rmtree(cache)
+    cache.mkdir(parents=True)
+    import datasets
+
+    previous = (os.environ.get("HF_DATASETS_CACHE"), datasets.config.HF_DATASETS_CACHE)
+    os.environ["HF_DATASETS_CACHE"] = str(cache)
+    datasets.config.HF_DATASETS_CACHE = cache
+    return previous
+
+
+def restore_datasets_cache(previous) -> None:
+    import datasets
+
+    env, conf = previous
+    if env is None:
+        os.environ.pop("HF_DATASETS_CACHE", None)
+    else:
+        os.environ["HF_DATASETS_CACHE"] = env
+    datasets.config.HF_DATASETS_CACHE = conf
+
+
+def run_benchmarks(
+    cfg: BenchConfig,
+    work: Path,
+    corpora_dir: Path | None,
+    results_path: Path,
+    command: str,
+    config_name: str,
+    plot_dir: Path | None = None,
+) -> dict[str, Any]:
+    t0 = time.time()
+    work.mkdir(parents=True, exist_ok=True)
+    previous_cache = use_private_datasets_cache(work)
+    try:
+        return _run_benchmarks(cfg, work, corpora_dir, results_path, command, config_name, plot_dir, t0)
+    finally:
+        restore_datasets_cache(previous_cache)
+
+
+def _run_benchmarks(
+    cfg: BenchConfig,
+    work: Path,
+    corpora_dir: Path | None,
+    results_path: Path,
+    command: str,
+    config_name: str,
+    plot_dir: Path | None,
+    t0: float,
+) -> dict[str, Any]:
+    deadline = Deadline(cfg.time_budget_s, cfg.min_run_s)
+    if corpora_dir is not None:
+        corpora = {k: corpora_dir / k for k in ("open", "closed")}
+        for p in corpora.values():
+            if not (p / "README.md").is_file():
+                raise FileNotFoundError(
+                    f"--corpora {corpora_dir}: expected a compacted corpus at {p} (README.md + data/)"
+                )
+    else:
+        corpora = prepare_corpora(cfg, work)
+    bench = Bench(cfg=cfg, work=work, corpora=corpora, deadline=deadline)
+    results: dict[str, Any] = {
+        "meta": {
+            "config_name": config_name,
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(),
+            "command": command,
+            "config": dataclasses.asdict(cfg),
+            "budget": f"{cfg.backbone} ({cfg.init_weights}) at {cfg.image_size} px from {cfg.pack_size} px JPEGs; "
+            f"P×K {cfg.identities_per_batch}×{cfg.images_per_identity}; open corpus capped at {cfg.cap_per_identity} "
+            f"images/identity at build, {cfg.max_images_per_identity} train / {cfg.max_eval_images_per_identity} eval "
+            f"per identity at load; identities kept {cfg.max_identities or 'all'}; precision {cfg.mixed_precision}",
+            "wall_time_s": 0.0,
+        },
+        "tables": {},
+        "skipped": [],
+    }
+    full: dict[str, Any] = {}
+    plot_dir = plot_dir or results_path.parent
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    tag = results_path.stem
+    for num in [n for n in TABLE_ORDER if n in cfg.tables]:
+        t_table = time.time()
+        try:
+            if num == 1:
+                r = table1(bench)
+            elif num == 2:
+                r = table2(bench)
+            elif num == 3:
+                r = table3(bench, full.get("2"))
+            elif num == 4:
+                r = table4(bench)
+            else:
+                r = table5(bench)
+        except OutOfTime as err:
+            logger.warning("table %d not run: %s", num, err)
+            results["skipped"].append(f"table {num}: {err}")
+            continue
+        except (ValueError, RuntimeError, FileNotFoundError) as err:
+            # One table's failure (say, too few validation identities to calibrate) must not lose the others.
+            logger.exception("table %d failed", num)
+            results["skipped"].append(f"table {num}: failed: {type(err).__name__}: {err}")
+            continue
+        r["wall_time_s"] = time.time() - t_table
+        full[str(num)] = r
+        results["tables"][str(num)] = {k: v for k, v in r.items() if not k.startswith("_")}
+        results["meta"]["wall_time_s"] = time.time() - t0
+        results["run_times_s"] = bench.run_times
+        _write(results, results_path)
+        logger.info("table %d done in %.0f s", num, r["wall_time_s"])
+    results["plots"] = _plots(results, full, plot_dir, tag)
+    results["meta"]["wall_time_s"] = time.time() - t0
+    _write(results, results_path)
+    return results
+
+
+def _write(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(
+        json.dumps(results, indent=2, default=_json_default) + "\n", encoding="utf-8"
+    )
+    path.with_suffix(".md").write_text(render_markdown(results) + "\n", encoding="utf-8")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", default=str(REPO / "configs" / "bench_cpu.yaml"), help="BenchConfig YAML")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields (YAML values)"
+    )
+    p.add_argument("--out", default="runs/bench_real", help="work directory (corpora, runs)")
+    p.add_argument(
+        "--corpora", default=None, help="already compacted corpora (open/, closed/), e.g. a GPU pack"
+    )
+    p.add_argument(
+        "--results", default=None, help="results file stem (.json/.md written; default <out>/results)"
+    )
+    p.add_argument("--plots", default=None, help="folder for the plots (default: beside --results)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads of the main process (1 is several times faster on a shared 2-core box)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    cfg = load_bench_config(args.config, args.set)
+    out = Path(args.out)
+    results_path = Path(args.results) if args.results else out / "results"
+    command = "python benchmarks/reid_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = run_benchmarks(
+        cfg,
+        out,
+        Path(args.corpora) if args.corpora else None,
+        results_path,
+        command,
+        Path(args.config).stem,
+        Path(args.plots) if args.plots else None,
+    )
+    print(render_markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Orchestration of the real-photo benchmarks (benchmarks/reid_real.py), the GPU pack and bench_train, on tiny
+synthetic corpora: the figures mean nothing, the plumbing is what is checked."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import reid_real  # noqa: E402
+
+SMOKE = REPO / "configs" / "bench_smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "src"
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_scripts.build",
+        "--sources",
+        "synthetic",
+        "--split",
+        "open",
+        "--out",
+        str(out),
+    ]
+    cmd += ["--no-progress", "--synthetic-patterns", "stripes", "spots", "--synthetic-identities", "20"]
+    cmd += ["--synthetic-images", "4", "--synthetic-encounters", "2", "--synthetic-size", "40"]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    return out
+
+
+def _load(path: Path, tmp_path: Path):
+    import datasets
+
+    return datasets.load_dataset(str(path), "all", cache_dir=str(tmp_path / "hf_cache"))
+
+
+def test_compact_corpus_shrinks_images_and_keeps_layout(tiny_corpus, tmp_path):
+    dst = tmp_path / "small"
+    report = reid_real.compact_corpus(
+        tiny_corpus,
+        dst,
+        size=16,
+        quality=80,
+        max_identities={"synth_spots": 10},
+        max_images_per_identity=3,
+        seed=1,
+    )
+    dd = _load(dst, tmp_path)
+    src = _load(tiny_corpus, tmp_path)
+    spots = {s: [r for r in dd[s] if r["species"] == "synth_spots"] for s in dd}
+    assert sum(len({r["identity"] for r in rows}) for rows in spots.values()) == 10
+    for split in dd:
+        ids = dd[split]["identity"]
+        assert max(ids.count(i) for i in set(ids)) <= 3
+        assert set(dd[split]["image_id"]) <= set(src[split]["image_id"])  # same rows, same split
+        got = report["species"]
+        assert len(ids) == sum(got[sp][split]["images"] for sp in got if split in got[sp])
+    img = dd["train"][0]["image"]
+    assert max(img.size) <= 16 and img.format == "JPEG"
+    assert dd["train"].features["image"].__class__.__name__ == "Image"  # schema metadata survived
+
+
+def test_compact_corpus_few_training_identities(tiny_corpus, tmp_path):
+    dst = tmp_path / "few"
+    reid_real.compact_corpus(
+        tiny_corpus, dst, size=24, species=["synth_stripes"], max_train_identities=4, seed=0
+    )
+    dd = _load(dst, tmp_path)
+    src = _load(tiny_corpus, tmp_path)
+    assert set(dd["train"]["species"]) == {"synth_stripes"}
+    assert len(set(dd["train"]["identity"])) == 4
+    src_test = [
+        i
+        for i, s in zip(src["test"]["identity"], src["test"]["species"], strict=True)
+        if s == "synth_stripes"
+    ]
+    assert sorted(dd["test"]["identity"]) == sorted(src_test)  # evaluation splits untouched
+    card = (dst / "README.md").read_text()
+    assert "synth_spots" not in card  # configs of dropped species removed from the card
+    with pytest.raises(ValueError, match="not in corpus"):
+        reid_real.compact_corpus(tiny_corpus, tmp_path / "x", size=24, species=["lion"])
+
+
+def test_open_set_queries_masks_same_encounter_and_marks_unknown():
+    # species a: identities x (2 images, one encounter) and y, z (2 images, two encounters each), w
+    ident = ["a:x", "a:x", "a:y", "a:y", "a:z", "a:z", "a:w", "a:w"]
+    enc = ["x1", "x1", "y1", "y2", "z1", "z2", "w1", "w2"]
+    rng = np.random.default_rng(0)
+    centers = {i: rng.normal(size=8) for i in set(ident)}
+    emb = np.stack([centers[i] + 0.01 * rng.normal(size=8) for i in ident])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    meta = {"identity": ident, "encounter": enc, "species": ["a"] * 8}
+    q = reid_real.open_set_queries(emb, meta, unknown_fraction=0.25, seed=3)
+    unknown = q["unknown"].astype(bool)
+    assert unknown.sum() == 2  # one unknown identity, both its images query
+    assert len(set(q["true"][unknown])) == 1
+    known = ~unknown
+    # a known query whose only same-identity gallery image shares its encounter is dropped, not matched
+    kept = set(q["true"][known])
+    if "a:x" not in kept:
+        assert int(q["dropped"]) >= 1
+    assert (
+        q["best_label"][known] == q["true"][known]
+    ).all()  # well-separated clusters: every known query right
+    assert not set(q["best_label"][unknown]) & set(q["true"][unknown])
+
+
+def test_load_bench_config_overrides_and_errors(tmp_path):
+    cfg = reid_real.load_bench_config(SMOKE, ["epochs=3", "tables=[1, 5]", "max_identities={dog: 2}"])
+    assert cfg.epochs == 3 and cfg.tables == [1, 5] and cfg.max_identities == {"dog": 2}
+    with pytest.raises(ValueError, match="unknown benchmark option"):
+        reid_real.load_bench_config(SMOKE, ["epoch=3"])
+    with pytest.raises(ValueError, match="tables must be among"):
+        reid_real.load_bench_config(SMOKE, ["tables=[7]"])
+
+
+def test_deadline_stops_new_runs(tmp_path):
+    bench = reid_real.Bench(
+        cfg=reid_real.load_bench_config(SMOKE), work=tmp_path, corpora={}, deadline=reid_real.Deadline(0.0)
+    )
+    with pytest.raises(reid_real.OutOfTime):
+        bench.train("never", tmp_path / "no_corpus")
+    assert not (tmp_path / "runs" / "never").exists()
+
+
+def test_smoke_tables_1_and_5_end_to_end(tmp_path):
+    """Corpora built and compacted, table 1 (two runs + three evaluations) and table 5 (one run), results written."""
+    results = tmp_path / "res" / "smoke"
+    res = reid_real.main(
+        ["--config", str(SMOKE), "--out", str(tmp_path / "work"), "--results", str(results)]
+        + ["--set", "tables=[1, 5]"]
+    )
+    assert res["skipped"] == []
+    t1 = res["tables"]["1"]
+    assert set(t1["species"]) == {"synth_spots", "synth_stripes"}
+    assert len(t1["rows"]) == 3  # floor, ours, MegaDescriptor loss
+    for per in t1["rows"].values():
+        for sp in t1["species"]:
+            assert 0.0 <= per["megadescriptor"][sp]["top1"] <= 1.0
+            assert per["strict"][sp]["top1"] <= per["megadescriptor"][sp]["top1"] + 1e-9
+    t5 = res["tables"]["5"]
+    for rep in t5["rows"].values():
+        assert 0.0 <= rep["BAKS"] <= 1.0 and 0.0 <= rep["BAUS"] <= 1.0
+        assert rep["n_queries"]["test"] > 0
+    saved = json.loads(results.with_suffix(".json").read_text())
+    assert saved["tables"].keys() == {"1", "5"}
+    md = results.with_suffix(".md").read_text()
+    assert "## 1. Closed set" in md and "## 5. Open set" in md
+    assert (results.parent / "smoke_table5_openset_scores.png").is_file()
+    # a second call reuses every finished run instead of training again
+    again = reid_real.main(
+        ["--config", str(SMOKE), "--out", str(tmp_path / "work"), "--results", str(results)]
+        + ["--set", "tables=[5]"]
+    )
+    assert again["run_times_s"] == {}
+
+
+@pytest.mark.slow
+def test_smoke_all_tables_and_gpu_script_on_cpu(tmp_path):
+    """The whole GPU script in its CPU rehearsal mode: pack (synthetic), bench_embed, bench_train, tables 1-5."""
+    pack = tmp_path / "pack"
+    subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu/pack.py",
+            "--smoke",
+            "--out",
+            str(pack),
+            "--work",
+            str(tmp_path / "src"),
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "PACK": str(pack),
+        "BENCH_WORK": str(tmp_path / "w"),
+        "BENCH_BUDGET_S": "1500",
+    }
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu/run.sh", "--smoke"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8
+    assert {
+        "env.txt",
+        "bench_train_gpu.json",
+        "reid_real_gpu.json",
+        "reid_real_gpu.md",
+        "extras.tar.gz",
+    } <= set(files)
+    res = json.loads((out / "reid_real_gpu.json").read_text())
+    assert set(res["tables"]) == {"1", "2", "3", "4", "5"}, res["skipped"]
+    train = json.loads((out / "bench_train_gpu.json").read_text())
+    assert {(r["mode"], r["precision"]) for r in train["runs"]} == {
+        (m, p) for m in ("loop", "plain") for p in ("fp32", "bf16")
+    }
+    assert all(r["images_per_s"] > 0 for r in train["runs"])
+    assert io.BytesIO((out / "extras.tar.gz").read_bytes()).getbuffer().nbytes > 0
