@@ -55,6 +55,7 @@ def test_unknown_option_is_named(tmp_path):
         (["--metric_for_best", "acc"], "metric_for_best"),
         (["--init_weights", "imagenet21k"], "init_weights must be one of"),
         (["--eval_protocol", "pairs"], "eval_protocol"),
+        (["--cpu_threads", "0"], "cpu_threads"),
     ],
 )
 def test_invalid_values_are_refused(argv, message):

@@ -130,6 +130,10 @@ def test_model_card_carries_the_run(base_run):
     assert "CC0" in text  # the synthetic source's licence, read from the corpus card
     assert "## Limitations" in text and "arXiv:2412.05602" in text
     assert "procedurally generated" in text
+    # widget examples: synthetic test images copied beside the model (never real photos)
+    assert data.widget and all(w["src"].startswith("examples/") for w in data.widget)
+    for w in data.widget:
+        assert (run_dir / "export" / w["src"]).is_file()
 
 
 def test_existing_run_dir_needs_resume(base_run, corpus):
@@ -231,7 +235,7 @@ files = sorted(HfApi().list_repo_files("me/tiny-reid"))
 card = ModelCard.load("me/tiny-reid")
 model = AutoModel.from_pretrained("me/tiny-reid", trust_remote_code=True)
 proc = AutoImageProcessor.from_pretrained("me/tiny-reid", trust_remote_code=True)
-print(json.dumps({{"files": files, "tag": card.data.pipeline_tag, "n_results": len(card.data.eval_results or []),
+print(json.dumps({{"files": files, "widget": card.data.widget, "tag": card.data.pipeline_tag, "n_results": len(card.data.eval_results or []),
                    "dim": model.config.embedding_dim, "size": proc.size}}))
 """
     with HubEmulator(tmp_path / "hub") as hub:
@@ -246,6 +250,9 @@ print(json.dumps({{"files": files, "tag": card.data.pipeline_tag, "n_results": l
     } <= set(out["files"])
     assert out["tag"] == "image-feature-extraction" and out["n_results"] >= 4
     assert out["dim"] == 32 and out["size"] == {"height": 64, "width": 64}
+    assert "model-index" in (tmp_path / "pushed" / "export" / "README.md").read_text()
+    # the widget points at the examples uploaded beside the model
+    assert out["widget"] and all(w["src"].split("/resolve/main/")[1] in out["files"] for w in out["widget"])
 
 
 @pytest.mark.slow

@@ -177,6 +177,13 @@ class TrainArguments:
         default=False,
         metadata={"help": "Random horizontal flip (off by default: left and right flanks differ)."},
     )
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch intra-op threads of each process when training on the CPU (default: torch's choice). "
+            "On a small shared machine, 1 thread plus DataLoader workers avoids OpenMP oversubscription."
+        },
+    )
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size for embedding evaluation images."})
     eval_protocol: str = field(
         default="leave_one_out",
@@ -230,6 +237,8 @@ class TrainArguments:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
 
