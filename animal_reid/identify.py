@@ -398,6 +398,7 @@ class Identifier:
         precision: str = "fp32",
         model_dir: str | os.PathLike | None = None,
         search_method: str = "auto",
+        search_device: str | None = None,
     ):
         self.model = model
         self.processor = processor
@@ -406,6 +407,7 @@ class Identifier:
         self.precision = precision
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.search_method = search_method
+        self.search_device = search_device  # exact gallery search on this torch device (None: CPU)
         self.cache = None
         if cache_dir is not None:
             if model_key is None:
@@ -440,6 +442,7 @@ class Identifier:
             cache_dir = default_cache_dir()
         key, meta = model_cache_key(local, proc, precision)
         meta["model"] = str(model)
+        kwargs.setdefault("search_device", device if str(device).startswith("cuda") else None)
         return cls(net, proc, key, cache_dir, meta, precision=precision, model_dir=local, **kwargs)
 
     def embed(self, items: Sequence[ImageItem]) -> np.ndarray:
@@ -496,7 +499,7 @@ class Identifier:
         thr = _resolve_threshold(threshold, self.model_dir)
         g_emb = self.embed(gallery)
         q_emb = self.embed(queries)
-        index = GalleryIndex.build(g_emb, method=self.search_method)
+        index = GalleryIndex.build(g_emb, method=self.search_method, device=self.search_device)
         identities = np.array([g.identity for g in gallery], dtype=object)
         n_ids = len(set(identities.tolist()))
         want = min(top_k, n_ids)
