@@ -293,3 +293,20 @@ def test_sigkill_and_resume_in_a_subprocess(base_run, corpus, tmp_path):
     results = train_accelerate.main(tiny_args(corpus, run_dir, "--resume"))
     assert results["test"] == base_run[1]["test"]
     assert _comparable(_history(run_dir)) == _comparable(_history(base_run[0]))
+
+
+def test_corpus_rebuilt_in_place_is_not_read_stale(tmp_path):
+    """datasets caches a local folder by its name, not its content: load_corpus must see the rebuilt files."""
+    from animal_reid.training.data import load_corpus
+    from data_scripts.build import main as build_main
+
+    out = tmp_path / "tiny"  # the same base name as the module's corpus, on purpose
+    sizes = []
+    for n_ids in (3, 6):
+        build_main(
+            ["--sources", "synthetic", "--out", str(out), "--split", "open", "--synthetic-identities", str(n_ids),
+             "--synthetic-images", "3", "--synthetic-size", "40", "--synthetic-patterns", "stripes", "--no-progress"]
+        )  # fmt: skip
+        corpus = load_corpus(parse_config(["--corpus", str(out)]).data, seed=0)
+        sizes.append(sum(len(s) for s in corpus.splits.values()))
+    assert sizes == [9, 18]

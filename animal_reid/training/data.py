@@ -120,12 +120,28 @@ class Corpus:
         return info
 
 
+def corpus_fingerprint(root: Path) -> str:
+    """A hash of the corpus files (relative path, size, modification time) and of its card."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and (path.suffix == ".parquet" or path.name == "README.md"):
+            st = path.stat()
+            h.update(f"{path.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def load_corpus(data_args: DataArguments, seed: int) -> Corpus:
-    """Load train/validation/test of ``data_args.corpus`` with images left encoded."""
+    """Load train/validation/test of ``data_args.corpus`` with images left encoded.
+
+    ``datasets`` names its Arrow cache of a local folder after the folder's base name and file patterns, not
+    their contents, so a corpus rebuilt in place (or another folder of the same name) would be read back
+    stale. The cache used here lives in a directory named after `corpus_fingerprint`, so it cannot be.
+    """
     import datasets
 
     root = Path(data_args.corpus)
-    dd = datasets.load_dataset(str(root), data_args.corpus_config)
+    cache_dir = Path(datasets.config.HF_DATASETS_CACHE) / "animal_reid_corpora" / corpus_fingerprint(root)
+    dd = datasets.load_dataset(str(root), data_args.corpus_config, cache_dir=str(cache_dir))
     missing = [s for s in SPLITS if s not in dd]
     if missing:
         raise ValueError(
