@@ -183,6 +183,8 @@ def render(results: dict[str, Any]) -> str:
     lines += ["", "| ratio | value |", "|---|---|"]
     for name, v in results["ratios"].items():
         lines.append(f"| {name} | {v:.2f} |")
+    for err in results.get("errors", []):
+        lines.append(f"\nfailed: {err.splitlines()[0]}")
     return "\n".join(lines)
 
 
@@ -219,7 +221,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         os.environ.pop("ACCELERATE_USE_CPU", None)
     else:
         os.environ["ACCELERATE_USE_CPU"] = "true"  # the loop stays on the CPU even where a GPU is visible
-    runs = []
+    runs: list[dict] = []
+    errors: list[str] = []
+    results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench_train_cache_") as cache:
         env = {
             **os.environ,
@@ -254,16 +258,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
                 found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                 if proc.returncode != 0 or not found:
-                    raise RuntimeError(
-                        f"{mode} {precision} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-                    )
-                runs.append(json.loads(found[-1][len("RESULT ") :]))
+                    # keep measuring the other modes; the failure is part of the results
+                    errors.append(f"{mode} {precision}: exit {proc.returncode}: {proc.stderr[-1500:]}")
+                    print(f"[bench_train] {errors[-1]}", file=sys.stderr, flush=True)
+                else:
+                    runs.append(json.loads(found[-1][len("RESULT ") :]))
+                results = summarize(
+                    args, argv, runs, errors
+                )  # written after every mode: a timeout keeps them
+    print(render(results))
+    return results
+
+
+def summarize(args: argparse.Namespace, argv: list[str] | None, runs: list[dict], errors: list[str]) -> dict:
+    """Results dict with the ratios the finished modes allow; written to ``args.out`` (.json, .md) if set."""
     by = {(r["mode"], r["precision"]): r["images_per_s"] for r in runs}
     ratios = {}
     for prec in args.precisions:
-        ratios[f"loop / plain ({prec})"] = by[("loop", prec)] / by[("plain", prec)]
-    if {"fp32", "bf16"} <= set(args.precisions):
-        for mode in ("loop", "plain"):
+        if ("loop", prec) in by and ("plain", prec) in by:
+            ratios[f"loop / plain ({prec})"] = by[("loop", prec)] / by[("plain", prec)]
+    for mode in ("loop", "plain"):
+        if (mode, "bf16") in by and (mode, "fp32") in by:
             ratios[f"bf16 / fp32 ({mode})"] = by[(mode, "bf16")] / by[(mode, "fp32")]
     results = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -276,14 +291,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "threads": args.threads,
         "runs": runs,
         "ratios": ratios,
+        "errors": errors,
     }
-    text = render(results)
-    print(text)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+        out.with_suffix(".md").write_text(render(results) + "\n", encoding="utf-8")
     return results
 
 

@@ -3,7 +3,6 @@ synthetic corpora: the figures mean nothing, the plumbing is what is checked."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -216,4 +215,4 @@ def test_smoke_all_tables_and_gpu_script_on_cpu(tmp_path):
         (m, p) for m in ("loop", "plain") for p in ("fp32", "bf16")
     }
     assert all(r["images_per_s"] > 0 for r in train["runs"])
-    assert io.BytesIO((out / "extras.tar.gz").read_bytes()).getbuffer().nbytes > 0
+    assert (out / "extras.tar.gz").stat().st_size > 0
