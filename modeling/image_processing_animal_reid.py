@@ -267,29 +267,67 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
             fillcolor=tuple(self.background),
         )
 
-    def resize(self, image: Image.Image) -> torch.Tensor:
-        """Resize to ``size`` and return a float32 CHW tensor in [0, 1]."""
+    def resize_uint8(self, image: Image.Image) -> torch.Tensor:
+        """Resize to ``size``; returns a uint8 CHW tensor (a quarter of the bytes of float32, for worker IPC)."""
         th, tw = self.size["height"], self.size["width"]
         if self.resample == "bilinear_noaa":
-            t = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+            t = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
             if t.shape[1:] != (th, tw):
                 t = F.interpolate(
-                    t[None], size=(th, tw), mode="bilinear", align_corners=False, antialias=False
+                    t[None].float(), size=(th, tw), mode="bilinear", align_corners=False, antialias=False
                 )[0]
-            return t.clamp_(0, 255).round_().div_(255.0)
+                t = t.clamp_(0, 255).round_().to(torch.uint8)
+            return t.contiguous()
         if image.size != (tw, th):
             image = image.resize((tw, th), _PIL_FILTERS[self.resample])
         arr = np.asarray(image, dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+    def resize(self, image: Image.Image) -> torch.Tensor:
+        """Resize to ``size`` and return a float32 CHW tensor in [0, 1]."""
+        return self.resize_uint8(image).float().div_(255.0)
 
     def normalize_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """Normalise a float tensor in [0, 1] (CHW or NCHW) with ``image_mean`` / ``image_std``."""
         if not self.do_normalize:
             return t
-        mean = torch.tensor(self.image_mean, dtype=t.dtype).view(-1, 1, 1)
-        std = torch.tensor(self.image_std, dtype=t.dtype).view(-1, 1, 1)
+        mean = torch.tensor(self.image_mean, dtype=t.dtype, device=t.device).view(-1, 1, 1)
+        std = torch.tensor(self.image_std, dtype=t.dtype, device=t.device).view(-1, 1, 1)
         return (t - mean) / std
 
+    def normalize_uint8(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (N)CHW from :meth:`preprocess_uint8`, on any device, to the float32 model input.
+
+        Same arithmetic as :meth:`preprocess_one` (scale by 1/255, then normalise), so both paths agree.
+        """
+        if batch.dtype != torch.uint8:
+            raise TypeError(f"expected a uint8 tensor, got {batch.dtype}")
+        return self.normalize_tensor(batch.float().div_(255.0))
+
     # ------------------------------------------------------------------ public API
+    def preprocess_uint8(
+        self,
+        image: Any,
+        box: Sequence[float] | None = None,
+        theta: float | None = 0.0,
+        augment: Callable[[Image.Image], Image.Image] | None = None,
+    ) -> torch.Tensor:
+        """Load, validate, crop, (augment,) and resize one image into a uint8 CHW tensor (not normalised).
+
+        The decode-heavy half of :meth:`preprocess_one`, for DataLoader workers: the batch crosses the process
+        boundary as uint8 and :meth:`normalize_uint8` finishes it on the model's device.
+        """
+        target = None
+        if self.jpeg_draft and box is None:
+            target = (self.size["width"], self.size["height"])
+        img = self.load_image(image, target_size=target)
+        img = self.crop(img, box, theta or 0.0)
+        if augment is not None:
+            img = augment(img)
+            if not isinstance(img, Image.Image) or img.mode != "RGB":
+                raise TypeError("augment must return an RGB PIL image")
+        return self.resize_uint8(img)
+
     def preprocess_one(
         self,
         image: Any,
@@ -298,18 +336,7 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         augment: Callable[[Image.Image], Image.Image] | None = None,
     ) -> torch.Tensor:
         """Load, validate, crop, (augment,) resize and normalise one image into a CHW float32 tensor."""
-        target = None
-        if self.jpeg_draft:
-            tw, th = self.size["width"], self.size["height"]
-            if box is None:
-                target = (tw, th)
-        img = self.load_image(image, target_size=target)
-        img = self.crop(img, box, theta or 0.0)
-        if augment is not None:
-            img = augment(img)
-            if not isinstance(img, Image.Image) or img.mode != "RGB":
-                raise TypeError("augment must return an RGB PIL image")
-        return self.normalize_tensor(self.resize(img))
+        return self.normalize_uint8(self.preprocess_uint8(image, box, theta, augment))
 
     def preprocess(
         self,

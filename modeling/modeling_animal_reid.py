@@ -319,7 +319,7 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
             def __getitem__(self, i):
                 box = boxes[i] if boxes is not None else None
                 theta = thetas[i] if thetas is not None else 0.0
-                return processor.preprocess_one(images[i], box, theta)
+                return processor.preprocess_uint8(images[i], box, theta)
 
         param = next(self.parameters())
         device, dtype = param.device, param.dtype
@@ -343,10 +343,12 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         try:
             for batch in loader:
-                batch = batch.to(device=device, dtype=dtype, non_blocking=True)
+                batch = processor.normalize_uint8(batch.to(device=device, non_blocking=True)).to(dtype)
                 if channels_last:
                     batch = batch.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                with torch.autocast(
+                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                ):
                     emb = self._embed(batch)
                 out.append(F.normalize(emb.float(), dim=-1).cpu())
         finally:
