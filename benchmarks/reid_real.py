@@ -1000,6 +1000,16 @@ def _plots(results: dict[str, Any], tables: dict[str, Any], plot_dir: Path, tag:
                     )
                 )
             )
+        if "1" in tables and tables["1"].get("_curves"):
+            made.append(
+                str(
+                    plots.plot_cmc(
+                        tables["1"]["_curves"],
+                        plot_dir / f"{tag}_table1_cmc.png",
+                        title="CMC, closed set (test queries train+val), species averaged",
+                    )
+                )
+            )
         if "2" in tables and "_multi_eval" in tables["2"]:
             made.append(
                 str(
