@@ -1,6 +1,6 @@
 """Re-identification metrics: CMC top-k and mAP over embeddings, for the two protocols of the field.
 
-Pure functions over L2-normalised embeddings, identity labels, encounter ids and species keys; no model.
+Pure functions over L2-normalised embeddings (rows that are not are normalised: scores are cosines), identity labels, encounter ids and species keys; no model.
 
 Protocols
 ---------
@@ -144,7 +144,9 @@ def _as_tensor(x, device=None) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     if t.ndim != 2:
         raise ValueError(f"embeddings must be a 2-D [N, D] array, got shape {tuple(t.shape)}")
-    return t.to(device=device, dtype=torch.float32)
+    t = t.to(device=device, dtype=torch.float32)
+    # cosine similarity: unit rows (a no-op up to rounding for the L2-normalised rows the contract asks for)
+    return torch.nn.functional.normalize(t, dim=1)
 
 
 def _auto_chunk(n_gallery: int, budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> int:

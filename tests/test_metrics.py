@@ -163,6 +163,19 @@ def test_query_gallery_matches_reference_per_species(seed):
         np.testing.assert_allclose(out[sp].average_precision, ref_ap, rtol=1e-6, equal_nan=True)
 
 
+def test_ties_are_broken_by_gallery_order_like_the_reference():
+    rng = np.random.default_rng(11)
+    emb, labels, enc = _random_data(rng, 45, dim=4, n_ids=5)
+    emb = np.where(emb > 0, 0.5, -0.5).astype(
+        np.float32
+    )  # unit rows of +-1/2: scores in {-1, -1/2, 0, 1/2, 1}
+    assert len(np.unique(emb @ emb.T)) == 5  # many exact ties
+    res = metrics.leave_one_out(emb, labels, enc, chunk_size=6)["all"]
+    ref_first, ref_ap = _reference(emb, emb, labels, labels, enc, enc, range(45))
+    np.testing.assert_array_equal(res.first_match_rank, ref_first)
+    np.testing.assert_allclose(res.average_precision, ref_ap, rtol=1e-6, equal_nan=True)
+
+
 def test_summary_matches_reference_cmc_and_map():
     rng = np.random.default_rng(3)
     emb, labels, enc = _random_data(rng, 60, n_ids=10)
@@ -187,6 +200,11 @@ def test_missing_encounters_never_match_each_other():
     emb = _unit([0, 15, 25, 90])
     out = metrics.evaluate_reid(emb, HAND_LABELS, encounters=[None, None, "e", float("nan")], topk=(1,))
     assert out["n_queries_without_match"] == 0
+
+
+def test_rows_are_normalised_so_scores_are_cosines():
+    out = metrics.evaluate_reid(HAND * np.array([[1.0], [3.0], [0.5], [2.0]], dtype=np.float32), HAND_LABELS)
+    assert out == metrics.evaluate_reid(HAND, HAND_LABELS)
 
 
 def test_torch_inputs_give_the_same_results():
