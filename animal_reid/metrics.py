@@ -1,6 +1,7 @@
 """Re-identification metrics: CMC top-k and mAP over embeddings, for the two protocols of the field.
 
-Pure functions over L2-normalised embeddings (rows that are not are normalised: scores are cosines), identity labels, encounter ids and species keys; no model.
+Pure functions over L2-normalised embeddings (rows that are not get normalised: scores are cosines), identity
+labels, encounter ids and species keys; no model.
 
 Protocols
 ---------
