@@ -1,6 +1,8 @@
 """PyTorch vs onnxruntime throughput of the exported feature extractor, on the CPU.
 
-For each model: build it (random weights: speed does not depend on them), export with
+For each model: build it (random weights: speed does not depend on them; accuracy of the export is checked by
+``tests/test_onnx.py``, on real photos too, not here, since a randomly initialised efficientnetv2_rw_m is
+numerically chaotic: its activations reach ~1e6), export with
 ``animal_reid.onnx_export`` (dynamic batch), then time the forward pass on the same preprocessed batches of
 ``--batch`` images with PyTorch (``inference_mode``, fp32) and with onnxruntime (CPU provider), both with the same
 number of threads, after one warm-up batch, alternating batch by batch (fair on a shared machine). Prints
@@ -28,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from animal_reid.onnx_export import compare_with_pytorch, export_onnx, onnx_embed, onnx_session  # noqa: E402
+from animal_reid.onnx_export import export_onnx, onnx_embed, onnx_session  # noqa: E402
 from modeling import AnimalReIDConfig, AnimalReIDModel  # noqa: E402
 
 MODELS = {
@@ -69,7 +71,6 @@ def bench(name: str, batch: int, n_batches: int, threads: int, workdir: Path) ->
     export_onnx(model, path, check=False)
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((batch, 3, h, w), dtype=np.float32) for _ in range(n_batches)]
-    check = compare_with_pytorch(model, path, torch.from_numpy(batches[0][:4]))
 
     def run_torch(x: np.ndarray) -> None:
         with torch.inference_mode():
@@ -92,8 +93,6 @@ def bench(name: str, batch: int, n_batches: int, threads: int, workdir: Path) ->
         "torch_img_s": n / t_torch,
         "onnxruntime_img_s": n / t_ort,
         "ratio_ort_over_torch": t_torch / t_ort,
-        "max_abs_diff": check.max_abs_diff,
-        "min_cosine": check.min_cosine,
     }
 
 
@@ -125,8 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(
                 f"{name:7s} {r['backbone']} @ {r['image_size'][0]} px, batch {r['batch']}, {r['images']} images, "
                 f"{r['threads']} threads: PyTorch {r['torch_img_s']:.1f} img/s, onnxruntime "
-                f"{r['onnxruntime_img_s']:.1f} img/s, ratio {r['ratio_ort_over_torch']:.2f}x "
-                f"(max abs diff {r['max_abs_diff']:.1g})"
+                f"{r['onnxruntime_img_s']:.1f} img/s, ratio {r['ratio_ort_over_torch']:.2f}x"
             )
             print(json.dumps(r))
     return results

@@ -185,7 +185,7 @@ def convert_megadescriptor(
             f"{weights}: after mapping, missing {not_rebuilt[:5]} and unexpected {result.unexpected_keys[:5]}"
         )
     logger.info(
-        "rebuilt %d relative-position/attention-mask buffers from the architecture (%d were in the file, dropped)",
+        "rebuilt %d relative-position/attention-mask buffers from the architecture (the file held %d, not used)",
         len(result.missing_keys),
         n_buffers,
     )

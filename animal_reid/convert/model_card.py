@@ -61,9 +61,11 @@ SOURCES: dict[str, dict[str, Any]] = {
             "`outputs.embeddings` (and what the pipeline returns) is the same vector L2-normalised."
         ),
         "preprocessing_note": (
-            "Squash resize to the input size with the interpolation of the source's timm `pretrained_cfg` "
-            "(no centre crop: re-ID crops are already tight). The usage snippet in some BVRA model cards "
-            "normalises with mean = std = 0.5; the timm config and the training code use the values below."
+            "The interpolation is the one in the source's timm `pretrained_cfg`; there is no centre crop (re-ID "
+            "crops are already tight). The WildlifeDatasets baselines extract MegaDescriptor features with "
+            "torchvision `Resize([S, S])` (bilinear, antialiased) and ImageNet normalisation: convert with "
+            "`--resample bilinear` to reproduce that exactly. The usage snippet in some BVRA model cards "
+            "normalises with mean = std = 0.5; the timm config and the authors' code use the ImageNet values."
         ),
     },
 }
