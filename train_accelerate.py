@@ -11,8 +11,8 @@ One CPU, one GPU or many; the loop is the same (``prepare``, ``accumulate``, ``g
 
 The run directory (``output_dir``) receives ``config.yaml`` (the resolved configuration), ``metrics.jsonl``
 (one line per epoch: loss, learning rates, images/s, validation metrics), ``loss.png`` / ``val_metrics.png``,
-``train.log``, ``checkpoints/checkpoint_<n>`` (``accelerator.save_state`` after every epoch), ``best/`` (the
-weights of the best validation epoch), ``results.json`` and ``export/`` (feature extractor, processor and
+``train.log``, ``checkpoints/checkpoint_<n>`` (``accelerator.save_state`` after every epoch), ``best/epoch_<n>/``
+(the weights of the best validation epoch), ``results.json`` and ``export/`` (feature extractor, processor and
 README.md model card, ready for ``AutoModel.from_pretrained(dir, trust_remote_code=True)``).
 See docs/training.md.
 """
@@ -549,7 +549,9 @@ def _run(
         improved = score is not None and (state.best_score is None or score > state.best_score)
         if improved:
             state.best_score, state.best_epoch = float(score), epoch + 1
-            accelerator.save_model(model, run_dir / "best")
+            # One folder per best epoch, pruned only after the checkpoint that names it is saved: a run killed
+            # in between resumes with a state whose best epoch still has its weights on disk.
+            accelerator.save_model(model, _best_dir(run_dir, epoch + 1))
         record["best_epoch"] = state.best_epoch
         state.history.append(record)
         state.epochs_done = epoch + 1
@@ -566,14 +568,20 @@ def _run(
         )
         accelerator.save_state()
         if accelerator.is_main_process:
+            _prune_best(run_dir, state.best_epoch)
             _write_history(run_dir, state.history)
             plot_history(state.history, run_dir)
 
     # ---- final: best model on test, export, card
     accelerator.wait_for_everyone()
-    best_file = run_dir / "best" / "model.safetensors"
-    if state.best_epoch is not None and best_file.is_file():
+    if state.best_epoch is not None:
         from safetensors.torch import load_file
+
+        best_file = _best_dir(run_dir, state.best_epoch) / "model.safetensors"
+        if not best_file.is_file():
+            raise FileNotFoundError(
+                f"the weights of the best epoch ({state.best_epoch}) are missing: {best_file}"
+            )
 
         unwrapped.load_state_dict(load_file(str(best_file)))
         logger.info(
@@ -585,7 +593,9 @@ def _run(
         )
     else:
         logger.warning(
-            "no validation score was ever computed; exporting the last epoch", main_process_only=True
+            "no validation query had a true match in any epoch (with a closed-set split, the matches of the "
+            "validation images are in train: use eval_protocol=query_gallery); exporting the last epoch",
+            main_process_only=True,
         )
     gallery = None
     if gallery_loader is not None:
@@ -696,6 +706,18 @@ def push_export(export_dir: Path, repo_id: str, private: bool = False) -> str:
     url = api.repo_info(repo_id).id
     logging.getLogger(__name__).info("pushed %s to the Hub as %s", export_dir, url)
     return url
+
+
+def _best_dir(run_dir: Path, epoch: int) -> Path:
+    return run_dir / "best" / f"epoch_{epoch}"
+
+
+def _prune_best(run_dir: Path, keep_epoch: int | None) -> None:
+    import shutil
+
+    for d in (run_dir / "best").glob("epoch_*"):
+        if keep_epoch is None or d.name != f"epoch_{keep_epoch}":
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _group_lr(optimizer, part: str) -> float | None:

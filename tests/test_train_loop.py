@@ -83,6 +83,7 @@ def test_run_writes_config_metrics_plots_checkpoints(base_run, corpus):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "epoch 2" in (run_dir / "train.log").read_text()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1"]
+    assert [p.name for p in (run_dir / "best").iterdir()] == [f"epoch_{results['best_epoch']}"]
     assert json.loads((run_dir / "results.json").read_text())["test"] == results["test"]
     assert 0.0 <= results["test"]["top1"] <= 1.0 and results["test_protocol"] == "leave_one_out"
 
