@@ -19,6 +19,7 @@ from transformers import AutoModel, pipeline
 
 from animal_reid.convert import CheckpointError, convert_megadescriptor
 from animal_reid.convert.megadescriptor import MEGADESCRIPTOR_ARCHITECTURES, main
+from modeling import AnimalReIDImageProcessor
 
 TINY = {"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 1, 2, 2]}
 ARCH = "swin_tiny_patch4_window7_224"
@@ -145,8 +146,6 @@ def test_pipeline_returns_the_reference_direction(converted):
     got = torch.tensor(
         np.array([np.asarray(extractor(im)).reshape(-1) for im in images]), dtype=torch.float32
     )
-    from modeling import AnimalReIDImageProcessor
-
     proc = AnimalReIDImageProcessor.from_pretrained(out)
     ref = _reference(model, proc(images)["pixel_values"])
     assert got.shape == ref.shape == (5, 128)
@@ -163,9 +162,17 @@ def test_current_timm_layout_safetensors_file_with_architecture_flag(tmp_path):
     out = tmp_path / "out"
     # a bare file: no config.json, so the architecture and kwargs come from the caller
     result = convert_megadescriptor(
-        tmp_path / "weights.safetensors", out, architecture=ARCH, backbone_kwargs=TINY, verify=False
+        tmp_path / "weights.safetensors",
+        out,
+        architecture=ARCH,
+        backbone_kwargs=TINY,
+        resample="bilinear",  # e.g. to match the WildlifeDatasets baselines' torchvision Resize
+        verify=False,
     )
     assert result.dropped == [] and result.num_tensors == len(state)
+    assert AnimalReIDImageProcessor.from_pretrained(out).resample == "bilinear"
+    card = (out / "README.md").read_text()
+    assert "license: cc-by-nc-4.0" in card and "base_model" not in card
     loaded = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
     x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
