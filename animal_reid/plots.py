@@ -1,7 +1,8 @@
 """Figures a reader would rather look at than read: CMC curves, per-species bars, score histograms, match sheets.
 
-All functions write a PNG and return its path. Matplotlib runs on the Agg backend (no display needed); match
-sheets are composed with Pillow. Inputs are the plain dicts of :func:`animal_reid.metrics.evaluate_reid` or arrays.
+All functions write a PNG and return its path. Charts use matplotlib's object API on an Agg canvas (no pyplot,
+no global backend switch, imported only when a chart is drawn); match sheets are composed with Pillow alone, so
+``animal_reid.identify`` does not need matplotlib. Inputs are the plain dicts of :func:`animal_reid.metrics.evaluate_reid` or arrays.
 """
 
 from __future__ import annotations
@@ -11,13 +12,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +24,21 @@ RED = (210, 40, 40)
 GREY = (150, 150, 150)
 
 
+def _figure(figsize: tuple[float, float]):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("charts need matplotlib: pip install 'animal-reid[train]' (or matplotlib)") from e
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return p
 
 
@@ -53,7 +59,7 @@ def plot_cmc(
     curves = _curves(results)
     if not curves:
         raise ValueError("plot_cmc needs at least one curve, got none")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure((6, 4))
     for name, cmc in curves.items():
         y = np.array([np.nan if v is None else v for v in cmc], dtype=float)[:max_rank]
         x = np.arange(1, len(y) + 1)
@@ -64,6 +70,8 @@ def plot_cmc(
     ax.set_ylabel("queries matched within rank (%)")
     ax.set_ylim(0, 100)
     ax.set_xlim(1, None)
+    from matplotlib.ticker import MaxNLocator
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.set_title(title)
@@ -84,7 +92,7 @@ def plot_per_species(
         raise ValueError("plot_per_species: no per_species entries in the results")
     bars = [(run, m) for run in runs for m in metrics]
     width = 0.8 / len(bars)
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(species) * max(1, len(bars) / 2)), 4))
+    fig, ax = _figure((max(5, 1.4 * len(species) * max(1, len(bars) / 2)), 4))
     x = np.arange(len(species))
     for j, (run, m) in enumerate(bars):
         vals = []
@@ -151,7 +159,7 @@ def plot_score_histograms(
         raise ValueError("plot_score_histograms needs scores, got two empty arrays")
     both = np.concatenate([a, b])
     bins = np.linspace(both.min(), both.max(), 60) if both.min() < both.max() else 10
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure((6, 4))
     if a.size:
         ax.hist(
             a, bins=bins, density=True, alpha=0.55, color="tab:green", label=f"{labels[0]} (n={a.size:,})"
