@@ -310,3 +310,37 @@ def test_identify_on_real_nyala_gallery(tmp_path, data_root, tiny_model_dir, cap
     assert len(table) == 30 and {r["query_identity"] for r in table} == {d.name for d in ids}
     identify.main(argv + ["--quiet"])
     assert "embedded 0 images" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # three subprocesses importing torch + transformers: ~40 s on 2 busy cores
+def test_identify_a_hub_model_by_repo_id(tmp_path, folder_gallery, tiny_model_dir):
+    """The Hub path: the model is pushed to the local Hub emulator and named by repo id; the embedding cache is
+    keyed by the snapshot's commit."""
+    emulator = pytest.importorskip("animal_reid.hub_emulator")
+    root, qdir = folder_gallery
+    with emulator.HubEmulator(tmp_path / "hub") as hub:
+        hub.run_python(
+            "import sys; from huggingface_hub import HfApi; api = HfApi();"
+            "api.create_repo('emulator-user/tiny-reid');"
+            "api.upload_folder(folder_path=sys.argv[1], repo_id='emulator-user/tiny-reid')",
+            str(tiny_model_dir),
+        )
+        code = "import sys; from animal_reid.identify import main; sys.exit(main(sys.argv[1:]))"
+        args = ["--model", "emulator-user/tiny-reid", "--gallery", str(root), "--queries", str(qdir)]
+        args += [
+            "--out",
+            str(tmp_path / "out"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "-q",
+            "--device",
+            "cpu",
+        ]
+        first = hub.run_python(code, *args).stdout
+        second = hub.run_python(code, *args).stdout
+    assert "embedded 12 images" in first and "embedded 0 images" in second
+    metas = list((tmp_path / "cache").glob("*/meta.json"))
+    assert len(metas) == 1
+    meta = json.loads(metas[0].read_text())
+    assert meta["weights"].startswith("revision:") and meta["model"] == "emulator-user/tiny-reid"
+    assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["candidates"]
