@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
 from animal_reid.onnx_export import compare_with_pytorch, export_onnx, main, onnx_embed, onnx_session
 from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel
+
+onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
 
 def _model(**kwargs) -> AnimalReIDModel:
