@@ -24,7 +24,8 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: PIL filters by name; ``bilinear_noaa`` is bilinear without antialiasing (what OpenCV's INTER_LINEAR does).
+#: PIL filters by name; ``bilinear_noaa`` is bilinear without antialiasing, the closest match to OpenCV's
+#: INTER_LINEAR (within one grey level: OpenCV rounds fixed-point weights differently).
 RESAMPLES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming", "bilinear_noaa")
 _PIL_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
