@@ -183,10 +183,16 @@ def build_source_corpus(
 
 
 def _shrink(data: bytes, bbox, size: int, quality: int) -> tuple[bytes, list[float] | None]:
-    """Re-encode one image as RGB JPEG with its longest side at most ``size`` (EXIF orientation applied)."""
+    """Re-encode one image as RGB JPEG with its longest side at most ``size`` (EXIF orientation applied).
+
+    An RGB JPEG without rotation that already fits is returned unchanged."""
     from PIL import Image, ImageOps
 
     with Image.open(io.BytesIO(data)) as im:
+        orientation = im.getexif().get(0x0112, 1)
+        if im.format == "JPEG" and im.mode == "RGB" and orientation == 1 and max(im.size) <= size:
+            # already small enough: keep the bytes (no second JPEG generation, e.g. when subsetting a pack)
+            return data, None if bbox is None else [float(v) for v in bbox]
         im = ImageOps.exif_transpose(im).convert("RGB")
         w, h = im.size
         f = min(1.0, size / max(w, h))

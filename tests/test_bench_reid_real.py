@@ -71,6 +71,18 @@ def test_compact_corpus_shrinks_images_and_keeps_layout(tiny_corpus, tmp_path):
     img = dd["train"][0]["image"]
     assert max(img.size) <= 16 and img.format == "JPEG"
     assert dd["train"].features["image"].__class__.__name__ == "Image"  # schema metadata survived
+    # compacting a compacted corpus keeps the bytes (no second JPEG generation)
+    import pyarrow.parquet as pq
+
+    reid_real.compact_corpus(dst, tmp_path / "again", size=16, seed=1)
+    for f in sorted((dst / "data").glob("*/*.parquet")):
+        a = pq.read_table(f, columns=["image"]).column("image").to_pylist()
+        b = (
+            pq.read_table(tmp_path / "again" / f.relative_to(dst), columns=["image"])
+            .column("image")
+            .to_pylist()
+        )
+        assert [x["bytes"] for x in a] == [x["bytes"] for x in b]
 
 
 def test_compact_corpus_few_training_identities(tiny_corpus, tmp_path):
