@@ -8,7 +8,9 @@
 #   OUT=/tmp/gpu_smoke PACK=/tmp/gpu_pack bash benchmarks/gpu/run.sh --smoke     # CPU rehearsal, tiny sizes
 #
 # Environment: OUT (results folder, default /tmp/bench_gpu_out), PACK (default .gpu/bench),
-# BENCH_BUDGET_S (whole-script budget in seconds, default 470).
+# BENCH_BUDGET_S (whole-script budget in seconds, default 470), BENCH_CONFIG (tables config, default
+# configs/bench_gpu.yaml), SKIP_EMBED=1 / SKIP_TRAIN=1 (skip those throughput benchmarks, e.g. in a second call
+# that only reruns the tables with configs/bench_gpu_long.yaml).
 set -u
 START=$(date +%s)
 BUDGET=${BENCH_BUDGET_S:-470}
@@ -57,19 +59,28 @@ else
   DEVICE=cuda
   EMBED_ARGS="--n-images 1024 --n-images-large 128 --n-pipeline 64 --batch-size 128"
   TRAIN_ARGS="--config configs/train_cpu_real6.yaml --batches 30 --steps 15 --warmup 5 --set identities_per_batch=16 num_workers=12 eval_batch_size=256"
-  BENCH_CONFIG=configs/bench_gpu.yaml
+  BENCH_CONFIG=${BENCH_CONFIG:-configs/bench_gpu.yaml}
   T_EMBED=80; T_TRAIN=120; THREADS=""
 fi
 
-log "bench_embed ($DEVICE)"
-timeout "$T_EMBED" python3 benchmarks/bench_embed.py --device "$DEVICE" --data-root "$PACK/embed_images" $EMBED_ARGS \
-  --json-out "$OUT/bench_embed_gpu.json" >"$WORK/logs/bench_embed.log" 2>&1 || log "bench_embed failed or timed out (exit $?)"
-grep -v "it/s" "$WORK/logs/bench_embed.log" | tail -n 12
+skip() { [ -n "${1:-}" ] && [ "${1:-}" != 0 ]; }
+if skip "${SKIP_EMBED:-}"; then
+  log "bench_embed skipped (SKIP_EMBED)"
+else
+  log "bench_embed ($DEVICE)"
+  timeout "$T_EMBED" python3 benchmarks/bench_embed.py --device "$DEVICE" --data-root "$PACK/embed_images" $EMBED_ARGS \
+    --json-out "$OUT/bench_embed_gpu.json" >"$WORK/logs/bench_embed.log" 2>&1 || log "bench_embed failed or timed out (exit $?)"
+  grep -v "it/s" "$WORK/logs/bench_embed.log" | tail -n 12
+fi
 
-log "bench_train ($DEVICE)"
-timeout "$T_TRAIN" python3 benchmarks/bench_train.py --device "$DEVICE" --corpus "$PACK/corpora/open" $TRAIN_ARGS $THREADS \
-  --out "$OUT/bench_train_gpu" >"$WORK/logs/bench_train.log" 2>&1 || log "bench_train failed or timed out (exit $?)"
-tail -n 16 "$WORK/logs/bench_train.log"
+if skip "${SKIP_TRAIN:-}"; then
+  log "bench_train skipped (SKIP_TRAIN)"
+else
+  log "bench_train ($DEVICE)"
+  timeout "$T_TRAIN" python3 benchmarks/bench_train.py --device "$DEVICE" --corpus "$PACK/corpora/open" $TRAIN_ARGS $THREADS \
+    --out "$OUT/bench_train_gpu" >"$WORK/logs/bench_train.log" 2>&1 || log "bench_train failed or timed out (exit $?)"
+  tail -n 16 "$WORK/logs/bench_train.log"
+fi
 
 # Tables: stop starting training runs 40 s before the end; kill whatever still runs 10 s before it.
 REID_LEFT=$(($(left) - 10))
