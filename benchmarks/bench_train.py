@@ -65,6 +65,7 @@ def worker_loop(args: argparse.Namespace) -> dict[str, Any]:
         argv = [args.config, "--output_dir", str(Path(tmp) / "run"), "--epochs", "1"]
         argv += ["--batches_per_epoch", str(args.batches), "--mixed_precision", PRECISIONS[args.precision]]
         argv += ["--max_eval_images_per_identity", "2", "--save_total_limit", "1", "--log_every", "1000"]
+        argv += ["--freeze_backbone_epochs", "0"]  # the whole model trains, as in the plain step
         if args.corpus:
             argv += ["--corpus", args.corpus]
         argv += _overrides(args.set)
