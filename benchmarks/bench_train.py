@@ -150,7 +150,8 @@ def worker_plain(args: argparse.Namespace) -> dict[str, Any]:
 def _machine(device: str) -> str:
     import torch
 
-    desc = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    desc = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}; load average {load}), torch {torch.__version__}"
     if device == "cuda" and torch.cuda.is_available():
         desc += f", GPU {torch.cuda.get_device_name(0)}"
     return desc

@@ -1070,7 +1070,8 @@ def _plots(results: dict[str, Any], tables: dict[str, Any], plot_dir: Path, tag:
 def machine() -> str:
     import torch
 
-    desc = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    desc = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}; load average {load} at start)"
     if torch.cuda.is_available():
         desc += f", GPU {torch.cuda.get_device_name(0)}"
     return desc + f", torch {torch.__version__}"
