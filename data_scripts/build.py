@@ -51,6 +51,7 @@ def default_data_root() -> Path:
 def resolve_sources(names: Sequence[str]) -> list[Source]:
     """Source names or group names (``real``, ``lila``) to declarations, in order, without repeats."""
     out: list[Source] = []
+    names = [n for name in names for n in name.split(",") if n]  # "liondata,nyaladata" works too
     for name in names:
         for member in SOURCE_GROUPS.get(name, (name,)):
             src = get_source(member)
@@ -389,7 +390,10 @@ def main(argv: Sequence[str] | None = None) -> BuildResult:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     data_root = args.data_root or default_data_root()
-    sources = resolve_sources(args.sources)
+    try:
+        sources = resolve_sources(args.sources)
+    except KeyError as err:
+        raise SystemExit(f"error: {err.args[0]}; groups: {sorted(SOURCE_GROUPS)}") from None
     synth_cfg = SyntheticConfig(
         patterns=tuple(args.synthetic_patterns),
         identities_per_species=args.synthetic_identities,

@@ -144,7 +144,12 @@ class Record:
 
 
 def hf_features():
-    """The ``datasets.Features`` of a corpus split (image decoded by ``datasets``, bbox fixed-length float32)."""
+    """The ``datasets.Features`` of a corpus split (image decoded by ``datasets``, bbox a float32 list).
+
+    ``bbox`` is a variable-length list (always 4 values or null, enforced by validation), not a fixed-size one:
+    pyarrow < 26 cannot read back a Parquet fixed-size list that holds nulls ("Expected all lists to be of size=4"),
+    and most sources have no boxes. Seen on the GPU machine's pyarrow 25.
+    """
     import datasets
 
     return datasets.Features(
@@ -157,7 +162,7 @@ def hf_features():
             "species_scientific": datasets.Value("string"),
             "viewpoint": datasets.Value("string"),
             "encounter": datasets.Value("string"),
-            "bbox": datasets.Sequence(datasets.Value("float32"), length=4),
+            "bbox": datasets.Sequence(datasets.Value("float32")),
             "theta": datasets.Value("float32"),
             "source": datasets.Value("string"),
             "license": datasets.Value("string"),

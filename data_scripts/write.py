@@ -53,7 +53,7 @@ class OutRow:
 
 
 def arrow_schema() -> pa.Schema:
-    """The Arrow schema with the ``datasets`` features in its metadata (Image column, fixed-length bbox)."""
+    """The Arrow schema with the ``datasets`` features in its metadata (Image column, float32 bbox list)."""
     return hf_features().arrow_schema
 
 
