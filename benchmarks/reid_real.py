@@ -386,7 +386,10 @@ class Bench:
     work: Path
     corpora: dict[str, Path]
     deadline: Deadline
-    run_times: dict[str, float] = field(default_factory=dict)
+    run_times: dict[str, float] = field(default_factory=dict)  # runs trained by this call
+    used_runs: dict[str, float | None] = field(
+        default_factory=dict
+    )  # every run used, with its training wall time
     _cache: dict[tuple, Any] = field(default_factory=dict)
 
     # ---- training
@@ -441,7 +444,9 @@ class Bench:
         done = run_dir / "results.json"
         if done.is_file():
             logger.info("reusing %s", run_dir)
-            return json.loads(done.read_text(encoding="utf-8"))
+            res = json.loads(done.read_text(encoding="utf-8"))
+            self.used_runs[name] = res.get("bench_wall_s")
+            return res
         if not self.deadline.allows_run():
             raise OutOfTime(f"{name}: {self.deadline.left():.0f} s left of the time budget")
         if run_dir.exists():
@@ -454,6 +459,7 @@ class Bench:
         logger.info("train %s: %.0f s, test top-1 %s", name, self.run_times[name], res["test"]["top1"])
         res["argv"] = argv
         res["bench_wall_s"] = self.run_times[name]
+        self.used_runs[name] = self.run_times[name]
         done.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
         return res
 
@@ -872,7 +878,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# Real-photo benchmarks ({meta['config_name']})",
         "",
-        f"- date: {meta['date']}; machine: {meta['machine']}; wall time so far: {meta['wall_time_s']:.0f} s",
+        f"- date: {meta['date']}; machine: {meta['machine']}; wall time of this call: {meta['wall_time_s']:.0f} s; "
+        f"training runs used: {meta.get('training_runs', '?')}, {meta.get('training_runs_wall_s', 0):.0f} s of training "
+        "wall time in all (runs reused from earlier calls included)",
         f"- command: `{meta['command']}`",
         f"- budget: {meta['budget']}",
         "",
@@ -1194,6 +1202,8 @@ def _run_benchmarks(
         results["tables"][str(num)] = {k: v for k, v in r.items() if not k.startswith("_")}
         results["meta"]["wall_time_s"] = time.time() - t0
         results["run_times_s"] = bench.run_times
+        results["meta"]["training_runs_wall_s"] = sum(v or 0.0 for v in bench.used_runs.values())
+        results["meta"]["training_runs"] = len(bench.used_runs)
         _write(results, results_path)
         logger.info("table %d done in %.0f s", num, r["wall_time_s"])
     results["plots"] = _plots(results, full, plot_dir, tag)
