@@ -262,14 +262,18 @@ def test_two_process_cpu_run_trains_and_exports(corpus, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(REPO / "train_accelerate.py"), *tiny_args(corpus, out, "--batches_per_epoch", "4")]  # fmt: skip
+           str(REPO / "train_accelerate.py"),
+           *tiny_args(corpus, out, "--batches_per_epoch", "8", "--gradient_accumulation_steps", "2")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
     assert results["num_processes"] == 2
     assert (out / "export" / "model.safetensors").is_file()
-    # 4 global batches per epoch, 2 per process: both processes' images are counted
-    assert "2 batches/process (2 processes" in (out / "train.log").read_text()
+    # 8 global batches per epoch, 4 per process, accumulated 2 by 2: 2 optimiser steps per epoch
+    log = (out / "train.log").read_text()
+    assert "4 batches/process (2 processes, P=4 x K=2, accumulation 2): 4 optimiser steps" in log
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [2, 4]
 
 
 @pytest.mark.slow
