@@ -315,3 +315,25 @@ def test_corpus_rebuilt_in_place_is_not_read_stale(tmp_path):
         corpus = load_corpus(parse_config(["--corpus", str(out)]).data, seed=0)
         sizes.append(sum(len(s) for s in corpus.splits.values()))
     assert sizes == [9, 18]
+
+
+def test_query_gallery_protocol_on_a_closed_split(tmp_path):
+    """MegaDescriptor's protocol: validation queries the train images; test queries train + validation."""
+    from data_scripts.build import main as build_main
+
+    closed = tmp_path / "closed"
+    build_main(
+        ["--sources", "synthetic", "--out", str(closed), "--split", "closed", "--synthetic-identities", "6",
+         "--synthetic-images", "6", "--synthetic-size", "48", "--synthetic-patterns", "spots", "--no-progress"]
+    )  # fmt: skip
+    results = train_accelerate.main(
+        tiny_args(closed, tmp_path / "run", "--epochs", "1", "--eval_protocol", "query_gallery")
+    )
+    assert results["test_protocol"] == "query_gallery"
+    # closed set: every test identity has gallery images, so every test image is a query
+    from animal_reid.training.data import load_corpus
+
+    corpus = load_corpus(parse_config(["--corpus", str(closed)]).data, seed=0)
+    assert results["test"]["n_queries"] == len(corpus.splits["test"])
+    assert results["val_best"]["n_queries"] == len(corpus.splits["validation"])
+    assert 0.0 <= results["test"]["top1"] <= 1.0
