@@ -74,12 +74,13 @@ def build(
     return model, proc, tmp
 
 
-def time_forward(model, proc, files, batch_size, device, channels_last, warmup=1) -> float:
+def time_forward(model, proc, files, batch_size, device, channels_last, precision="fp32", warmup=1) -> float:
     x = torch.stack([proc.preprocess_one(f) for f in files[:batch_size]]).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     n_batches = max(1, len(files) // batch_size)
-    with torch.inference_mode():
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         for _ in range(warmup):
             model(pixel_values=x)
         _sync(device)
@@ -90,11 +91,13 @@ def time_forward(model, proc, files, batch_size, device, channels_last, warmup=1
     return n_batches * batch_size / (time.perf_counter() - t)
 
 
-def time_encode(model, files, batch_size, num_workers, out_dir) -> float:
-    model.encode(files[: batch_size * 2], batch_size=batch_size, num_workers=num_workers)  # warm-up
+def time_encode(model, files, batch_size, num_workers, out_dir, precision="fp32") -> float:
+    model.encode(files[: batch_size * 2], batch_size=batch_size, num_workers=num_workers, precision=precision)
     _sync(next(model.parameters()).device)
     t = time.perf_counter()
-    emb = model.encode(files, batch_size=batch_size, num_workers=num_workers, show_progress_bar=False)
+    emb = model.encode(
+        files, batch_size=batch_size, num_workers=num_workers, show_progress_bar=False, precision=precision
+    )
     np.save(Path(out_dir) / "embeddings.npy", emb)
     return len(files) / (time.perf_counter() - t)
 
@@ -128,6 +131,7 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--backbones", default="efficientnet_lite0:224,efficientnetv2_rw_m:440")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="forward and encode")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -147,8 +151,8 @@ def main(argv=None) -> dict:
         files = find_images(args.data_root, n)
         model, proc, model_dir = build(backbone, size, device)
         bs = min(args.batch_size, n)
-        fwd = time_forward(model, proc, files, bs, device, channels_last=True)
-        enc = time_encode(model, files, bs, workers, model_dir)
+        fwd = time_forward(model, proc, files, bs, device, channels_last=True, precision=args.precision)
+        enc = time_encode(model, files, bs, workers, model_dir, precision=args.precision)
         n_pipe = min(args.n_pipeline or n, n)
         naive = time_pipeline(model_dir, files[:n_pipe], device)
         row = {
@@ -157,6 +161,7 @@ def main(argv=None) -> dict:
             "n_images": n,
             "batch_size": bs,
             "workers": workers,
+            "precision": args.precision,
             "forward_img_s": round(fwd, 2),
             "encode_img_s": round(enc, 2),
             "pipeline_img_s": round(naive, 2),
@@ -165,7 +170,7 @@ def main(argv=None) -> dict:
         }
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n{results['machine']}, torch {results['torch']}, {results['date']}")
+    print(f"\n{results['machine']}, torch {results['torch']}, {results['date']}, precision {args.precision} (pipeline: fp32)")
     print(
         "| backbone | px | forward only img/s | end-to-end img/s | pipeline loop img/s | e2e / forward | e2e / pipeline |"
     )
