@@ -230,3 +230,11 @@ def verify_reload(out_dir: Path, model, atol: float = 1e-5, seed: int = 0) -> fl
         )
     logger.info("reloaded %s: embeddings match the converted model (max abs diff %.2g)", out_dir, diff)
     return diff
+
+
+def conversion_summary(result) -> str:
+    """The one-line summary the converter CLIs print."""
+    line = f"converted {result.source_file} ({result.num_tensors} tensors, {len(result.dropped)} dropped) -> {result.out_dir}"
+    if result.reload_max_abs_diff is not None:
+        line += f"; reload check max abs diff {result.reload_max_abs_diff:.2g}"
+    return line

@@ -33,6 +33,7 @@ from .common import (
     ConversionResult,
     check_floats,
     check_layout,
+    conversion_summary,
     find_weights_file,
     load_state_dict,
     read_json,
@@ -240,15 +241,7 @@ def main(argv: list[str] | None = None) -> ConversionResult:
         )
     except CheckpointError as err:
         parser.exit(2, f"error: {err}\n")
-    print(
-        f"converted {result.source_file} ({result.num_tensors} tensors, {len(result.dropped)} dropped) -> "
-        f"{result.out_dir}"
-        + (
-            f"; reload check max abs diff {result.reload_max_abs_diff:.2g}"
-            if result.reload_max_abs_diff is not None
-            else ""
-        )
-    )
+    print(conversion_summary(result))
     return result
 
 

@@ -154,11 +154,8 @@ class MiewIDCsvSource(Source):
         )
 
 
-def coco_source(
-    name: str, folder: str | Path, *, license: str = "unknown", citation: str = "", species=()
-) -> Source:
-    """An ad-hoc COCO source (not registered): ``folder`` holds ``annotations/`` and ``images/``."""
-    src = CocoSource()
+def _adhoc(cls, name: str, folder, license: str, citation: str, species) -> Source:
+    src = cls()
     src.info = SourceInfo(
         name=name,
         species=tuple(species),
@@ -171,18 +168,15 @@ def coco_source(
     return src
 
 
+def coco_source(
+    name: str, folder: str | Path, *, license: str = "unknown", citation: str = "", species=()
+) -> Source:
+    """An ad-hoc COCO source (not registered): ``folder`` holds ``annotations/`` and ``images/``."""
+    return _adhoc(CocoSource, name, folder, license, citation, species)
+
+
 def miewid_source(
     name: str, csv_path: str | Path, *, license: str = "unknown", citation: str = "", species=()
 ) -> Source:
     """An ad-hoc MiewID CSV source (not registered): ``csv_path`` is the CSV or a folder of CSVs."""
-    src = MiewIDCsvSource()
-    src.info = SourceInfo(
-        name=name,
-        species=tuple(species),
-        license=license,
-        citation=citation,
-        url="",
-        version="local",
-        folder=str(csv_path),
-    )
-    return src
+    return _adhoc(MiewIDCsvSource, name, csv_path, license, citation, species)
