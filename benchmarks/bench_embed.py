@@ -2,14 +2,18 @@
 
 For each backbone, on the same real image files (nyala field photos from ../shared/data by default):
 
-* ``forward``  – the model's forward pass alone on tensors already in memory (the limit on this machine);
+* ``forward``  – the model's forward pass alone on tensors already in memory (the limit on this machine), for
+                 each engine ``encode`` can use: PyTorch eager (channels-last) and, on the CPU, onnxruntime.
+                 The limit is the faster of the two;
 * ``encode``   – end to end: read and decode files, preprocess, model, L2-normalised embeddings written
-                 to disk as .npy (``AnimalReIDModel.encode`` with DataLoader workers);
+                 to disk as .npy (``AnimalReIDModel.encode`` with DataLoader workers, ``engine`` as given:
+                 ``auto`` = onnxruntime on the CPU, torch on a GPU);
 * ``pipeline`` – what users do today: ``pipeline("image-feature-extraction")`` called image by image.
 
-Each mode runs in the same process on the same model; ratios are printed against ``forward``.
+Each mode runs in the same process on the same model; ratios are printed against the limit and the pipeline.
 
     python benchmarks/bench_embed.py                      # Lite0 @ 224 and efficientnetv2_rw_m @ 440, CPU
+    python benchmarks/bench_embed.py --engine torch       # encode with PyTorch eager only
     python benchmarks/bench_embed.py --device cuda --n-images 2048 --n-images-large 512
 """
 
@@ -33,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel  # noqa: E402
+from modeling.modeling_animal_reid import onnxruntime_available, onnxruntime_engine  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("REID_DATA_ROOT", REPO.parent / "shared" / "data"))
 
@@ -74,30 +79,45 @@ def build(
     return model, proc, tmp
 
 
-def time_forward(model, proc, files, batch_size, device, channels_last, precision="fp32", warmup=1) -> float:
+def time_forward(
+    model, proc, files, batch_size, device, channels_last, precision="fp32", warmup=1, engine="torch"
+) -> float:
+    """Images/s of the network alone on one preprocessed batch held in memory (``engine`` torch or onnxruntime)."""
     x = torch.stack([proc.preprocess_one(f) for f in files[:batch_size]]).to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    if engine == "onnxruntime":
+        run = onnxruntime_engine(model, x.shape[-2], x.shape[-1])
+
+        def step():
+            return torch.nn.functional.normalize(run(x), dim=-1)
+    else:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def step():
+            return model(pixel_values=x).embeddings.cpu()
+
     n_batches = max(1, len(files) // batch_size)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None),
+    ):
         for _ in range(warmup):
-            model(pixel_values=x)
+            step()
         _sync(device)
         t = time.perf_counter()
         for _ in range(n_batches):
-            model(pixel_values=x).embeddings.cpu()
+            step()
         _sync(device)
     return n_batches * batch_size / (time.perf_counter() - t)
 
 
-def time_encode(model, files, batch_size, num_workers, out_dir, precision="fp32") -> float:
-    model.encode(files[: batch_size * 2], batch_size=batch_size, num_workers=num_workers, precision=precision)
+def time_encode(model, files, batch_size, num_workers, out_dir, precision="fp32", engine="auto") -> float:
+    kw = {"batch_size": batch_size, "num_workers": num_workers, "precision": precision, "engine": engine}
+    model.encode(files[: batch_size * 2], **kw)
     _sync(next(model.parameters()).device)
     t = time.perf_counter()
-    emb = model.encode(
-        files, batch_size=batch_size, num_workers=num_workers, show_progress_bar=False, precision=precision
-    )
+    emb = model.encode(files, show_progress_bar=False, **kw)
     np.save(Path(out_dir) / "embeddings.npy", emb)
     return len(files) / (time.perf_counter() - t)
 
@@ -131,7 +151,12 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--backbones", default="efficientnet_lite0:224,efficientnetv2_rw_m:440")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="forward and encode")
+    ap.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="forward and encode"
+    )
+    ap.add_argument(
+        "--engine", default="auto", choices=("auto", "torch", "onnxruntime"), help="encode()'s engine"
+    )
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -152,7 +177,11 @@ def main(argv=None) -> dict:
         model, proc, model_dir = build(backbone, size, device)
         bs = min(args.batch_size, n)
         fwd = time_forward(model, proc, files, bs, device, channels_last=True, precision=args.precision)
-        enc = time_encode(model, files, bs, workers, model_dir, precision=args.precision)
+        fwd_ort = None
+        if device.type == "cpu" and args.precision == "fp32" and onnxruntime_available():
+            fwd_ort = time_forward(model, proc, files, bs, device, False, engine="onnxruntime")
+        limit = max(fwd, fwd_ort or 0.0)
+        enc = time_encode(model, files, bs, workers, model_dir, precision=args.precision, engine=args.engine)
         n_pipe = min(args.n_pipeline or n, n)
         naive = time_pipeline(model_dir, files[:n_pipe], device)
         row = {
@@ -162,22 +191,30 @@ def main(argv=None) -> dict:
             "batch_size": bs,
             "workers": workers,
             "precision": args.precision,
+            "engine": args.engine,
             "forward_img_s": round(fwd, 2),
+            "forward_onnxruntime_img_s": round(fwd_ort, 2) if fwd_ort else None,
+            "limit_img_s": round(limit, 2),
             "encode_img_s": round(enc, 2),
             "pipeline_img_s": round(naive, 2),
-            "encode_vs_forward": round(enc / fwd, 3),
+            "encode_vs_forward": round(enc / limit, 3),
             "encode_vs_pipeline": round(enc / naive, 2),
         }
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n{results['machine']}, torch {results['torch']}, {results['date']}, precision {args.precision} (pipeline: fp32)")
     print(
-        "| backbone | px | forward only img/s | end-to-end img/s | pipeline loop img/s | e2e / forward | e2e / pipeline |"
+        f"\n{results['machine']}, torch {results['torch']}, {results['date']}, precision {args.precision}, "
+        f"encode engine {args.engine} (pipeline: torch fp32)"
     )
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| backbone | px | batch | forward torch img/s | forward onnxruntime img/s | end-to-end img/s "
+        "| pipeline loop img/s | e2e / best forward | e2e / pipeline |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results["rows"]:
         print(
-            f"| {r['backbone']} | {r['size']} | {r['forward_img_s']} | {r['encode_img_s']} | {r['pipeline_img_s']} "
+            f"| {r['backbone']} | {r['size']} | {r['batch_size']} | {r['forward_img_s']} "
+            f"| {r['forward_onnxruntime_img_s'] or '-'} | {r['encode_img_s']} | {r['pipeline_img_s']} "
             f"| {r['encode_vs_forward']} | {r['encode_vs_pipeline']}x |"
         )
     if args.json_out:

@@ -1,0 +1,97 @@
+"""encode()'s engines: onnxruntime on the CPU agrees with PyTorch, follows weight changes, falls back cleanly."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import modeling.modeling_animal_reid as mar
+from modeling import AnimalReIDConfig, AnimalReIDModel
+
+pytest.importorskip("onnxruntime")
+
+
+def _images(n: int = 5) -> list[Image.Image]:
+    rng = np.random.default_rng(3)
+    return [Image.fromarray(rng.integers(0, 256, (70 + 7 * i, 90, 3), dtype=np.uint8)) for i in range(n)]
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    cfg = AnimalReIDConfig(backbone="test_efficientnet", embedding_dim=32, image_size=64)
+    m = AnimalReIDModel(cfg).eval()
+    # non-trivial BatchNorm statistics and GeM p, so folding them in the exported graph is exercised
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 2.0)
+        m.pooling.p.fill_(2.5)
+    return m
+
+
+def test_onnxruntime_matches_torch_and_is_the_cpu_default(model):
+    imgs = _images()
+    ref = model.encode(imgs, batch_size=2, engine="torch")
+    assert model not in mar._ONNX_ENGINES
+    got = model.encode(imgs, batch_size=2, engine="onnxruntime")
+    assert got.shape == ref.shape == (5, 32) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    engine = mar._ONNX_ENGINES[model][1]
+    # auto (the default) on the CPU in fp32 reuses the cached export: no second export
+    auto = model.encode(imgs, batch_size=3)
+    assert mar._ONNX_ENGINES[model][1] is engine
+    np.testing.assert_allclose(auto, ref, atol=1e-5)
+    # pipeline-style single images and a batch size that leaves a remainder use the dynamic batch axis
+    np.testing.assert_allclose(model.encode(imgs[:1], engine="onnxruntime"), ref[:1], atol=1e-5)
+
+
+def test_export_follows_weight_changes(model):
+    imgs = _images(2)
+    before = model.encode(imgs, engine="onnxruntime")
+    first = mar._ONNX_ENGINES[model][1]
+    with torch.no_grad():
+        model.neck_bn.bias.add_(0.5)  # in place, as an optimiser step would
+    after = model.encode(imgs, engine="onnxruntime")
+    assert mar._ONNX_ENGINES[model][1] is not first
+    assert not np.allclose(before, after, atol=1e-3)
+    np.testing.assert_allclose(after, model.encode(imgs, engine="torch"), atol=1e-5)
+
+
+def test_engine_arguments_are_checked(model):
+    with pytest.raises(ValueError, match="engine must be"):
+        model.encode(_images(1), engine="tensorrt")
+    with pytest.raises(ValueError, match="float32 models on the CPU only"):
+        model.encode(_images(1), engine="onnxruntime", precision="bf16")
+    # bf16 with auto silently uses torch (onnxruntime is fp32 only)
+    out = model.encode(_images(1), precision="bf16")
+    assert out.shape == (1, 32) and model not in mar._ONNX_ENGINES
+
+
+def test_auto_falls_back_to_torch_when_export_fails(model, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(mar, "OnnxRuntimeEngine", broken)
+    imgs = _images(3)
+    with caplog.at_level(logging.WARNING, logger=mar.__name__):
+        got = model.encode(imgs, batch_size=2)
+    assert "exporter exploded" in caplog.text and "encoding with torch" in caplog.text
+    np.testing.assert_allclose(got, model.encode(imgs, batch_size=2, engine="torch"), atol=1e-6)
+    with pytest.raises(RuntimeError, match="could not export the model to onnxruntime"):
+        model.encode(imgs, engine="onnxruntime")
+
+
+def test_without_onnxruntime_auto_uses_torch(model, monkeypatch):
+    monkeypatch.setattr(mar, "onnxruntime_available", lambda: False)
+    got = model.encode(_images(2))
+    assert model not in mar._ONNX_ENGINES
+    np.testing.assert_allclose(got, model.encode(_images(2), engine="torch"), atol=1e-6)
+    with pytest.raises(ImportError, match="pip install onnxruntime"):
+        model.encode(_images(1), engine="onnxruntime")
