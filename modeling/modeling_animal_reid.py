@@ -72,10 +72,13 @@ class OnnxRuntimeEngine:
 
     Built by exporting the model with ``torch.onnx.export`` into memory for one input size ``(H, W)`` and a
     dynamic batch; ``engine(pixel_values)`` takes and returns CPU float32 tensors. ``threads`` defaults to
-    ``torch.get_num_threads()``.
+    ``torch.get_num_threads()``. ``spinning`` lets idle onnxruntime threads busy-wait (off by default: it
+    starves the thread decoding the next batch).
     """
 
-    def __init__(self, model: nn.Module, height: int, width: int, threads: int | None = None):
+    def __init__(
+        self, model: nn.Module, height: int, width: int, threads: int | None = None, spinning: bool = False
+    ):
         import io
         import warnings
 
@@ -100,6 +103,9 @@ class OnnxRuntimeEngine:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
+        # Idle threads sleep instead of spinning: encode() decodes the next batch on the same cores meanwhile
+        # (spinning cost 20-30% end to end on 2 cores, BENCHMARKS.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(
             buf.getvalue(), sess_options=opts, providers=["CPUExecutionProvider"]
@@ -132,6 +138,38 @@ def onnxruntime_engine(model: nn.Module, height: int, width: int) -> OnnxRuntime
         model.train(was_training)
     _ONNX_ENGINES[model] = (key, engine)
     return engine
+
+
+class _ThreadPrefetch:
+    """Batches of ``dataset[i]`` (uint8 CHW tensors) stacked in order, decoded one batch ahead in a thread.
+
+    PIL decoding and resizing and the forward pass (torch or onnxruntime) release the GIL, so one background
+    thread overlaps them without worker processes or inter-process copies (the fastest path on a few CPU
+    cores). An exception raised while decoding is raised again here, at its batch.
+    """
+
+    def __init__(self, dataset, batch_size: int, ahead: int = 2):
+        self.dataset, self.batch_size, self.ahead = dataset, batch_size, max(1, ahead)
+        self.n = len(dataset)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def _load(self, start: int) -> torch.Tensor:
+        return torch.stack([self.dataset[i] for i in range(start, min(start + self.batch_size, self.n))])
+
+    def __iter__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        starts = list(range(0, self.n, self.batch_size))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode-decode") as pool:
+            pending = [pool.submit(self._load, s) for s in starts[: self.ahead]]
+            for k in range(len(starts)):
+                batch = pending[k].result()
+                pending[k] = None
+                if k + self.ahead < len(starts):
+                    pending.append(pool.submit(self._load, starts[k + self.ahead]))
+                yield batch
 
 
 class GeM(nn.Module):
@@ -389,10 +427,10 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
     ) -> np.ndarray | torch.Tensor:
         """Embed images (paths, bytes, PIL images or HxWxC arrays); returns ``[N, D]`` unit-norm float32 rows.
 
-        Decoding and preprocessing run in ``num_workers`` DataLoader worker processes (0 = in this process),
-        overlapped with the forward pass. ``precision`` ("fp32", "bf16", "fp16") autocasts the backbone; pooling,
-        neck and normalisation stay in fp32. ``channels_last`` feeds NHWC batches (faster convolutions).
-        ``batch_size`` defaults to 32 on a GPU and 4 on the CPU, where small batches stay in cache (measured on
+        Decoding and preprocessing run in ``num_workers`` DataLoader worker processes, or with 0 (the default)
+        in a background thread of this process; either way overlapped with the forward pass. ``precision``
+        ("fp32", "bf16", "fp16") autocasts the backbone; pooling, neck and normalisation stay in fp32.
+        ``channels_last`` feeds NHWC batches (faster convolutions). ``batch_size`` defaults to 32 on a GPU and 4 on the CPU, where small batches stay in cache (measured on
         2 cores: Lite0 forward 88 img/s at batch 4 against 59 at batch 32; BENCHMARKS.md).
 
         ``engine`` runs the network: ``"torch"`` (this module, eager), ``"onnxruntime"`` (the same graph exported
@@ -446,14 +484,17 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         use_ort = engine == "onnxruntime" or (engine == "auto" and ort_ok and onnxruntime_available())
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        loader = DataLoader(
-            _Inputs(),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
+        if num_workers > 0:
+            loader = DataLoader(
+                _Inputs(),
+                batch_size=batch_size,
+                shuffle=False,
+                num_workers=num_workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=False,
+            )
+        else:
+            loader = _ThreadPrefetch(_Inputs(), batch_size)
         if show_progress_bar is None:
             show_progress_bar = len(images) > 8 * batch_size
         if show_progress_bar:
