@@ -46,6 +46,7 @@ from animal_reid.training.data import (
     dataloader_kwargs,
     ensure_corpus,
     load_corpus,
+    release_workers,
     split_metadata,
 )
 from animal_reid.training.model_card import render_model_card
@@ -200,13 +201,18 @@ def set_backbone_frozen(model: torch.nn.Module, frozen: bool) -> None:
 
 
 @torch.no_grad()
-def embed(accelerator: Accelerator, model, loader, desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and dataset row indices of a prepared loader, gathered from every process."""
+def embed(accelerator: Accelerator, model, processor, loader, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and dataset row indices of a prepared loader, gathered from every process.
+
+    The loader yields uint8 images (`ReIDImageDataset`); ``processor.normalize_uint8`` finishes them on the
+    device, exactly as ``processor.preprocess_one`` would have.
+    """
     model.eval()
     embs, idxs = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+        pixel_values = processor.normalize_uint8(batch["pixel_values"].to(accelerator.device))
         with accelerator.autocast():
-            out = model(pixel_values=batch["pixel_values"])
+            out = model(pixel_values=pixel_values)
         emb, idx = accelerator.gather_for_metrics((out.embeddings.float().contiguous(), batch["index"]))
         embs.append(emb.cpu())
         idxs.append(idx.cpu())
@@ -216,13 +222,14 @@ def embed(accelerator: Accelerator, model, loader, desc: str) -> tuple[np.ndarra
 def evaluate(
     accelerator: Accelerator,
     model,
+    processor,
     loader,
     meta: dict[str, list],
     desc: str,
     gallery: tuple[np.ndarray, dict[str, list]] | None = None,
 ) -> dict[str, Any]:
     """Re-ID metrics of one split (per species and averaged), with ``animal_reid.metrics.evaluate_reid``."""
-    emb, idx = embed(accelerator, model, loader, desc)
+    emb, idx = embed(accelerator, model, processor, loader, desc)
     order = np.argsort(idx, kind="stable")
     emb, idx = emb[order], idx[order]
     labels = [meta["identity"][i] for i in idx]
@@ -325,9 +332,11 @@ def run(config: TrainConfig) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     handler, previous_level = _setup_logging(accelerator, run_dir)
+    loaders: list[DataLoader] = []  # filled by _run; their persistent workers are stopped on the way out
     try:
-        return _run(config, accelerator, run_dir, ckpt_dir, resuming, t_start)
+        return _run(config, accelerator, run_dir, ckpt_dir, resuming, t_start, loaders)
     finally:
+        release_workers(*loaders)
         accelerator.end_training()
         _restore_logging(handler, previous_level)
 
@@ -339,6 +348,7 @@ def _run(
     ckpt_dir: Path,
     resuming: bool,
     t_start: float,
+    loaders: list[DataLoader],
 ) -> dict[str, Any]:
     tc, dc = config.train, config.data
     logger.info("%s", accelerator.state, main_process_only=True)
@@ -386,18 +396,25 @@ def _run(
         rank=accelerator.process_index,
     )
     # The sampler shards whole P x K batches across processes itself, so this loader is NOT passed to
-    # accelerator.prepare (which would shard it again); batches are moved to the device below.
+    # accelerator.prepare (which would shard it again); batches are moved to the device below. Workers
+    # decode and augment into uint8 batches and stay alive across epochs (dataloader_kwargs); the sampler
+    # runs here, in the main process, so set_epoch reaches it.
+    pin = accelerator.device.type == "cuda"
     train_loader = DataLoader(
         train_ds,
         batch_sampler=SeededBatches(sampler, tc.seed),
-        pin_memory=accelerator.device.type == "cuda",
-        **dataloader_kwargs(dc.num_workers),
+        # 4 uint8 batches ready per worker: half the shared memory of the former 2 float32 ones.
+        **dataloader_kwargs(dc.num_workers, seed=tc.seed, pin_memory=pin, prefetch_factor=4),
     )
+    loaders.append(train_loader)
 
     def eval_loader(split: str) -> DataLoader:
         ds = ReIDImageDataset(corpus.splits[split], processor, corpus.label_of, None, dc.use_boxes)
         return DataLoader(
-            ds, batch_size=tc.eval_batch_size, shuffle=False, **dataloader_kwargs(dc.num_workers)
+            ds,
+            batch_size=tc.eval_batch_size,
+            shuffle=False,
+            **dataloader_kwargs(dc.num_workers, pin_memory=pin),
         )
 
     val_meta = split_metadata(corpus.splits["validation"])
@@ -426,6 +443,7 @@ def _run(
     gallery_loader = None
     if tc.eval_protocol == "query_gallery":
         gallery_loader = accelerator.prepare(eval_loader("train"))
+    loaders += [val_loader, test_loader] + ([gallery_loader] if gallery_loader is not None else [])
     state = TrainingState()
     accelerator.register_for_checkpointing(state)
 
@@ -485,7 +503,10 @@ def _run(
         for step, batch in enumerate(train_loader):
             if step >= batches_this_epoch:
                 break
-            pixel_values = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+            # uint8 from the workers (pinned on CUDA), normalised on the device.
+            pixel_values = processor.normalize_uint8(
+                batch["pixel_values"].to(accelerator.device, non_blocking=True)
+            )
             labels = batch["labels"].to(accelerator.device, non_blocking=True)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
@@ -529,10 +550,10 @@ def _run(
         t_eval = time.time()
         gallery = None
         if gallery_loader is not None:
-            g_emb, g_idx = embed(accelerator, model, gallery_loader, "gallery (train)")
+            g_emb, g_idx = embed(accelerator, model, processor, gallery_loader, "gallery (train)")
             order = np.argsort(g_idx, kind="stable")
             gallery = (g_emb[order], {k: [v[i] for i in g_idx[order]] for k, v in train_meta.items()})
-        val = evaluate(accelerator, model, val_loader, val_meta, "validation", gallery)
+        val = evaluate(accelerator, model, processor, val_loader, val_meta, "validation", gallery)
         record = {
             "epoch": epoch + 1,
             "step": (epoch + 1) * updates_per_epoch,
@@ -599,12 +620,12 @@ def _run(
         )
     gallery = None
     if gallery_loader is not None:
-        val_gallery_loader = accelerator.prepare(eval_loader("validation"))
-        g_emb, g_idx = embed(accelerator, model, gallery_loader, "gallery (train)")
-        v_emb, v_idx = embed(accelerator, model, val_gallery_loader, "gallery (validation)")
+        g_emb, g_idx = embed(accelerator, model, processor, gallery_loader, "gallery (train)")
+        # the validation loader again (same split, same batches): its workers are already running
+        v_emb, v_idx = embed(accelerator, model, processor, val_loader, "gallery (validation)")
         g_meta = {k: [train_meta[k][i] for i in g_idx] + [val_meta[k][i] for i in v_idx] for k in train_meta}
         gallery = (np.concatenate([g_emb, v_emb]), g_meta)
-    test = evaluate(accelerator, model, test_loader, test_meta, "test", gallery)
+    test = evaluate(accelerator, model, processor, test_loader, test_meta, "test", gallery)
 
     results: dict[str, Any] = {
         "best_epoch": state.best_epoch,

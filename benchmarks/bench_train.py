@@ -8,7 +8,8 @@ For each precision (fp32, bf16), in separate processes so each peak memory is it
               ``accumulate``/autocast, clipping, AdamW, scheduler. Images/s is the loop's own figure
               (``metrics.jsonl``: training images over the epoch's training time, evaluation excluded).
 * ``plain`` – the same model (``train_accelerate.build_model``, same head size) and optimiser stepping on a
-              random batch of the same shape already in memory on the device: the limit for this model here.
+              random uint8 batch of the same shape already in memory on the device, normalised there by
+              ``processor.normalize_uint8`` as the loop's batches are: the limit for this model here.
 
 Peak memory is ``ru_maxrss`` of the measuring process (its DataLoader workers reported apart) on the CPU and
 ``torch.cuda.max_memory_allocated`` on a GPU. Ratios are printed: loop / plain per precision, bf16 / fp32 per mode.
@@ -103,17 +104,17 @@ def worker_plain(args: argparse.Namespace) -> dict[str, Any]:
     del corpus
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model, _ = train_accelerate.build_model(config, n_classes)
+    model, processor = train_accelerate.build_model(config, n_classes)
     model.to(device).train()
     optimizer = torch.optim.AdamW(train_accelerate.parameter_groups(model, config))
     b, s = config.train.batch_size, config.model.image_size
-    x = torch.randn(b, 3, s, s, device=device)
+    x = torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, device=device)
     y = torch.randint(0, n_classes, (b,), device=device)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = model(pixel_values=x, labels=y).loss
+            loss = model(pixel_values=processor.normalize_uint8(x), labels=y).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
         optimizer.step()

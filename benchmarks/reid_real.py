@@ -530,16 +530,21 @@ class Bench:
             return self._cache[key]
         model, processor = self.extractor(which)
         ds = self.split(corpus, split, species, capped)
+        # one pass: workers need not outlive it; batches are uint8, normalised on the device
         loader = DataLoader(
             ReIDImageDataset(ds, processor),
             batch_size=self.cfg.eval_batch_size,
-            **dataloader_kwargs(self.cfg.num_workers),
+            **dataloader_kwargs(
+                self.cfg.num_workers,
+                pin_memory=torch.device(self.device).type == "cuda",
+                persistent_workers=False,
+            ),
         )
         dtype = torch.bfloat16 if self.cfg.mixed_precision == "bf16" else None
         out = []
         with torch.inference_mode():
             for batch in loader:
-                x = batch["pixel_values"].to(self.device, non_blocking=True)
+                x = processor.normalize_uint8(batch["pixel_values"].to(self.device, non_blocking=True))
                 with torch.autocast(self.device, dtype=dtype or torch.float32, enabled=dtype is not None):
                     out.append(model(pixel_values=x).embeddings.float().cpu())
         result = (torch.cat(out).numpy(), split_metadata(ds))

@@ -23,3 +23,19 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A tiny generated corpus (8 synthetic identities x 4 images, 64 px, open split), built once per session."""
+    from data_scripts.build import main as build_main
+
+    out = tmp_path_factory.mktemp("corpus") / "tiny"
+    build_main(
+        [
+            "--sources", "synthetic", "--out", str(out), "--split", "open",
+            "--synthetic-identities", "8", "--synthetic-images", "4", "--synthetic-size", "64",
+            "--synthetic-patterns", "stripes", "spots", "--no-progress",
+        ]
+    )  # fmt: skip
+    return out

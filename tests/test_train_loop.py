@@ -23,18 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    from data_scripts.build import main as build_main
-
-    out = tmp_path_factory.mktemp("corpus") / "tiny"
-    build_main(
-        [
-            "--sources", "synthetic", "--out", str(out), "--split", "open",
-            "--synthetic-identities", "8", "--synthetic-images", "4", "--synthetic-size", "64",
-            "--synthetic-patterns", "stripes", "spots", "--no-progress",
-        ]
-    )  # fmt: skip
-    return out
+def corpus(tiny_corpus) -> Path:
+    return tiny_corpus  # conftest.py: 8 synthetic identities x 4 images, 64 px
 
 
 def tiny_args(corpus: Path, out: Path, *extra: str) -> list[str]:
@@ -152,8 +142,24 @@ def _comparable(history: list[dict]) -> list[tuple]:
     ]
 
 
-def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(base_run, corpus, tmp_path, monkeypatch):
-    """Stop right after the epoch-1 checkpoint (as a kill would), resume, compare with the uninterrupted run."""
+def _same_run(run_dir: Path, results: dict, base_dir: Path, base_results: dict) -> None:
+    assert _comparable(_history(run_dir)) == _comparable(_history(base_dir))
+    assert results["test"] == base_results["test"]
+    assert results["best_epoch"] == base_results["best_epoch"]
+    a = load_file(str(run_dir / "export" / "model.safetensors"))
+    b = load_file(str(base_dir / "export" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
+    base_run, corpus, tmp_path, monkeypatch, workers
+):
+    """Stop right after the epoch-1 checkpoint (as a kill would), resume, compare with the uninterrupted run.
+
+    With workers, the killed part starts persistent ones and the resumed part new ones; the base run decodes
+    in-process (num_workers 0): the batches, augmentations and weights must not depend on either.
+    """
     from accelerate import Accelerator
 
     original = Accelerator.save_state
@@ -165,21 +171,56 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(base_run, corpus,
     run_dir = tmp_path / "killed"
     monkeypatch.setattr(Accelerator, "save_state", save_then_die)
     with pytest.raises(_Killed):
-        train_accelerate.main(tiny_args(corpus, run_dir))
+        train_accelerate.main(tiny_args(corpus, run_dir, "--num_workers", workers))
     monkeypatch.setattr(Accelerator, "save_state", original)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint_0"]
     assert not (run_dir / "export").exists()
 
-    results = train_accelerate.main(tiny_args(corpus, run_dir, "--resume"))
+    results = train_accelerate.main(tiny_args(corpus, run_dir, "--resume", "--num_workers", workers))
     base_dir, base_results = base_run
     # the next save after load_state went to checkpoint_1 (project_configuration.iteration was restored)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1"]
-    assert _comparable(_history(run_dir)) == _comparable(_history(base_dir))
-    assert results["test"] == base_results["test"]
-    assert results["best_epoch"] == base_results["best_epoch"]
-    a = load_file(str(run_dir / "export" / "model.safetensors"))
-    b = load_file(str(base_dir / "export" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _same_run(run_dir, results, base_dir, base_results)
+
+
+def test_resume_with_workers_keeps_the_global_rng_stream(corpus, tmp_path, monkeypatch):
+    """With dropout (drawing from the global torch RNG), a run killed and resumed on persistent workers ends
+    like an uninterrupted one: the loader's iterator, made once per run rather than once per epoch, draws
+    from its own generator, never from the global RNG that every epoch reseeds."""
+    from accelerate import Accelerator
+
+    build = train_accelerate.build_model
+
+    def with_dropout(*args, **kwargs):
+        model, processor = build(*args, **kwargs)
+        model.dropout = torch.nn.Dropout(0.5)
+        return model, processor
+
+    monkeypatch.setattr(train_accelerate, "build_model", with_dropout)
+    args = ("--num_workers", "2")
+    base_dir = tmp_path / "uninterrupted"
+    base_results = train_accelerate.main(tiny_args(corpus, base_dir, *args))
+
+    original = Accelerator.save_state
+
+    def save_then_die(self, *a, **kw):
+        original(self, *a, **kw)
+        raise _Killed("killed after the first checkpoint")
+
+    run_dir = tmp_path / "killed"
+    monkeypatch.setattr(Accelerator, "save_state", save_then_die)
+    with pytest.raises(_Killed):
+        train_accelerate.main(tiny_args(corpus, run_dir, *args))
+    monkeypatch.setattr(Accelerator, "save_state", original)
+    results = train_accelerate.main(tiny_args(corpus, run_dir, "--resume", *args))
+    _same_run(run_dir, results, base_dir, base_results)
+
+
+def test_persistent_workers_train_like_in_process_decoding(base_run, corpus, tmp_path):
+    """Two epochs on 2 persistent workers (kept across epochs and evaluations): same run as num_workers 0."""
+    run_dir = tmp_path / "workers"
+    results = train_accelerate.main(tiny_args(corpus, run_dir, "--num_workers", "2"))
+    _same_run(run_dir, results, base_run[0], base_run[1])
 
 
 def test_finetune_warmup_keeps_backbone_batchnorm_statistics(base_run, corpus, tmp_path):

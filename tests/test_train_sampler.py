@@ -141,13 +141,14 @@ def test_seeded_batches_give_each_sample_a_stable_seed():
 
 def test_augment_is_seeded_keeps_shape_and_never_flips_by_default():
     aug = ReIDAugment([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    x = torch.randn(3, 48, 40)
+    x = torch.randint(0, 256, (3, 48, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     y1 = aug(x, torch.Generator().manual_seed(3))
     y2 = aug(x, torch.Generator().manual_seed(3))
     y3 = aug(x, torch.Generator().manual_seed(4))
-    assert y1.shape == x.shape and y1.dtype == x.dtype
+    assert y1.shape == x.shape and y1.dtype == torch.uint8
     assert torch.equal(y1, y2) and not torch.equal(y1, y3)
-    # no flip: with geometry and photometry off, a left-right asymmetric image comes back unchanged
+    # no flip: with geometry and photometry off, a left-right asymmetric image comes back unchanged (exactly:
+    # the uint8 -> float -> uint8 round trip is lossless)
     still = ReIDAugment(
         [0.5] * 3,
         [0.5] * 3,
@@ -158,9 +159,9 @@ def test_augment_is_seeded_keeps_shape_and_never_flips_by_default():
         saturation=0,
         erase_prob=0,
     )
-    ramp = torch.linspace(-1, 1, 40).expand(3, 48, 40).clone()
+    ramp = torch.linspace(0, 255, 40).round().to(torch.uint8).expand(3, 48, 40).clone()
     for s in range(20):
-        assert torch.allclose(still(ramp, torch.Generator().manual_seed(s)), ramp, atol=1e-6)
+        assert torch.equal(still(ramp, torch.Generator().manual_seed(s)), ramp)
     flipping = ReIDAugment(
         [0.5] * 3,
         [0.5] * 3,
@@ -173,9 +174,28 @@ def test_augment_is_seeded_keeps_shape_and_never_flips_by_default():
         hflip=True,
     )
     outs = [flipping(ramp, torch.Generator().manual_seed(s)) for s in range(20)]
-    assert any(torch.allclose(o, ramp.flip(-1), atol=1e-6) for o in outs)
+    assert any(torch.equal(o, ramp.flip(-1)) for o in outs)
+    assert any(torch.equal(o, ramp) for o in outs)
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
-        aug(torch.zeros(1, 3, 8, 8), torch.Generator())
+        aug(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.Generator())
+    with pytest.raises(TypeError, match="uint8"):  # a normalised float tensor is refused, not misread
+        aug(torch.zeros(3, 8, 8), torch.Generator())
+
+
+def test_augment_fills_with_the_mean_colour():
+    """Rotation corners and erased rectangles take the processor's mean colour (zero once normalised)."""
+    mean = [0.485, 0.456, 0.406]
+    grey = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8).view(3, 1, 1)
+    white = torch.full((3, 64, 64), 255, dtype=torch.uint8)
+    off = {"crop_scale": (1.0, 1.0), "brightness": 0, "contrast": 0, "saturation": 0}
+    rotating = ReIDAugment(mean, [0.229, 0.224, 0.225], rotation_deg=10, erase_prob=0, **off)
+    corners = [rotating(white, torch.Generator().manual_seed(s))[:, 0, 0] for s in range(10)]
+    assert any(torch.equal(c, grey.view(3)) for c in corners)
+    erasing = ReIDAugment(mean, [0.229, 0.224, 0.225], rotation_deg=0, erase_prob=1.0, **off)
+    out = erasing(white, torch.Generator().manual_seed(0))
+    erased = (out != 255).all(0)
+    assert 0.02 * 64 * 64 * 0.9 <= int(erased.sum()) <= 0.2 * 64 * 64 * 1.1
+    assert torch.equal(out[:, erased], grey.view(3, 1).expand(3, int(erased.sum())))
 
 
 def test_warmup_then_cosine():

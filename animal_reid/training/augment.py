@@ -1,14 +1,17 @@
 """Training augmentations that add to the image processor's preprocessing, never replace it.
 
 The processor (crop to the annotated box, rotate by theta, resize, normalise) is the single
-preprocessing path of training, evaluation and inference. `ReIDAugment` runs *after* it, on the
-normalised ``[3, H, W]`` tensor, and returns a tensor of the same size and normalisation, so the
-model never sees a different resize or normalisation at training time than at inference time.
+preprocessing path of training, evaluation and inference. `ReIDAugment` runs *between* its two
+halves: on the resized uint8 ``[3, H, W]`` tensor of ``processor.preprocess_uint8`` (in a DataLoader
+worker), returning a uint8 tensor of the same size, which ``processor.normalize_uint8`` normalises on
+the model's device. So the model never sees a different resize or normalisation at training time than
+at inference time, and augmented batches still cross the worker boundary as uint8.
 
-Re-ID safe defaults: no horizontal flip (left and right flanks of an animal are different patterns),
-a mild random resized crop, a small rotation, photometric jitter and random erasing. Every random draw
-comes from a ``torch.Generator`` seeded per sample, so the augmented epoch is reproducible whatever
-the number of DataLoader workers.
+Inside, the image is worked on as float in [0, 1] (one rounding back to uint8 at the end). Re-ID safe
+defaults: no horizontal flip (left and right flanks of an animal are different patterns), a mild random
+resized crop, a small rotation, photometric jitter and random erasing. Every random draw comes from a
+``torch.Generator`` seeded per sample, so the augmented epoch is reproducible whatever the number of
+DataLoader workers.
 """
 
 from __future__ import annotations
@@ -23,10 +26,14 @@ from torchvision.transforms.v2 import functional as TF
 
 @dataclass
 class ReIDAugment:
-    """Random re-ID augmentation of one processed image tensor.
+    """Random re-ID augmentation of one resized uint8 image tensor (``processor.preprocess_uint8``).
+
+    ``augment(pixels, generator)`` takes a uint8 ``[3, H, W]`` tensor and returns a uint8 tensor of the
+    same shape, every random choice drawn from ``generator`` (same seed, same output).
 
     Args:
-        image_mean, image_std: the processor's normalisation (to apply photometric jitter in pixel space).
+        image_mean, image_std: the processor's normalisation. ``image_mean`` (in [0, 1]) is the colour that
+            rotation corners and erased rectangles are filled with, which normalises to zero.
         crop_scale: range of the area fraction kept by the random resized crop.
         crop_ratio: range of the aspect ratio of the crop.
         rotation_deg: maximum absolute rotation in degrees.
@@ -65,31 +72,34 @@ class ReIDAugment:
 
     def __call__(self, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if pixel_values.ndim != 3 or pixel_values.shape[0] != 3:
-            raise ValueError(f"expected a processed [3, H, W] tensor, got shape {tuple(pixel_values.shape)}")
+            raise ValueError(f"expected a resized [3, H, W] tensor, got shape {tuple(pixel_values.shape)}")
+        if pixel_values.dtype != torch.uint8:
+            raise TypeError(
+                f"expected the uint8 tensor of processor.preprocess_uint8, got {pixel_values.dtype} "
+                "(augment before normalize_uint8)"
+            )
         g = generator
-        x = pixel_values.float()
+        # Pixel space [0, 1] in float; a single rounding back to uint8 at the end.
+        x = pixel_values.float().div_(255.0)
         _, height, width = x.shape
         mean = torch.as_tensor(self.image_mean, dtype=x.dtype).view(3, 1, 1)
-        std = torch.as_tensor(self.image_std, dtype=x.dtype).view(3, 1, 1)
 
-        # Photometric jitter in pixel space [0, 1], then back to the processor's normalisation.
-        img = (x * std + mean).clamp(0.0, 1.0)
+        # Photometric jitter.
         if self.brightness > 0:
-            img = TF.adjust_brightness(img, self._uniform(g, 1 - self.brightness, 1 + self.brightness))
+            x = TF.adjust_brightness(x, self._uniform(g, 1 - self.brightness, 1 + self.brightness))
         if self.contrast > 0:
-            img = TF.adjust_contrast(img, self._uniform(g, 1 - self.contrast, 1 + self.contrast))
+            x = TF.adjust_contrast(x, self._uniform(g, 1 - self.contrast, 1 + self.contrast))
         if self.saturation > 0:
-            img = TF.adjust_saturation(img, self._uniform(g, 1 - self.saturation, 1 + self.saturation))
-        x = (img - mean) / std
+            x = TF.adjust_saturation(x, self._uniform(g, 1 - self.saturation, 1 + self.saturation))
 
-        # Geometry: the crop is resized back to the processor's output size; rotation fills with 0,
-        # which is the mean colour in normalised space.
+        # Geometry: the crop is resized back to the processor's output size. Rotation runs on the image minus
+        # the mean colour with fill 0 (as on the normalised image before), so corners come out the mean colour.
         if self.crop_scale != (1.0, 1.0):
             top, left, h, w = self._crop_box(g, height, width)
             x = TF.resized_crop(x, top, left, h, w, [height, width], antialias=True)
         if self.rotation_deg > 0:
             angle = self._uniform(g, -self.rotation_deg, self.rotation_deg)
-            x = TF.rotate(x, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+            x = TF.rotate(x - mean, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0) + mean
         if self.hflip and float(torch.rand((), generator=g)) < 0.5:
             x = TF.horizontal_flip(x)
         if self.erase_prob > 0 and float(torch.rand((), generator=g)) < self.erase_prob:
@@ -99,5 +109,5 @@ class ReIDAugment:
             w = min(width, max(1, round(math.sqrt(frac * height * width * ratio))))
             top = int(torch.randint(0, height - h + 1, (), generator=g))
             left = int(torch.randint(0, width - w + 1, (), generator=g))
-            x = TF.erase(x, top, left, h, w, torch.zeros(()))
-        return x.to(pixel_values.dtype)
+            x = TF.erase(x, top, left, h, w, mean)
+        return x.mul_(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)

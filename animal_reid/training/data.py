@@ -1,8 +1,15 @@
 """Data adapter: a built corpus (docs/CONTRACTS.md, "Corpus") to PyTorch datasets for training and evaluation.
 
 Images stay encoded in the Arrow table (``datasets.Image(decode=False)``) and are decoded once per
-access by the model's image processor (the single preprocessing path: EXIF, box crop rotated by theta,
-resize, normalise), inside DataLoader workers. Training augmentations (`ReIDAugment`) run after it.
+access, inside DataLoader workers, by the decode-heavy half of the model's image processor
+(``processor.preprocess_uint8``: EXIF, box crop rotated by theta, resize). Training augmentations
+(`ReIDAugment`) run after it on the uint8 image, so batches cross the worker boundary as uint8
+``[B, 3, H, W]`` (a quarter of the bytes of float32). The consumer finishes them on the model's device
+with ``processor.normalize_uint8``, the other half of ``processor.preprocess_one``: un-augmented images
+reach the model with exactly the values of the single preprocessing path used at inference.
+
+`dataloader_kwargs` keeps the workers alive across epochs (``persistent_workers``); the batch sampler runs
+in the main process, so `SeededBatches.set_epoch` still reaches every epoch's batches and seeds.
 """
 
 from __future__ import annotations
@@ -219,11 +226,15 @@ class SeededBatches(Sampler[list[tuple[int, int]]]):
 
 
 class ReIDImageDataset(Dataset):
-    """One corpus split as processed tensors.
+    """One corpus split as resized, not yet normalised, uint8 image tensors.
 
-    ``dataset[i]`` or ``dataset[(i, seed)]`` gives ``{"pixel_values", "labels", "index"}``; with a seed and an
-    ``augment``, the augmentation draws from ``torch.Generator().manual_seed(seed)``. ``labels`` is the train
-    class index (-1 for identities unknown to the training head, as in validation and test).
+    ``dataset[i]`` or ``dataset[(i, seed)]`` gives ``{"pixel_values", "labels", "index"}``. ``pixel_values``
+    is the uint8 ``[3, H, W]`` tensor of ``processor.preprocess_uint8`` (crop to the box rotated by theta
+    when ``use_boxes``, resize); with a seed and an ``augment``, it is then augmented with draws from
+    ``torch.Generator().manual_seed(seed)`` (still uint8). The model input is
+    ``processor.normalize_uint8(batch)``, on the model's device: for an un-augmented image exactly
+    ``processor.preprocess_one(...)``. ``labels`` is the train class index (-1 for identities unknown to the
+    training head, as in validation and test); ``index`` is the row of the split.
     """
 
     def __init__(
@@ -257,7 +268,7 @@ class ReIDImageDataset(Dataset):
         box = row.get("bbox") if (self.use_boxes and self._has_box) else None
         theta = float(row.get("theta") or 0.0) if (self.use_boxes and self._has_theta) else 0.0
         try:
-            pixel_values = self.processor.preprocess_one(row["image"], box, theta)
+            pixel_values = self.processor.preprocess_uint8(row["image"], box, theta)
         except ValueError as err:
             raise ValueError(f"image {row.get('image_id', index)!r} of the corpus: {err}") from err
         if self.augment is not None and seed is not None:
@@ -270,6 +281,7 @@ class ReIDImageDataset(Dataset):
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """``pixel_values`` uint8 ``[B, 3, H, W]``, ``labels`` and ``index`` long ``[B]``."""
     return {
         "pixel_values": torch.stack([b["pixel_values"] for b in batch]),
         "labels": torch.tensor([b["labels"] for b in batch], dtype=torch.long),
@@ -283,6 +295,51 @@ def split_metadata(hf_split) -> dict[str, list]:
     return {c: list(hf_split[c]) for c in cols}
 
 
-def dataloader_kwargs(num_workers: int) -> dict[str, Any]:
-    # Workers are started afresh every epoch (not persistent): the sampler's epoch reaches them.
-    return {"num_workers": num_workers, "collate_fn": collate, "persistent_workers": False}
+def dataloader_kwargs(
+    num_workers: int,
+    *,
+    seed: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool = True,
+    prefetch_factor: int | None = None,
+) -> dict[str, Any]:
+    """DataLoader options for a `ReIDImageDataset`.
+
+    * With workers, they are persistent by default: started once, not at every epoch or evaluation. That is
+      safe for the seeded training loader because its batch sampler (`SeededBatches`) runs in the main
+      process, where ``set_epoch`` reaches it before each ``iter(loader)``; the workers only decode and
+      augment the ``(index, seed)`` pairs they are sent, with per-sample generators.
+    * ``generator``: the loader's own (seeded with ``seed``), so creating its iterator (once with persistent
+      workers, at every ``iter`` without) never draws from the global torch RNG. A run resumed at an
+      epoch then sees the same global RNG stream as an uninterrupted one.
+    * ``pin_memory``: pass true only when batches go to a CUDA device.
+    * ``prefetch_factor``: batches each worker keeps ready (torch's default, 2, when None); needs workers.
+    """
+    kwargs: dict[str, Any] = {
+        "num_workers": num_workers,
+        "collate_fn": collate,
+        "pin_memory": pin_memory,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+    if num_workers > 0:
+        kwargs["persistent_workers"] = persistent_workers
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+    return kwargs
+
+
+def release_workers(*loaders) -> None:
+    """Stop the persistent workers of these DataLoaders (or Accelerate-prepared ones) now.
+
+    Otherwise they live as long as the loader object, which reference cycles can keep until a garbage
+    collection. A loader released here starts new workers if it is iterated again.
+    """
+    for loader in loaders:
+        base = getattr(loader, "base_dataloader", loader)
+        iterator = getattr(base, "_iterator", None)
+        if iterator is None:
+            continue
+        base._iterator = None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
