@@ -3,7 +3,8 @@
 Embeds the split's images with one model (by default ImageNet EfficientNet-Lite0 features, no re-ID training;
 or ``--model DIR`` for an exported re-ID model) in fp32 and in bf16 autocast, then scores test-vs-train 1-NN
 top-1 (MegaDescriptor's protocol) with ``animal_reid.metrics``. Prints both, the top-1 change, the fraction of
-queries whose nearest neighbour changed, the embedding cosine between precisions, and the speed-up.
+queries whose nearest neighbour changed, the embedding cosine between precisions, and the speed-up. Both run
+with ``engine="torch"``; on the CPU the onnxruntime engine (``encode``'s CPU default, fp32) is scored too.
 
     python benchmarks/bench_precision.py                         # ImageNet Lite0 @ 224, CPU
     python benchmarks/bench_precision.py --model runs/real6/export --device cuda
@@ -28,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from animal_reid.metrics import evaluate_reid  # noqa: E402
 from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel  # noqa: E402
+from modeling.modeling_animal_reid import onnxruntime_available  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("REID_DATA_ROOT", REPO.parent / "shared" / "data"))
 SPLITS = {
@@ -68,16 +70,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default=None, help="exported model dir or Hub id (default: ImageNet Lite0)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: encode's own")
+    ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if args.model:
-        from transformers import AutoModel
-
-        model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
-        proc, desc = model.get_image_processor(), f"re-ID model {args.model}"
+        # This repository's classes, not the code saved beside the weights (which may predate encode's engines).
+        model = AnimalReIDModel.from_pretrained(args.model)
+        proc, desc = AnimalReIDImageProcessor.from_pretrained(args.model), f"re-ID model {args.model}"
     else:
         model, proc, desc = imagenet_lite0(args.size)
     model = model.eval().to(device)
@@ -86,7 +87,10 @@ def main(argv=None) -> dict:
         paths, ids, split = load_split(args.data_root, name)
         q, g = split == "test", split == "train"
         res = {}
-        for precision in ("fp32", "bf16"):
+        variants = [("fp32", "torch"), ("bf16", "torch")]
+        if device.type == "cpu" and onnxruntime_available():
+            variants.append(("fp32", "onnxruntime"))  # what encode() runs by default on the CPU
+        for precision, engine in variants:
             t = time.perf_counter()
             emb = model.encode(
                 paths,
@@ -94,7 +98,10 @@ def main(argv=None) -> dict:
                 processor=proc,
                 precision=precision,
                 num_workers=args.num_workers,
+                engine=engine,
             )
+            if engine == "onnxruntime":
+                precision = "ort"
             secs = time.perf_counter() - t
             r = evaluate_reid(emb[q], ids[q], gallery_embeddings=emb[g], gallery_labels=ids[g], topk=(1, 5))
             nn = (emb[q] @ emb[g].T).argmax(1)
@@ -119,6 +126,14 @@ def main(argv=None) -> dict:
             "mean_cosine_fp32_bf16": round(cos, 5),
             "speedup_bf16": round(res["fp32"]["secs"] / res["bf16"]["secs"], 2),
         }
+        if "ort" in res:
+            row.update(
+                top1_onnxruntime=round(100 * res["ort"]["top1"], 2),
+                nn_changed_onnxruntime_pct=round(
+                    100 * float(np.mean(res["fp32"]["nn"] != res["ort"]["nn"])), 2
+                ),
+                speedup_onnxruntime=round(res["fp32"]["secs"] / res["ort"]["secs"], 2),
+            )
         out["rows"].append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{desc}, {args.size} px, {device}, {out['date']}")
@@ -131,6 +146,16 @@ def main(argv=None) -> dict:
             f"| {r['dataset']} | {r['n_query']} | {r['top1_fp32']} | {r['top1_bf16']} | {r['mAP_fp32']} | {r['mAP_bf16']} "
             f"| {r['nn_changed_pct']}% | {r['mean_cosine_fp32_bf16']} | {r['speedup_bf16']}x |"
         )
+    if any("top1_onnxruntime" in r for r in out["rows"]):
+        print(
+            "\n| dataset | top-1 torch fp32 | top-1 onnxruntime fp32 | 1-NN changed | onnxruntime speed-up |"
+        )
+        print("|---|---|---|---|---|")
+        for r in out["rows"]:
+            print(
+                f"| {r['dataset']} | {r['top1_fp32']} | {r['top1_onnxruntime']} "
+                f"| {r['nn_changed_onnxruntime_pct']}% | {r['speedup_onnxruntime']}x |"
+            )
     if args.json_out:
         args.json_out.write_text(json.dumps(out, indent=2))
     return out

@@ -4,9 +4,10 @@
 For each precision (fp32, bf16), in separate processes so each peak memory is its own:
 
 * ``loop``  – ``train_accelerate.main`` on a config (default: the CPU benchmark ``configs/train_cpu_real6.yaml``)
-              for one short epoch: corpus decoding, preprocessing, augmentation, P×K sampler, Accelerate
+              for short epochs: corpus decoding, preprocessing, augmentation, P×K sampler, Accelerate
               ``accumulate``/autocast, clipping, AdamW, scheduler. Images/s is the loop's own figure
-              (``metrics.jsonl``: training images over the epoch's training time, evaluation excluded).
+              (``metrics.jsonl``: training images over the epoch's training time, evaluation excluded) for
+              the last epoch (``--loop-epochs``, default 2), once the persistent workers are up.
 * ``plain`` – the same model (``train_accelerate.build_model``, same head size) and optimiser stepping on a
               random uint8 batch of the same shape already in memory on the device, normalised there by
               ``processor.normalize_uint8`` as the loop's batches are: the limit for this model here.
@@ -63,7 +64,7 @@ def worker_loop(args: argparse.Namespace) -> dict[str, Any]:
     import train_accelerate
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        argv = [args.config, "--output_dir", str(Path(tmp) / "run"), "--epochs", "1"]
+        argv = [args.config, "--output_dir", str(Path(tmp) / "run"), "--epochs", str(args.loop_epochs)]
         argv += ["--batches_per_epoch", str(args.batches), "--mixed_precision", PRECISIONS[args.precision]]
         argv += ["--max_eval_images_per_identity", "2", "--save_total_limit", "1", "--log_every", "1000"]
         argv += ["--freeze_backbone_epochs", "0"]  # the whole model trains, as in the plain step
@@ -74,9 +75,12 @@ def worker_loop(args: argparse.Namespace) -> dict[str, Any]:
         res = train_accelerate.main(argv)
         wall = time.time() - t0
         hist = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines() if x]
+    # The last epoch: with several, worker start-up and the first prefetch are out of the figure (steady state).
     out = {
         "mode": "loop",
         "precision": args.precision,
+        "epochs": len(hist),
+        "images_per_s_by_epoch": [h["images_per_s"] for h in hist],
         "images_per_s": hist[-1]["images_per_s"],
         "train_time_s": hist[-1]["train_time_s"],
         "images": round(hist[-1]["images_per_s"] * hist[-1]["train_time_s"]),
@@ -200,7 +204,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train_accelerate overrides")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
-    p.add_argument("--batches", type=int, default=8, help="batches of the loop's one epoch")
+    p.add_argument("--batches", type=int, default=8, help="batches per epoch of the loop")
+    p.add_argument(
+        "--loop-epochs",
+        type=int,
+        default=2,
+        help="epochs of the loop; the last one is reported (steady state: workers up, prefetch full)",
+    )
     p.add_argument("--steps", type=int, default=6, help="timed steps of the plain forward/backward")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (plain)")
     p.add_argument(
@@ -250,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                     args.config,
                 ]
                 cmd += ["--device", args.device, "--batches", str(args.batches), "--steps", str(args.steps)]
-                cmd += ["--warmup", str(args.warmup)]
+                cmd += ["--warmup", str(args.warmup), "--loop-epochs", str(args.loop_epochs)]
                 if args.threads:
                     cmd += ["--threads", str(args.threads)]
                 if args.corpus:
