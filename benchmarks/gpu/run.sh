@@ -10,7 +10,7 @@
 # Environment: OUT (results folder, default /tmp/bench_gpu_out), PACK (default .gpu/bench),
 # BENCH_BUDGET_S (whole-script budget in seconds, default 470), BENCH_CONFIG (tables config, default
 # configs/bench_gpu.yaml), SKIP_EMBED=1 / SKIP_TRAIN=1 (skip those throughput benchmarks, e.g. in a second call
-# that only reruns the tables with configs/bench_gpu_long.yaml).
+# that only reruns the tables with configs/bench_gpu_long.yaml), SKIP_TABLES=1 (throughput benchmarks only).
 set -u
 START=$(date +%s)
 BUDGET=${BENCH_BUDGET_S:-470}
@@ -51,16 +51,16 @@ cat "$OUT/env.txt"
 
 if [ "$SMOKE" = 1 ]; then
   DEVICE=cpu
-  EMBED_ARGS="--n-images 8 --n-images-large 2 --n-pipeline 2 --batch-size 4 --backbones efficientnet_lite0:64"
+  EMBED_ARGS="--n-images 8 --n-images-large 2 --n-pipeline 2 --batch-size 4 --repeats 1 --backbones efficientnet_lite0:64"
   TRAIN_ARGS="--config configs/train_default.yaml --batches 2 --steps 2 --warmup 1 --set backbone=test_efficientnet init_weights=none image_size=32 num_workers=0 identities_per_batch=4 images_per_identity=2"
   BENCH_CONFIG=configs/bench_smoke.yaml
   T_EMBED=200; T_TRAIN=400; THREADS="--threads 1"
 else
   DEVICE=cuda
-  EMBED_ARGS="--n-images 1024 --n-images-large 128 --n-pipeline 64 --batch-size 128"
+  EMBED_ARGS="--n-images 1024 --n-images-large 128 --n-pipeline 64 --batch-size 128 --repeats 2"
   TRAIN_ARGS="--config configs/train_cpu_real6.yaml --batches 30 --steps 15 --warmup 5 --set identities_per_batch=16 num_workers=12 eval_batch_size=256"
   BENCH_CONFIG=${BENCH_CONFIG:-configs/bench_gpu.yaml}
-  T_EMBED=80; T_TRAIN=120; THREADS=""
+  T_EMBED=120; T_TRAIN=180; THREADS=""
 fi
 
 skip() { [ -n "${1:-}" ] && [ "${1:-}" != 0 ]; }
@@ -85,7 +85,9 @@ fi
 # Tables: stop starting training runs 40 s before the end; kill whatever still runs 10 s before it.
 REID_LEFT=$(($(left) - 10))
 log "reid_real: ${REID_LEFT} s left"
-if [ "$REID_LEFT" -gt 60 ]; then
+if skip "${SKIP_TABLES:-}"; then
+  log "reid_real skipped (SKIP_TABLES)"
+elif [ "$REID_LEFT" -gt 60 ]; then
   timeout "$REID_LEFT" python3 benchmarks/reid_real.py --config "$BENCH_CONFIG" --corpora "$PACK/corpora" --out "$WORK/reid" \
     --results "$OUT/reid_real_gpu" --plots "$WORK/plots" $THREADS --set "time_budget_s=$((REID_LEFT - 40))" \
     >"$WORK/logs/reid_real.log" 2>&1 || log "reid_real stopped (exit $?)"
