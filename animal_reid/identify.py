@@ -639,7 +639,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help=f"embedding cache (default {default_cache_dir()})")
     p.add_argument("--no-cache", action="store_true", help="embed everything, read and write no cache")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        help="worker processes decoding images (0: one background thread, fastest on a few CPU cores)",
+    )
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no-match-sheets", action="store_true")
