@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -140,16 +141,25 @@ def onnxruntime_engine(model: nn.Module, height: int, width: int) -> OnnxRuntime
     return engine
 
 
-class _ThreadPrefetch:
-    """Batches of ``dataset[i]`` (uint8 CHW tensors) stacked in order, decoded one batch ahead in a thread.
+def default_decode_threads() -> int:
+    """Background decoding threads for :meth:`encode` without worker processes: 1 up to 4 cores, then a quarter."""
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 4 else min(8, cores // 4)
 
-    PIL decoding and resizing and the forward pass (torch or onnxruntime) release the GIL, so one background
-    thread overlaps them without worker processes or inter-process copies (the fastest path on a few CPU
-    cores). An exception raised while decoding is raised again here, at its batch.
+
+class _ThreadPrefetch:
+    """Batches of ``dataset[i]`` (uint8 CHW tensors) stacked in order, decoded ahead in background threads.
+
+    PIL decoding and resizing and the forward pass (torch or onnxruntime) release the GIL, so background
+    threads overlap them without worker processes or inter-process copies (the fastest path on a few CPU
+    cores). ``threads`` batches are decoded at once, one more is queued. An exception raised while decoding is
+    raised again here, at its batch.
     """
 
-    def __init__(self, dataset, batch_size: int, ahead: int = 2):
-        self.dataset, self.batch_size, self.ahead = dataset, batch_size, max(1, ahead)
+    def __init__(self, dataset, batch_size: int, threads: int = 1):
+        self.dataset, self.batch_size = dataset, batch_size
+        self.threads = max(1, int(threads))
+        self.ahead = self.threads + 1
         self.n = len(dataset)
 
     def __len__(self) -> int:
@@ -162,7 +172,7 @@ class _ThreadPrefetch:
         from concurrent.futures import ThreadPoolExecutor
 
         starts = list(range(0, self.n, self.batch_size))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode-decode") as pool:
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="encode-decode") as pool:
             pending = [pool.submit(self._load, s) for s in starts[: self.ahead]]
             for k in range(len(starts)):
                 batch = pending[k].result()
@@ -419,16 +429,19 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         boxes: Sequence[Sequence[float] | None] | None = None,
         thetas: Sequence[float | None] | None = None,
         show_progress_bar: bool | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         convert_to_numpy: bool = True,
         precision: str = "fp32",
         channels_last: bool = True,
         engine: str = "auto",
+        decode_threads: int | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed images (paths, bytes, PIL images or HxWxC arrays); returns ``[N, D]`` unit-norm float32 rows.
 
-        Decoding and preprocessing run in ``num_workers`` DataLoader worker processes, or with 0 (the default)
-        in a background thread of this process; either way overlapped with the forward pass. ``precision``
+        Decoding and preprocessing run in ``num_workers`` DataLoader worker processes, or with 0 in
+        ``decode_threads`` background threads of this process (default: 1 up to 4 cores, then a quarter of
+        them); either way overlapped with the forward pass. ``num_workers`` defaults to 0 on the CPU (threads
+        are faster there: no inter-process copies) and to ``min(8, cores - 1)`` on a GPU. ``precision``
         ("fp32", "bf16", "fp16") autocasts the backbone; pooling, neck and normalisation stay in fp32.
         ``channels_last`` feeds NHWC batches (faster convolutions). ``batch_size`` defaults to 32 on a GPU and 4 on the CPU, where small batches stay in cache (measured on
         2 cores: Lite0 forward 88 img/s at batch 4 against 59 at batch 32; BENCHMARKS.md).
@@ -484,6 +497,8 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         use_ort = engine == "onnxruntime" or (engine == "auto" and ort_ok and onnxruntime_available())
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers is None:
+            num_workers = 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
         if num_workers > 0:
             loader = DataLoader(
                 _Inputs(),
@@ -494,7 +509,7 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
                 persistent_workers=False,
             )
         else:
-            loader = _ThreadPrefetch(_Inputs(), batch_size)
+            loader = _ThreadPrefetch(_Inputs(), batch_size, decode_threads or default_decode_threads())
         if show_progress_bar is None:
             show_progress_bar = len(images) > 8 * batch_size
         if show_progress_bar:

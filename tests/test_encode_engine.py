@@ -100,16 +100,20 @@ def test_without_onnxruntime_auto_uses_torch(model, monkeypatch):
 def test_thread_prefetch_keeps_order_and_raises_at_the_bad_image(model, tmp_path):
     imgs = _images(7)
     ref = np.concatenate([model.encode([im], engine="torch") for im in imgs])
-    got = model.encode(imgs, batch_size=2, engine="torch")  # num_workers=0: decoding thread, 4 batches
+    got = model.encode(imgs, batch_size=2, engine="torch")  # on the CPU: a decoding thread, 4 batches
     np.testing.assert_allclose(got, ref, atol=1e-5)
+    # several threads decode batches concurrently; rows stay in input order
+    got3 = model.encode(imgs, batch_size=1, engine="torch", decode_threads=3)
+    np.testing.assert_allclose(got3, ref, atol=1e-5)
     bad = tmp_path / "truncated.jpg"
     buf = __import__("io").BytesIO()
     imgs[0].save(buf, format="JPEG")
     bad.write_bytes(buf.getvalue()[:200])
     from modeling import InvalidImageError
 
-    with pytest.raises(InvalidImageError, match="truncated.jpg"):
-        model.encode([*imgs[:5], str(bad), imgs[6]], batch_size=2)
+    for threads in (1, 3):
+        with pytest.raises(InvalidImageError, match="truncated.jpg"):
+            model.encode([*imgs[:5], str(bad), imgs[6]], batch_size=2, decode_threads=threads)
 
 
 def test_torch_resize_backend_is_within_two_grey_levels_of_pil():
