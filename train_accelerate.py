@@ -491,7 +491,10 @@ def _run(
                 main_process_only=True,
             )
 
-        losses: list[float] = []
+        # Detached losses stay on the device: reading one back every step would make the host wait for the GPU
+        # each step, so the next batch's copy and kernel launches could not overlap the current step. They are
+        # read back at logging steps and at the end of the epoch.
+        losses: list[torch.Tensor] = []
         n_images = 0
         t0 = time.time()
         bar = tqdm(
@@ -518,29 +521,37 @@ def _run(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach().float())
             n_images += pixel_values.shape[0]
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if (
                 accelerator.sync_gradients
                 and (step + 1) // tc.gradient_accumulation_steps % tc.log_every == 0
             ):
+                recent = float(torch.stack(losses[-tc.log_every * tc.gradient_accumulation_steps :]).mean())
+                bar.set_postfix(loss=f"{recent:.3f}")
                 logger.info(
                     "epoch %d step %d/%d loss %.4f lr %.2e",
                     epoch + 1,
                     step + 1,
                     batches_this_epoch,
-                    float(np.mean(losses[-tc.log_every * tc.gradient_accumulation_steps :])),
+                    recent,
                     scheduler.get_last_lr()[0],
                     main_process_only=True,
                 )
         bar.close()
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize(accelerator.device)  # the epoch's queued GPU work belongs to its time
         train_time = time.time() - t0
         # Mean loss and image count over all processes.
+        loss_sum = torch.stack(losses).double().sum() if losses else torch.zeros((), dtype=torch.float64)
         totals = accelerator.reduce(
-            torch.tensor(
-                [sum(losses), len(losses), n_images], dtype=torch.float64, device=accelerator.device
+            torch.stack(
+                [
+                    loss_sum.to(accelerator.device),
+                    torch.tensor(float(len(losses)), dtype=torch.float64, device=accelerator.device),
+                    torch.tensor(float(n_images), dtype=torch.float64, device=accelerator.device),
+                ]
             ),
             reduction="sum",
         )

@@ -201,6 +201,8 @@ def test_smoke_all_tables_and_gpu_script_on_cpu(tmp_path):
         "PACK": str(pack),
         "BENCH_WORK": str(tmp_path / "w"),
         "BENCH_BUDGET_S": "1500",
+        # run.sh calls python3: this interpreter's, whether or not its virtual environment is activated
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     proc = subprocess.run(
         ["bash", "benchmarks/gpu/run.sh", "--smoke"], cwd=REPO, env=env, capture_output=True, text=True
