@@ -43,6 +43,7 @@ from animal_reid.training.config import TrainConfig, parse_config, save_config
 from animal_reid.training.data import (
     ReIDImageDataset,
     SeededBatches,
+    cache_images,
     dataloader_kwargs,
     ensure_corpus,
     load_corpus,
@@ -409,13 +410,40 @@ def _run(
     loaders.append(train_loader)
 
     def eval_loader(split: str) -> DataLoader:
-        ds = ReIDImageDataset(corpus.splits[split], processor, corpus.label_of, None, dc.use_boxes)
+        ds = eval_dataset(split)
         return DataLoader(
             ds,
             batch_size=tc.eval_batch_size,
             shuffle=False,
             **dataloader_kwargs(dc.num_workers, pin_memory=pin),
         )
+
+    eval_sets: dict[str, ReIDImageDataset] = {}
+
+    def eval_dataset(split: str) -> ReIDImageDataset:
+        if split not in eval_sets:
+            eval_sets[split] = ReIDImageDataset(
+                corpus.splits[split], processor, corpus.label_of, None, dc.use_boxes
+            )
+            if split == "train" and train_ds.cache is not None:
+                eval_sets[split].cache = train_ds.cache  # same rows, same preprocessing
+        return eval_sets[split]
+
+    if dc.cache_images:
+        splits = [s for s in ("validation", "test") if s in corpus.splits]
+        report = cache_images(
+            [train_ds] + [eval_dataset(s) for s in splits], dc.num_workers, dc.cache_max_gb * 2**30
+        )
+        if report["cached"]:
+            logger.info(
+                "image cache: %d images, %.2f GiB, decoded in %.1f s",
+                report["images"],
+                report["bytes"] / 2**30,
+                report["seconds"],
+                main_process_only=True,
+            )
+        else:
+            logger.warning("image cache skipped: %s", report["reason"], main_process_only=True)
 
     val_meta = split_metadata(corpus.splits["validation"])
     test_meta = split_metadata(corpus.splits["test"])

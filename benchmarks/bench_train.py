@@ -94,6 +94,43 @@ def worker_loop(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def loader_capacity(args: argparse.Namespace) -> dict[str, Any]:
+    """Samples/s of the training data path on one core (row, decode or cache, augmentation), cache off and on.
+
+    What one DataLoader worker can produce: multiply by the workers (cores) to get the loader's ceiling and
+    compare it with the plain step's images/s.
+    """
+    import torch
+
+    import train_accelerate
+    from animal_reid.training.augment import ReIDAugment
+    from animal_reid.training.config import parse_config
+    from animal_reid.training.data import ReIDImageDataset, cache_images, load_corpus
+
+    torch.set_num_threads(1)
+    argv = [args.config] + (["--corpus", args.corpus] if args.corpus else []) + _overrides(args.set)
+    config = parse_config(argv)
+    corpus = load_corpus(config.data, seed=config.train.seed)
+    _, processor = train_accelerate.build_model(config, corpus.num_classes)
+    augment = ReIDAugment(processor.image_mean, processor.image_std)
+    ds = ReIDImageDataset(corpus.splits["train"], processor, corpus.label_of, augment, config.data.use_boxes)
+    n = min(len(ds), args.loader_samples)
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist()
+    out: dict[str, Any] = {"mode": "loader", "samples": n, "image_size": config.model.image_size}
+    for label in ("decode", "cache"):
+        if label == "cache":
+            t0 = time.perf_counter()
+            report = cache_images([ds], 0, float("inf"))
+            out["cache_build_s"] = time.perf_counter() - t0
+            out["cache_mib"] = report["bytes"] / 2**20
+            out["cache_images"] = report["images"]
+        t0 = time.perf_counter()
+        for j, i in enumerate(idx):
+            ds[(i, j)]
+        out[f"{label}_samples_per_s"] = n / (time.perf_counter() - t0)
+    return out
+
+
 def worker_plain(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -217,9 +254,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "--threads", type=int, default=None, help="torch intra-op threads in the measuring processes"
     )
     p.add_argument("--out", default=None, help="results file stem (.json and .md written)")
+    p.add_argument(
+        "--loader-only",
+        action="store_true",
+        help="only the data path's samples/s on one core, image cache off and on (no model steps)",
+    )
+    p.add_argument("--loader-samples", type=int, default=400)
     p.add_argument("--worker", choices=("loop", "plain"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+
+    if args.loader_only:
+        res = loader_capacity(args)
+        print(json.dumps(res, indent=2))
+        print(
+            f"data path, one core: {res['decode_samples_per_s']:.0f} samples/s decoding, "
+            f"{res['cache_samples_per_s']:.0f} from the cache "
+            f"({res['cache_samples_per_s'] / res['decode_samples_per_s']:.2f}x); cache of "
+            f"{res['cache_images']} images, {res['cache_mib']:.0f} MiB, built in {res['cache_build_s']:.1f} s"
+        )
+        if args.out:
+            Path(args.out).with_suffix(".json").write_text(json.dumps(res, indent=2))
+        return res
 
     if args.worker:
         if args.threads:

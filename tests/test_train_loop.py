@@ -223,6 +223,28 @@ def test_persistent_workers_train_like_in_process_decoding(base_run, corpus, tmp
     _same_run(run_dir, results, base_run[0], base_run[1])
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_image_cache_trains_like_decoding_every_time(base_run, corpus, tmp_path, workers, caplog):
+    """--cache_images: every image decoded once into shared memory; the run is the same, bit for bit."""
+    run_dir = tmp_path / f"cache{workers}"
+    with caplog.at_level("INFO"):
+        results = train_accelerate.main(
+            tiny_args(corpus, run_dir, "--cache_images", "true", "--num_workers", workers)
+        )
+    assert "image cache:" in caplog.text
+    _same_run(run_dir, results, base_run[0], base_run[1])
+
+
+def test_image_cache_beyond_its_limit_is_skipped_with_a_warning(base_run, corpus, tmp_path, caplog):
+    run_dir = tmp_path / "nocache"
+    with caplog.at_level("WARNING"):
+        results = train_accelerate.main(
+            tiny_args(corpus, run_dir, "--cache_images", "true", "--cache_max_gb", "0.0001")
+        )
+    assert "image cache skipped: needs" in caplog.text
+    _same_run(run_dir, results, base_run[0], base_run[1])
+
+
 def test_finetune_warmup_keeps_backbone_batchnorm_statistics(base_run, corpus, tmp_path):
     export = base_run[0] / "export"
     start = load_file(str(export / "model.safetensors"))

@@ -129,6 +129,17 @@ class DataArguments:
     num_workers: int = field(
         default=2, metadata={"help": "DataLoader worker processes (0: decode in-process)."}
     )
+    cache_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Decode every image once, before training, into shared memory (uint8 at image_size), so "
+            "epochs and evaluations stop decoding again; augmentation still runs per sample. Skipped with a "
+            "warning beyond cache_max_gb."
+        },
+    )
+    cache_max_gb: float = field(
+        default=8.0, metadata={"help": "Largest image cache in GiB (all splits together, per process)."}
+    )
 
     def __post_init__(self) -> None:
         if self.max_images_per_identity is not None and self.max_images_per_identity < 1:

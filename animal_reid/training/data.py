@@ -17,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shlex
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -258,26 +260,84 @@ class ReIDImageDataset(Dataset):
             )
         self._has_box = "bbox" in columns
         self._has_theta = "theta" in columns
+        self.cache: torch.Tensor | None = None  # uint8 [N, 3, H, W] of preprocess_uint8, see cache_images
+
+    def decoded(self, index: int) -> torch.Tensor:
+        """Row ``index`` decoded, cropped and resized (uint8 ``[3, H, W]``), from the cache when there is one."""
+        if self.cache is not None:
+            return self.cache[index]
+        row = self.ds[int(index)]
+        box = row.get("bbox") if (self.use_boxes and self._has_box) else None
+        theta = float(row.get("theta") or 0.0) if (self.use_boxes and self._has_theta) else 0.0
+        try:
+            return self.processor.preprocess_uint8(row["image"], box, theta)
+        except ValueError as err:
+            raise ValueError(f"image {row.get('image_id', index)!r} of the corpus: {err}") from err
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, key) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        row = self.ds[int(index)]
-        box = row.get("bbox") if (self.use_boxes and self._has_box) else None
-        theta = float(row.get("theta") or 0.0) if (self.use_boxes and self._has_theta) else 0.0
-        try:
-            pixel_values = self.processor.preprocess_uint8(row["image"], box, theta)
-        except ValueError as err:
-            raise ValueError(f"image {row.get('image_id', index)!r} of the corpus: {err}") from err
+        pixel_values = self.decoded(int(index))
         if self.augment is not None and seed is not None:
             pixel_values = self.augment(pixel_values, torch.Generator().manual_seed(int(seed)))
         return {
             "pixel_values": pixel_values,
-            "labels": self.label_of.get(row["identity"], -1),
+            "labels": self.label_of.get(self._identities[int(index)], -1),
             "index": int(index),
         }
+
+    @property
+    def _identities(self) -> list[str]:
+        ids = self.__dict__.get("_identity_list")
+        if ids is None:  # the label column alone: reading a row would decode nothing but still copy its bytes
+            ids = self.__dict__["_identity_list"] = list(self.ds["identity"])
+        return ids
+
+
+class _Decode(Dataset):
+    def __init__(self, ds: ReIDImageDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.ds.decoded(i)
+
+
+def cache_images(datasets: Sequence[ReIDImageDataset], num_workers: int, max_bytes: float) -> dict[str, Any]:
+    """Decode every image of ``datasets`` once into shared-memory uint8 tensors (``dataset.cache``).
+
+    Epochs and evaluations then index the cache instead of decoding, cropping and resizing again; training
+    augmentation still runs per sample on the cached image. DataLoader workers share the tensors (shared
+    memory) instead of copying them. Skipped, with the reason returned, when the cache would exceed
+    ``max_bytes`` in total. Returns ``{"cached": bool, "bytes", "images", "seconds", "reason"}``.
+    """
+    from torch.utils.data import DataLoader
+
+    todo = [d for d in datasets if d.cache is None]
+    shapes = []
+    for d in todo:
+        h, w = d.processor.size["height"], d.processor.size["width"]
+        shapes.append((len(d), 3, h, w))
+    total = float(sum(math.prod(sh) for sh in shapes))
+    report: dict[str, Any] = {"cached": False, "bytes": total, "images": sum(len(d) for d in todo)}
+    if total > max_bytes:
+        report["reason"] = f"needs {total / 2**30:.2f} GiB, more than the {max_bytes / 2**30:.2f} GiB allowed"
+        return report
+    t0 = time.perf_counter()
+    for d, shape in zip(todo, shapes, strict=True):
+        cache = torch.empty(shape, dtype=torch.uint8).share_memory_()
+        loader = DataLoader(_Decode(d), batch_size=64, num_workers=num_workers, shuffle=False)
+        pos = 0
+        for batch in loader:
+            cache[pos : pos + len(batch)] = batch
+            pos += len(batch)
+        d.cache = cache
+    report.update(cached=True, seconds=time.perf_counter() - t0)
+    return report
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
