@@ -137,3 +137,33 @@ def test_torch_resize_backend_is_within_two_grey_levels_of_pil():
     assert worst <= 2 and max(differing) < 0.25  # rounding: measured max 1, on 0-18% of pixels
     with pytest.raises(ValueError, match="resize_backend"):
         AnimalReIDImageProcessor(resize_backend="cv2")
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(
+            backbone="swin_tiny_patch4_window7_224",
+            backbone_kwargs={"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]},
+            pooling="gem",
+            image_size=224,
+            embedding_dim=32,
+        ),
+        dict(
+            backbone="vit_tiny_patch16_224",
+            backbone_kwargs={"img_size": 64, "depth": 2},
+            pooling="backbone",
+            image_size=64,
+            embedding_dim=32,
+        ),
+    ],
+    ids=["swin", "vit"],
+)
+def test_onnxruntime_engine_handles_transformer_backbones(kw):
+    # MegaDescriptor (Swin) conversions and ViTs: window partitions and token reshapes keep a dynamic batch
+    torch.manual_seed(0)
+    m = AnimalReIDModel(AnimalReIDConfig(**kw)).eval()
+    imgs = _images(4)
+    ref = m.encode(imgs, engine="torch", batch_size=4)
+    for bs in (1, 3):
+        np.testing.assert_allclose(m.encode(imgs, engine="onnxruntime", batch_size=bs), ref, atol=1e-5)
