@@ -51,12 +51,13 @@ class ModelArguments:
     )
     image_size: int = field(default=224, metadata={"help": "Square input size in pixels (processor resize)."})
     jpeg_draft: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "Decode large JPEGs at 1/2, 1/4 or 1/8 scale when the image or box still has at least "
             "image_size pixels (4.7-7x faster on 12 MP photos, under 1 grey level of difference). Saved in "
-            "the exported processor, so inference decodes the same way. Ignored when fine-tuning "
-            "(init_from keeps its processor)."
+            "the exported processor, so inference decodes the same way. Off by default: on the six small-image "
+            "real species it cost accuracy in one A/B (BENCHMARKS.md 1b); turn it on for full-size photos. "
+            "Ignored when fine-tuning (init_from keeps its processor)."
         },
     )
     subcenters: int = field(default=3, metadata={"help": "Sub-centers per identity in the ArcFace head (k)."})
