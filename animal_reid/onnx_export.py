@@ -15,31 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+
+from modeling.modeling_animal_reid import export_onnx_graph
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "embeddings"
-
-
-class _EmbeddingsOnly(nn.Module):
-    """The model with a single tensor output (ONNX graphs return tensors, not ModelOutput)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).embeddings
+OUTPUT_NAME = "embeddings"  # the names export_onnx_graph gives the graph
 
 
 @dataclass
@@ -103,21 +92,8 @@ def export_onnx(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     h, w = model.config.image_size
     dummy = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
-    # The TorchScript exporter is deprecated in favour of dynamo=True, which needs the onnxscript package;
-    # it traces GeM's autocast guard and Swin fine and is the one that works with the pinned dependencies.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            _EmbeddingsOnly(model),
-            (dummy,),
-            str(out_path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    # the same exporter as encode(engine="onnxruntime"), with the normalised output
+    export_onnx_graph(model, str(out_path), h, w, normalized=True, opset=opset, dummy=dummy)
     prep = _preprocessing(model, processor)
     proto = onnx.load(str(out_path))
     onnx.checker.check_model(proto)

@@ -69,7 +69,8 @@ class AnimalReIDImageProcessor(BaseImageProcessor):
             full-size photos; slightly different pixels, so it is a saved preprocessing choice).
         resize_backend: ``"torch"`` (default) runs ``bilinear`` resizing with torch's antialiased uint8 kernel,
             about 2x faster than PIL on the CPU and equal to it up to rounding (differences of 1 grey level on
-            about 1% of the pixels of downscaled photos); ``"pil"`` uses PIL. Other resamples always use PIL (or torch for ``bilinear_noaa``).
+            about 1% of the pixels of downscaled photos); ``"pil"`` uses PIL. Other resamples always use PIL
+            (or torch for ``bilinear_noaa``).
     """
 
     model_input_names = ["pixel_values"]

@@ -59,13 +59,53 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-class _EmbedGraph(nn.Module):
-    def __init__(self, model: nn.Module):
+class _OnnxGraph(nn.Module):
+    def __init__(self, model: nn.Module, normalized: bool):
         super().__init__()
-        self.model = model
+        self.model, self.normalized = model, normalized
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.normalized:
+            return self.model(pixel_values=pixel_values).embeddings
         return self.model._embed(pixel_values)
+
+
+def export_onnx_graph(
+    model: nn.Module,
+    f: Any,
+    height: int,
+    width: int,
+    *,
+    normalized: bool,
+    opset: int = 17,
+    dummy: torch.Tensor | None = None,
+) -> None:
+    """Trace ``model`` to ONNX into ``f`` (a path or a binary file object), with a dynamic batch axis.
+
+    Input ``pixel_values`` ``[B, 3, height, width]``; output ``embeddings`` (the L2-normalised model output,
+    ``normalized=True``) or ``features`` (``model._embed``: backbone, pooling, neck). The TorchScript-based
+    exporter (``dynamo=False``) is deprecated but needs no extra package, and traces GeM's autocast guard and
+    Swin correctly.
+    """
+    import warnings
+
+    out = "embeddings" if normalized else "features"
+    if dummy is None:
+        dummy = torch.zeros(2, 3, height, width)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            _OnnxGraph(model, normalized),
+            (dummy,),
+            f,
+            input_names=["pixel_values"],
+            output_names=[out],
+            dynamic_axes={"pixel_values": {0: "batch"}, out: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
 
 
 class OnnxRuntimeEngine:
@@ -81,26 +121,11 @@ class OnnxRuntimeEngine:
         self, model: nn.Module, height: int, width: int, threads: int | None = None, spinning: bool = False
     ):
         import io
-        import warnings
 
         import onnxruntime as ort
 
         buf = io.BytesIO()
-        dummy = torch.zeros(2, 3, height, width)
-        # The TorchScript-based exporter (dynamo=False) needs no extra package and handles GeM's autocast guard.
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _EmbedGraph(model),
-                (dummy,),
-                buf,
-                input_names=["pixel_values"],
-                output_names=["features"],
-                dynamic_axes={"pixel_values": {0: "batch"}, "features": {0: "batch"}},
-                opset_version=17,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        export_onnx_graph(model, buf, height, width, normalized=False)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
@@ -443,8 +468,9 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         them); either way overlapped with the forward pass. ``num_workers`` defaults to 0 on the CPU (threads
         are faster there: no inter-process copies) and to ``min(8, cores - 1)`` on a GPU. ``precision``
         ("fp32", "bf16", "fp16") autocasts the backbone; pooling, neck and normalisation stay in fp32.
-        ``channels_last`` feeds NHWC batches (faster convolutions). ``batch_size`` defaults to 32 on a GPU and 4 on the CPU, where small batches stay in cache (measured on
-        2 cores: Lite0 forward 88 img/s at batch 4 against 59 at batch 32; BENCHMARKS.md).
+        ``channels_last`` feeds NHWC batches (faster convolutions). ``batch_size`` defaults to 32 on a GPU and
+        4 on the CPU, where small batches stay in cache (measured on 2 cores: Lite0 forward 88 img/s at batch 4
+        against 59 at batch 32; BENCHMARKS.md).
 
         ``engine`` runs the network: ``"torch"`` (this module, eager), ``"onnxruntime"`` (the same graph exported
         once to ONNX in memory and run by onnxruntime, CPU and fp32 only; 1.3-2.4x eager on the CPU, agreeing
@@ -494,7 +520,15 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
                 raise ImportError(
                     "engine='onnxruntime' needs the onnxruntime package: pip install onnxruntime"
                 )
-        use_ort = engine == "onnxruntime" or (engine == "auto" and ort_ok and onnxruntime_available())
+        run_ort = None
+        if engine == "onnxruntime" or (engine == "auto" and ort_ok and onnxruntime_available()):
+            # once per call (cached across calls while the weights stay the same), never per batch
+            try:
+                run_ort = onnxruntime_engine(self, processor.size["height"], processor.size["width"])
+            except Exception as err:  # noqa: BLE001 - any export failure falls back in auto mode
+                if engine == "onnxruntime":
+                    raise RuntimeError(f"could not export the model to onnxruntime: {err}") from err
+                logger.warning("onnxruntime export failed (%s); encoding with torch instead", err)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers is None:
@@ -523,17 +557,9 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         try:
             for batch in loader:
                 batch = processor.normalize_uint8(batch.to(device=device, non_blocking=True)).to(dtype)
-                if use_ort:
-                    try:
-                        run = onnxruntime_engine(self, batch.shape[-2], batch.shape[-1])
-                    except Exception as err:  # noqa: BLE001 - any export failure falls back in auto mode
-                        if engine == "onnxruntime":
-                            raise RuntimeError(f"could not export the model to onnxruntime: {err}") from err
-                        logger.warning("onnxruntime export failed (%s); encoding with torch instead", err)
-                        use_ort = False
-                    else:
-                        out.append(F.normalize(run(batch), dim=-1))
-                        continue
+                if run_ort is not None:
+                    out.append(F.normalize(run_ort(batch), dim=-1))
+                    continue
                 if channels_last:
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(

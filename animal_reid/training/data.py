@@ -261,6 +261,8 @@ class ReIDImageDataset(Dataset):
         self._has_box = "bbox" in columns
         self._has_theta = "theta" in columns
         self.cache: torch.Tensor | None = None  # uint8 [N, 3, H, W] of preprocess_uint8, see cache_images
+        # the label column alone, so a cached sample reads no row (a row read copies its image bytes)
+        self._identities: list[str] = list(hf_split["identity"])
 
     def decoded(self, index: int) -> torch.Tensor:
         """Row ``index`` decoded, cropped and resized (uint8 ``[3, H, W]``), from the cache when there is one."""
@@ -287,13 +289,6 @@ class ReIDImageDataset(Dataset):
             "labels": self.label_of.get(self._identities[int(index)], -1),
             "index": int(index),
         }
-
-    @property
-    def _identities(self) -> list[str]:
-        ids = self.__dict__.get("_identity_list")
-        if ids is None:  # the label column alone: reading a row would decode nothing but still copy its bytes
-            ids = self.__dict__["_identity_list"] = list(self.ds["identity"])
-        return ids
 
 
 class _Decode(Dataset):
