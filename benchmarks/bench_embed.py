@@ -3,8 +3,9 @@
 For each backbone, on the same real image files (nyala field photos from ../shared/data by default):
 
 * ``forward``  – the model's forward pass alone on tensors already in memory (the limit on this machine), for
-                 each engine ``encode`` can use: PyTorch eager (channels-last) and, on the CPU, onnxruntime.
-                 The limit is the faster of the two;
+                 each engine ``encode`` can use: PyTorch eager (channels-last) and, on the CPU, onnxruntime
+                 (one session on every core, with idle threads sleeping or spinning, and one single-threaded
+                 session per core running whole batches). The limit is the fastest of them;
 * ``encode``   – end to end: read and decode files, preprocess, model, L2-normalised embeddings written
                  to disk as .npy (``AnimalReIDModel.encode`` with DataLoader workers, ``engine`` as given:
                  ``auto`` = onnxruntime on the CPU, torch on a GPU);
@@ -84,11 +85,29 @@ def time_forward(
 ) -> float:
     """Images/s of the network alone on one preprocessed batch held in memory.
 
-    ``engine``: ``torch``, ``onnxruntime`` (as encode runs it, idle threads sleeping) or ``onnxruntime-spin``
-    (idle threads busy-waiting, which is faster when nothing else needs the cores).
+    ``engine``: ``torch``, ``onnxruntime`` (one session using every core, idle threads sleeping),
+    ``onnxruntime-spin`` (idle threads busy-waiting, which is faster when nothing else needs the cores) or
+    ``onnxruntime-streams`` (as encode runs it on the CPU: one single-threaded session per core, each thread
+    running whole batches).
     """
     x = torch.stack([proc.preprocess_one(f) for f in files[:batch_size]]).to(device)
-    if engine.startswith("onnxruntime"):
+    streams = None
+    if engine == "onnxruntime-streams":
+        from concurrent.futures import ThreadPoolExecutor
+
+        run = OnnxRuntimeEngine(model, x.shape[-2], x.shape[-1], threads=1)
+        streams = ThreadPoolExecutor(torch.get_num_threads())
+        n_batches = max(1, len(files) // batch_size)
+
+        def one(_):
+            return torch.nn.functional.normalize(run(x), dim=-1)
+
+        def step():  # one "step" = every stream's share of the batches, so the timing loop below runs once
+            return list(streams.map(one, range(n_batches)))
+
+        def warm():
+            return list(streams.map(one, range(torch.get_num_threads())))
+    elif engine.startswith("onnxruntime"):
         run = OnnxRuntimeEngine(model, x.shape[-2], x.shape[-1], spinning=engine.endswith("spin"))
 
         def step():
@@ -102,17 +121,21 @@ def time_forward(
 
     n_batches = max(1, len(files) // batch_size)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with (
-        torch.inference_mode(),
-        torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None),
-    ):
-        for _ in range(warmup):
-            step()
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(n_batches):
-            step()
-        _sync(device)
+    try:
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None),
+        ):
+            for _ in range(warmup):
+                (warm if streams is not None else step)()
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(1 if streams is not None else n_batches):
+                step()
+            _sync(device)
+    finally:
+        if streams is not None:
+            streams.shutdown()
     return n_batches * batch_size / (time.perf_counter() - t)
 
 
@@ -187,14 +210,18 @@ def main(argv=None) -> dict:
         model, proc, model_dir = build(backbone, size, device)
         bs = min(args.batch_size or (32 if device.type == "cuda" else 4), n)
         # Repeated and interleaved, best of each: other tenants of a shared machine slow single measurements.
-        fwd, fwd_ort, enc = 0.0, 0.0, 0.0
+        fwd, enc = 0.0, 0.0
+        ort_modes = {"onnxruntime": 0.0, "onnxruntime-spin": 0.0, "onnxruntime-streams": 0.0}
         use_ort = device.type == "cpu" and args.precision == "fp32" and onnxruntime_available()
         for _ in range(args.repeats):
             fwd = max(fwd, time_forward(model, proc, files, bs, device, True, precision=args.precision))
             if use_ort:
-                for eng in ("onnxruntime", "onnxruntime-spin"):
-                    fwd_ort = max(fwd_ort, time_forward(model, proc, files, bs, device, False, engine=eng))
+                for eng in ort_modes:
+                    ort_modes[eng] = max(
+                        ort_modes[eng], time_forward(model, proc, files, bs, device, False, engine=eng)
+                    )
             enc = max(enc, time_encode(model, files, bs, workers, model_dir, args.precision, args.engine))
+        fwd_ort = max(ort_modes.values())
         limit = max(fwd, fwd_ort)
         n_pipe = min(args.n_pipeline or n, n)
         naive = time_pipeline(model_dir, files[:n_pipe], device)
@@ -208,6 +235,9 @@ def main(argv=None) -> dict:
             "engine": args.engine,
             "forward_img_s": round(fwd, 2),
             "forward_onnxruntime_img_s": round(fwd_ort, 2) if fwd_ort else None,
+            "forward_onnxruntime_modes_img_s": {k: round(v, 2) for k, v in ort_modes.items()}
+            if fwd_ort
+            else None,
             "repeats": args.repeats,
             "limit_img_s": round(limit, 2),
             "encode_img_s": round(enc, 2),

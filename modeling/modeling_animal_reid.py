@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,31 +112,48 @@ class OnnxRuntimeEngine:
     """``model._embed`` (backbone, pooling, neck: features before L2 normalisation) run by onnxruntime.
 
     Built by exporting the model with ``torch.onnx.export`` into memory for one input size ``(H, W)`` and a
-    dynamic batch; ``engine(pixel_values)`` takes and returns CPU float32 tensors. ``threads`` defaults to
-    ``torch.get_num_threads()``. ``spinning`` lets idle onnxruntime threads busy-wait (off by default: it
-    starves the thread decoding the next batch).
+    dynamic batch; ``engine(pixel_values)`` takes and returns CPU float32 tensors. ``threads`` (onnxruntime's
+    intra-op threads) defaults to ``torch.get_num_threads()``. ``spinning`` lets idle onnxruntime threads
+    busy-wait (off by default: it starves the threads decoding the next batch). ``onnx_bytes`` reuses an earlier
+    export instead of exporting ``model`` again (see :meth:`with_threads`). One engine may be called from several
+    threads at once.
     """
 
     def __init__(
-        self, model: nn.Module, height: int, width: int, threads: int | None = None, spinning: bool = False
+        self,
+        model: nn.Module | None,
+        height: int,
+        width: int,
+        threads: int | None = None,
+        spinning: bool = False,
+        onnx_bytes: bytes | None = None,
     ):
         import io
 
         import onnxruntime as ort
 
-        buf = io.BytesIO()
-        export_onnx_graph(model, buf, height, width, normalized=False)
+        if onnx_bytes is None:
+            buf = io.BytesIO()
+            export_onnx_graph(model, buf, height, width, normalized=False)
+            onnx_bytes = buf.getvalue()
+        self.onnx_bytes = onnx_bytes
+        self.threads = int(threads or torch.get_num_threads())
+        self.spinning = spinning
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         # Idle threads sleep instead of spinning: encode() decodes the next batch on the same cores meanwhile
         # (spinning cost 20-30% end to end on 2 cores, BENCHMARKS.md).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            buf.getvalue(), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_size = (height, width)
+
+    def with_threads(self, threads: int) -> OnnxRuntimeEngine:
+        """The same exported graph in a new session with ``threads`` intra-op threads (no second export)."""
+        return OnnxRuntimeEngine(
+            None, *self.input_size, threads=threads, spinning=self.spinning, onnx_bytes=self.onnx_bytes
+        )
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = pixel_values.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -147,22 +164,32 @@ def _weights_key(model: nn.Module, height: int, width: int) -> tuple:
     # data_ptr changes when tensors are replaced (.to, from_pretrained); _version when they are modified in place
     # (optimiser steps, load_state_dict), so a cached export never outlives the weights it was made from.
     tensors = list(model.parameters()) + list(model.buffers())
-    return (height, width, torch.get_num_threads(), tuple((t.data_ptr(), t._version) for t in tensors))
+    return (height, width, tuple((t.data_ptr(), t._version) for t in tensors))
 
 
-def onnxruntime_engine(model: nn.Module, height: int, width: int) -> OnnxRuntimeEngine:
-    """The cached :class:`OnnxRuntimeEngine` of ``model`` for ``(height, width)``, exported if weights changed."""
+def onnxruntime_engine(
+    model: nn.Module, height: int, width: int, threads: int | None = None
+) -> OnnxRuntimeEngine:
+    """The cached :class:`OnnxRuntimeEngine` of ``model`` for ``(height, width)`` and ``threads``.
+
+    The model is exported again only when its weights changed; another thread count reuses the export in a new
+    session. The cache holds one export per model, weakly (it goes with the model).
+    """
+    threads = int(threads or torch.get_num_threads())
     key = _weights_key(model, height, width)
     cached = _ONNX_ENGINES.get(model)
     if cached is not None and cached[0] == key:
-        return cached[1]
+        sessions = cached[1]
+        if threads not in sessions:
+            sessions[threads] = next(iter(sessions.values())).with_threads(threads)
+        return sessions[threads]
     was_training = model.training
     model.eval()
     try:
-        engine = OnnxRuntimeEngine(model, height, width)
+        engine = OnnxRuntimeEngine(model, height, width, threads=threads)
     finally:
         model.train(was_training)
-    _ONNX_ENGINES[model] = (key, engine)
+    _ONNX_ENGINES[model] = (key, {threads: engine})
     return engine
 
 
@@ -177,12 +204,14 @@ class _ThreadPrefetch:
 
     PIL decoding and resizing and the forward pass (torch or onnxruntime) release the GIL, so background
     threads overlap them without worker processes or inter-process copies (the fastest path on a few CPU
-    cores). ``threads`` batches are decoded at once, one more is queued. An exception raised while decoding is
-    raised again here, at its batch.
+    cores). ``threads`` batches are decoded at once, one more is queued. With ``step``, each thread also
+    runs ``step(batch)`` (the network) and the iterator yields its results: whole batches run start to finish
+    on one thread each, ``threads`` at once ("streams"). An exception raised in a thread is raised again here,
+    at its batch; batches not yet started are then dropped.
     """
 
-    def __init__(self, dataset, batch_size: int, threads: int = 1):
-        self.dataset, self.batch_size = dataset, batch_size
+    def __init__(self, dataset, batch_size: int, threads: int = 1, step: Callable | None = None):
+        self.dataset, self.batch_size, self.step = dataset, batch_size, step
         self.threads = max(1, int(threads))
         self.ahead = self.threads + 1
         self.n = len(dataset)
@@ -191,7 +220,8 @@ class _ThreadPrefetch:
         return -(-self.n // self.batch_size)
 
     def _load(self, start: int) -> torch.Tensor:
-        return torch.stack([self.dataset[i] for i in range(start, min(start + self.batch_size, self.n))])
+        batch = torch.stack([self.dataset[i] for i in range(start, min(start + self.batch_size, self.n))])
+        return batch if self.step is None else self.step(batch)
 
     def __iter__(self):
         from concurrent.futures import ThreadPoolExecutor
@@ -460,6 +490,7 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         channels_last: bool = True,
         engine: str = "auto",
         decode_threads: int | None = None,
+        streams: int | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed images (paths, bytes, PIL images or HxWxC arrays); returns ``[N, D]`` unit-norm float32 rows.
 
@@ -476,6 +507,12 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         once to ONNX in memory and run by onnxruntime, CPU and fp32 only; 1.3-2.4x eager on the CPU, agreeing
         to ~1e-6) or ``"auto"`` (default): onnxruntime on the CPU in fp32 when the package is installed,
         falling back to torch with a warning if the export fails; torch otherwise.
+
+        With onnxruntime and no worker processes, ``streams`` batches run at once, each start to finish (decode,
+        preprocess, network) on its own thread with ``cores // streams`` onnxruntime threads. Default: one stream
+        per core (``torch.get_num_threads()``), at most one per batch. Whole batches in parallel keep every core
+        busy without the barriers of one multi-threaded forward pass (on 2 cores, Lite0 @ 224 end to end: +11%
+        over one 2-thread forward beside a decoding thread; BENCHMARKS.md). ``decode_threads`` is then unused.
         """
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
@@ -520,19 +557,31 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
                 raise ImportError(
                     "engine='onnxruntime' needs the onnxruntime package: pip install onnxruntime"
                 )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if streams is not None and streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
+        if num_workers is None:
+            num_workers = 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
+        cores = torch.get_num_threads()
+        n_streams = 1
+        if num_workers == 0:
+            n_streams = max(1, min(streams or cores, -(-len(images) // batch_size)))
         run_ort = None
         if engine == "onnxruntime" or (engine == "auto" and ort_ok and onnxruntime_available()):
             # once per call (cached across calls while the weights stay the same), never per batch
             try:
-                run_ort = onnxruntime_engine(self, processor.size["height"], processor.size["width"])
+                run_ort = onnxruntime_engine(
+                    self,
+                    processor.size["height"],
+                    processor.size["width"],
+                    threads=max(1, cores // n_streams),
+                )
             except Exception as err:  # noqa: BLE001 - any export failure falls back in auto mode
                 if engine == "onnxruntime":
                     raise RuntimeError(f"could not export the model to onnxruntime: {err}") from err
                 logger.warning("onnxruntime export failed (%s); encoding with torch instead", err)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers is None:
-            num_workers = 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
+        streamed = run_ort is not None and num_workers == 0
         if num_workers > 0:
             loader = DataLoader(
                 _Inputs(),
@@ -542,6 +591,12 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
                 pin_memory=device.type == "cuda",
                 persistent_workers=False,
             )
+        elif streamed:
+
+            def _stream_step(batch: torch.Tensor) -> torch.Tensor:
+                return F.normalize(run_ort(processor.normalize_uint8(batch)), dim=-1)
+
+            loader = _ThreadPrefetch(_Inputs(), batch_size, n_streams, step=_stream_step)
         else:
             loader = _ThreadPrefetch(_Inputs(), batch_size, decode_threads or default_decode_threads())
         if show_progress_bar is None:
@@ -556,6 +611,9 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         try:
             for batch in loader:
+                if streamed:  # already embedded by the stream threads
+                    out.append(batch)
+                    continue
                 batch = processor.normalize_uint8(batch.to(device=device, non_blocking=True)).to(dtype)
                 if run_ort is not None:
                     out.append(F.normalize(run_ort(batch), dim=-1))

@@ -35,31 +35,65 @@ def model():
     return m
 
 
+def _sessions(model) -> dict:
+    """The cached onnxruntime sessions of ``model``, by intra-op thread count."""
+    return mar._ONNX_ENGINES[model][1]
+
+
 def test_onnxruntime_matches_torch_and_is_the_cpu_default(model):
     imgs = _images()
     ref = model.encode(imgs, batch_size=2, engine="torch")
     assert model not in mar._ONNX_ENGINES
-    got = model.encode(imgs, batch_size=2, engine="onnxruntime")
+    got = model.encode(imgs, batch_size=2, engine="onnxruntime", streams=1)
     assert got.shape == ref.shape == (5, 32) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    engine = mar._ONNX_ENGINES[model][1]
+    engine = _sessions(model)[torch.get_num_threads()]
     # auto (the default) on the CPU in fp32 reuses the cached export: no second export
-    auto = model.encode(imgs, batch_size=3)
-    assert mar._ONNX_ENGINES[model][1] is engine
+    auto = model.encode(imgs, batch_size=3, streams=1)
+    assert _sessions(model)[torch.get_num_threads()] is engine
     np.testing.assert_allclose(auto, ref, atol=1e-5)
     # pipeline-style single images and a batch size that leaves a remainder use the dynamic batch axis
     np.testing.assert_allclose(model.encode(imgs[:1], engine="onnxruntime"), ref[:1], atol=1e-5)
 
 
+def test_streams_keep_order_share_one_export_and_raise_at_the_bad_image(model, monkeypatch, tmp_path):
+    imgs = _images(7)
+    ref = model.encode(imgs, batch_size=2, engine="torch")
+    exports = []
+    real_export = mar.export_onnx_graph
+    monkeypatch.setattr(mar, "export_onnx_graph", lambda *a, **k: exports.append(1) or real_export(*a, **k))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # as on a 4-core machine
+    # default: one stream per core, each with a single-threaded session; 4 batches of 2 (the last of 1)
+    got = model.encode(imgs, batch_size=2)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert set(_sessions(model)) == {1}
+    # 2 streams of 2 threads; a call with one batch runs it with all 4 threads: new sessions, same export
+    np.testing.assert_allclose(model.encode(imgs, batch_size=1, streams=2), ref, atol=1e-5)
+    np.testing.assert_allclose(model.encode(imgs[:2], batch_size=4), ref[:2], atol=1e-5)
+    assert set(_sessions(model)) == {1, 2, 4} and len(exports) == 1
+    assert all(e.session.get_session_options().intra_op_num_threads == t for t, e in _sessions(model).items())
+    bad = tmp_path / "truncated.jpg"
+    buf = __import__("io").BytesIO()
+    imgs[0].save(buf, format="JPEG")
+    bad.write_bytes(buf.getvalue()[:200])
+    from modeling import InvalidImageError
+
+    for streams in (1, 3):
+        with pytest.raises(InvalidImageError, match="truncated.jpg"):
+            model.encode([*imgs[:5], str(bad), imgs[6]], batch_size=2, streams=streams)
+    with pytest.raises(ValueError, match="streams must be >= 1"):
+        model.encode(imgs, streams=0)
+
+
 def test_export_follows_weight_changes(model):
     imgs = _images(2)
     before = model.encode(imgs, engine="onnxruntime")
-    first = mar._ONNX_ENGINES[model][1]
+    first = mar._ONNX_ENGINES[model]
     with torch.no_grad():
         model.neck_bn.bias.add_(0.5)  # in place, as an optimiser step would
     after = model.encode(imgs, engine="onnxruntime")
-    assert mar._ONNX_ENGINES[model][1] is not first
+    assert mar._ONNX_ENGINES[model] is not first
     assert not np.allclose(before, after, atol=1e-3)
     np.testing.assert_allclose(after, model.encode(imgs, engine="torch"), atol=1e-5)
 
