@@ -210,9 +210,17 @@ class _ThreadPrefetch:
     at its batch; batches not yet started are then dropped.
     """
 
-    def __init__(self, dataset, batch_size: int, threads: int = 1, step: Callable | None = None):
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        threads: int = 1,
+        step: Callable | None = None,
+        torch_threads: int | None = None,
+    ):
         self.dataset, self.batch_size, self.step = dataset, batch_size, step
         self.threads = max(1, int(threads))
+        self.torch_threads = torch_threads
         self.ahead = self.threads + 1
         self.n = len(dataset)
 
@@ -227,14 +235,25 @@ class _ThreadPrefetch:
         from concurrent.futures import ThreadPoolExecutor
 
         starts = list(range(0, self.n, self.batch_size))
-        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="encode-decode") as pool:
-            pending = [pool.submit(self._load, s) for s in starts[: self.ahead]]
-            for k in range(len(starts)):
-                batch = pending[k].result()
-                pending[k] = None
-                if k + self.ahead < len(starts):
-                    pending.append(pool.submit(self._load, starts[k + self.ahead]))
-                yield batch
+        # torch_threads: intra-op threads for torch work (resize, normalisation) inside each thread, so N threads
+        # do not each fan out over every core. torch.set_num_threads also sets the default that threads started
+        # later inherit, so this thread's count is put back once the pool is done.
+        saved = torch.get_num_threads()
+        init = (lambda: torch.set_num_threads(self.torch_threads)) if self.torch_threads else None
+        try:
+            with ThreadPoolExecutor(
+                self.threads, thread_name_prefix="encode-decode", initializer=init
+            ) as pool:
+                pending = [pool.submit(self._load, s) for s in starts[: self.ahead]]
+                for k in range(len(starts)):
+                    batch = pending[k].result()
+                    pending[k] = None
+                    if k + self.ahead < len(starts):
+                        pending.append(pool.submit(self._load, starts[k + self.ahead]))
+                    yield batch
+        finally:
+            if self.torch_threads:
+                torch.set_num_threads(saved)
 
 
 class GeM(nn.Module):
@@ -567,6 +586,7 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         n_streams = 1
         if num_workers == 0:
             n_streams = max(1, min(streams or cores, -(-len(images) // batch_size)))
+        per_stream = max(1, cores // n_streams)  # onnxruntime and torch threads of each stream
         run_ort = None
         if engine == "onnxruntime" or (engine == "auto" and ort_ok and onnxruntime_available()):
             # once per call (cached across calls while the weights stay the same), never per batch
@@ -575,7 +595,7 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
                     self,
                     processor.size["height"],
                     processor.size["width"],
-                    threads=max(1, cores // n_streams),
+                    threads=per_stream,
                 )
             except Exception as err:  # noqa: BLE001 - any export failure falls back in auto mode
                 if engine == "onnxruntime":
@@ -596,7 +616,7 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
             def _stream_step(batch: torch.Tensor) -> torch.Tensor:
                 return F.normalize(run_ort(processor.normalize_uint8(batch)), dim=-1)
 
-            loader = _ThreadPrefetch(_Inputs(), batch_size, n_streams, step=_stream_step)
+            loader = _ThreadPrefetch(_Inputs(), batch_size, n_streams, _stream_step, torch_threads=per_stream)
         else:
             loader = _ThreadPrefetch(_Inputs(), batch_size, decode_threads or default_decode_threads())
         if show_progress_bar is None:

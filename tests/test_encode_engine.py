@@ -86,6 +86,33 @@ def test_streams_keep_order_share_one_export_and_raise_at_the_bad_image(model, m
         model.encode(imgs, streams=0)
 
 
+def test_streams_limit_torch_threads_inside_and_leave_the_setting_as_it_was(model):
+    import threading
+
+    seen, saved = [], torch.get_num_threads()
+    real_step = mar._ThreadPrefetch._load
+
+    def spy(self, start):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return real_step(self, start)
+
+    torch.set_num_threads(2)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(mar._ThreadPrefetch, "_load", spy)
+            model.encode(_images(4), batch_size=1)  # 2 streams of one torch thread each
+        assert {n for n, t in seen if n.startswith("encode-decode")} and all(t == 1 for _, t in seen)
+        assert torch.get_num_threads() == 2
+        # threads started afterwards get the caller's setting back, not the streams' one
+        later = []
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert later == [2]
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_export_follows_weight_changes(model):
     imgs = _images(2)
     before = model.encode(imgs, engine="onnxruntime")
