@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 import modeling.modeling_animal_reid as mar
-from modeling import AnimalReIDConfig, AnimalReIDModel
+from modeling import AnimalReIDConfig, AnimalReIDModel, InvalidImageError
 
 pytest.importorskip("onnxruntime")
 
@@ -33,6 +34,14 @@ def model():
                 mod.running_var.uniform_(0.5, 2.0)
         m.pooling.p.fill_(2.5)
     return m
+
+
+def _truncated_jpeg(tmp_path, image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG")
+    path = tmp_path / "truncated.jpg"
+    path.write_bytes(buf.getvalue()[:200])
+    return str(path)
 
 
 def _sessions(model) -> dict:
@@ -73,15 +82,10 @@ def test_streams_keep_order_share_one_export_and_raise_at_the_bad_image(model, m
     np.testing.assert_allclose(model.encode(imgs[:2], batch_size=4), ref[:2], atol=1e-5)
     assert set(_sessions(model)) == {1, 2, 4} and len(exports) == 1
     assert all(e.session.get_session_options().intra_op_num_threads == t for t, e in _sessions(model).items())
-    bad = tmp_path / "truncated.jpg"
-    buf = __import__("io").BytesIO()
-    imgs[0].save(buf, format="JPEG")
-    bad.write_bytes(buf.getvalue()[:200])
-    from modeling import InvalidImageError
-
+    bad = _truncated_jpeg(tmp_path, imgs[0])
     for streams in (1, 3):
         with pytest.raises(InvalidImageError, match="truncated.jpg"):
-            model.encode([*imgs[:5], str(bad), imgs[6]], batch_size=2, streams=streams)
+            model.encode([*imgs[:5], bad, imgs[6]], batch_size=2, streams=streams)
     with pytest.raises(ValueError, match="streams must be >= 1"):
         model.encode(imgs, streams=0)
 
@@ -166,15 +170,10 @@ def test_thread_prefetch_keeps_order_and_raises_at_the_bad_image(model, tmp_path
     # several threads decode batches concurrently; rows stay in input order
     got3 = model.encode(imgs, batch_size=1, engine="torch", decode_threads=3)
     np.testing.assert_allclose(got3, ref, atol=1e-5)
-    bad = tmp_path / "truncated.jpg"
-    buf = __import__("io").BytesIO()
-    imgs[0].save(buf, format="JPEG")
-    bad.write_bytes(buf.getvalue()[:200])
-    from modeling import InvalidImageError
-
+    bad = _truncated_jpeg(tmp_path, imgs[0])
     for threads in (1, 3):
         with pytest.raises(InvalidImageError, match="truncated.jpg"):
-            model.encode([*imgs[:5], str(bad), imgs[6]], batch_size=2, decode_threads=threads)
+            model.encode([*imgs[:5], bad, imgs[6]], batch_size=2, engine="torch", decode_threads=threads)
 
 
 def test_torch_resize_backend_is_within_two_grey_levels_of_pil():
