@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel  # noqa: E402
-from modeling.modeling_animal_reid import OnnxRuntimeEngine, onnxruntime_available  # noqa: E402
+from modeling.modeling_animal_reid import onnxruntime_available, onnxruntime_engine  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("REID_DATA_ROOT", REPO.parent / "shared" / "data"))
 
@@ -95,7 +95,7 @@ def time_forward(
     if engine == "onnxruntime-streams":
         from concurrent.futures import ThreadPoolExecutor
 
-        run = OnnxRuntimeEngine(model, x.shape[-2], x.shape[-1], threads=1)
+        run = onnxruntime_engine(model, x.shape[-2], x.shape[-1]).with_threads(1)
         streams = ThreadPoolExecutor(torch.get_num_threads())
         n_batches = max(1, len(files) // batch_size)
 
@@ -108,7 +108,9 @@ def time_forward(
         def warm():
             return list(streams.map(one, range(torch.get_num_threads())))
     elif engine.startswith("onnxruntime"):
-        run = OnnxRuntimeEngine(model, x.shape[-2], x.shape[-1], spinning=engine.endswith("spin"))
+        run = onnxruntime_engine(model, x.shape[-2], x.shape[-1]).with_threads(
+            torch.get_num_threads(), spinning=engine.endswith("spin")
+        )
 
         def step():
             return torch.nn.functional.normalize(run(x), dim=-1)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_embed import DEFAULT_DATA, find_images  # noqa: E402
 from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel  # noqa: E402
-from modeling.modeling_animal_reid import OnnxRuntimeEngine, onnxruntime_available  # noqa: E402
+from modeling.modeling_animal_reid import onnxruntime_available, onnxruntime_engine  # noqa: E402
 
 
 def rate(fn, n_per_call: int, seconds: float) -> float:
@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
                 row["torch_bf16_img_s"] = rate(step, bs, args.seconds)
         if onnxruntime_available():
             for t in sorted({1, threads}):
-                eng = OnnxRuntimeEngine(model, size, size, threads=t, spinning=True)
+                eng = onnxruntime_engine(model, size, size).with_threads(t, spinning=True)
                 row[f"onnxruntime_{t}_threads_img_s"] = rate(functools.partial(eng, x), bs, args.seconds)
         best = max(v for k, v in row.items() if k.endswith("img_s") and "bf16" not in k)
         row["best_fp32_gflop_s"] = round(best * row["gflop_per_image"], 1)

@@ -149,10 +149,11 @@ class OnnxRuntimeEngine:
         self.session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_size = (height, width)
 
-    def with_threads(self, threads: int) -> OnnxRuntimeEngine:
+    def with_threads(self, threads: int, spinning: bool | None = None) -> OnnxRuntimeEngine:
         """The same exported graph in a new session with ``threads`` intra-op threads (no second export)."""
+        spinning = self.spinning if spinning is None else spinning
         return OnnxRuntimeEngine(
-            None, *self.input_size, threads=threads, spinning=self.spinning, onnx_bytes=self.onnx_bytes
+            None, *self.input_size, threads=threads, spinning=spinning, onnx_bytes=self.onnx_bytes
         )
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -530,8 +531,8 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         With onnxruntime and no worker processes, ``streams`` batches run at once, each start to finish (decode,
         preprocess, network) on its own thread with ``cores // streams`` onnxruntime threads. Default: one stream
         per core (``torch.get_num_threads()``), at most one per batch. Whole batches in parallel keep every core
-        busy without the barriers of one multi-threaded forward pass (on 2 cores, Lite0 @ 224 end to end: +11%
-        over one 2-thread forward beside a decoding thread; BENCHMARKS.md). ``decode_threads`` is then unused.
+        busy without the barriers of one multi-threaded forward pass (on 2 cores, end to end: 1.09-1.18x one
+        2-thread forward beside a decoding thread; BENCHMARKS.md). ``decode_threads`` is then unused.
         """
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")

@@ -136,6 +136,22 @@ class _Killed(Exception):
     pass
 
 
+def _kill_after_first_checkpoint(monkeypatch, argv: list[str]) -> None:
+    """Run ``train_accelerate.main(argv)`` until its first checkpoint is saved, then kill it there."""
+    from accelerate import Accelerator
+
+    original = Accelerator.save_state
+
+    def save_then_die(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        raise _Killed("killed after the first checkpoint")
+
+    monkeypatch.setattr(Accelerator, "save_state", save_then_die)
+    with pytest.raises(_Killed):
+        train_accelerate.main(argv)
+    monkeypatch.setattr(Accelerator, "save_state", original)
+
+
 def _comparable(history: list[dict]) -> list[tuple]:
     return [
         (h["epoch"], h["train_loss"], h["lr_head"], json.dumps(h["val"], sort_keys=True)) for h in history
@@ -160,19 +176,8 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
     With workers, the killed part starts persistent ones and the resumed part new ones; the base run decodes
     in-process (num_workers 0): the batches, augmentations and weights must not depend on either.
     """
-    from accelerate import Accelerator
-
-    original = Accelerator.save_state
-
-    def save_then_die(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        raise _Killed("killed after the first checkpoint")
-
     run_dir = tmp_path / "killed"
-    monkeypatch.setattr(Accelerator, "save_state", save_then_die)
-    with pytest.raises(_Killed):
-        train_accelerate.main(tiny_args(corpus, run_dir, "--num_workers", workers))
-    monkeypatch.setattr(Accelerator, "save_state", original)
+    _kill_after_first_checkpoint(monkeypatch, tiny_args(corpus, run_dir, "--num_workers", workers))
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint_0"]
     assert not (run_dir / "export").exists()
 
@@ -187,8 +192,6 @@ def test_resume_with_workers_keeps_the_global_rng_stream(corpus, tmp_path, monke
     """With dropout (drawing from the global torch RNG), a run killed and resumed on persistent workers ends
     like an uninterrupted one: the loader's iterator, made once per run rather than once per epoch, draws
     from its own generator, never from the global RNG that every epoch reseeds."""
-    from accelerate import Accelerator
-
     build = train_accelerate.build_model
 
     def with_dropout(*args, **kwargs):
@@ -201,17 +204,8 @@ def test_resume_with_workers_keeps_the_global_rng_stream(corpus, tmp_path, monke
     base_dir = tmp_path / "uninterrupted"
     base_results = train_accelerate.main(tiny_args(corpus, base_dir, *args))
 
-    original = Accelerator.save_state
-
-    def save_then_die(self, *a, **kw):
-        original(self, *a, **kw)
-        raise _Killed("killed after the first checkpoint")
-
     run_dir = tmp_path / "killed"
-    monkeypatch.setattr(Accelerator, "save_state", save_then_die)
-    with pytest.raises(_Killed):
-        train_accelerate.main(tiny_args(corpus, run_dir, *args))
-    monkeypatch.setattr(Accelerator, "save_state", original)
+    _kill_after_first_checkpoint(monkeypatch, tiny_args(corpus, run_dir, *args))
     results = train_accelerate.main(tiny_args(corpus, run_dir, "--resume", *args))
     _same_run(run_dir, results, base_dir, base_results)
 
