@@ -52,7 +52,7 @@ from animal_reid.training.data import (
 )
 from animal_reid.training.model_card import render_model_card
 from animal_reid.training.plots import plot_history
-from animal_reid.training.sampler import PKBatchSampler
+from animal_reid.training.sampler import PKBatchSampler, RandomBatchSampler
 from animal_reid.training.schedule import build_scheduler
 from modeling import AnimalReIDConfig, AnimalReIDForMetricLearning, AnimalReIDImageProcessor, AnimalReIDModel
 
@@ -69,9 +69,11 @@ class TrainingState:
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self.history: list[dict[str, Any]] = []
+        self.baseline: dict[str, Any] | None = None  # the starting model on validation and test
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "baseline": self.baseline,
             "epochs_done": self.epochs_done,
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
@@ -83,6 +85,7 @@ class TrainingState:
         self.best_score = state["best_score"]
         self.best_epoch = state["best_epoch"]
         self.history = list(state["history"])
+        self.baseline = state.get("baseline")
 
 
 # --------------------------------------------------------------------------- model
@@ -150,7 +153,12 @@ def build_model(
         return model, processor
 
     model_cfg = AnimalReIDConfig(
-        backbone=m.backbone, embedding_dim=m.embedding_dim, image_size=m.image_size, head=head
+        backbone=m.backbone,
+        embedding_dim=m.embedding_dim,
+        image_size=m.image_size,
+        pooling=m.pooling,
+        neck_bn=m.neck_bn,
+        head=head,
     )
     model = AnimalReIDForMetricLearning(model_cfg)
     if m.init_weights == "imagenet":
@@ -164,8 +172,16 @@ def build_model(
     return model, AnimalReIDImageProcessor.from_model_config(model.config, jpeg_draft=m.jpeg_draft)
 
 
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the default: what won on validation, BENCHMARKS.md) or AdamW, over `parameter_groups`."""
+    t = config.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(parameter_groups(model, config), momentum=t.momentum)
+    return torch.optim.AdamW(parameter_groups(model, config))
+
+
 def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: backbone vs the rest (pooling, neck, head), each split into decayed / not decayed."""
+    """Groups: backbone vs the rest (pooling, neck, head), each split into decayed / not decayed."""
     t = config.train
     groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -183,6 +199,32 @@ def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[s
             }
         )
     return out
+
+
+def build_augment(tc, processor) -> ReIDAugment | None:
+    if tc.augment == "none":
+        return None
+    make = ReIDAugment.light if tc.augment == "light" else ReIDAugment
+    return make(processor.image_mean, processor.image_std, hflip=tc.hflip)
+
+
+def build_sampler(tc, train_meta: dict[str, list], label_of: dict[str, int], accelerator: Accelerator):
+    """Random batches of P*K images (default) or identity-balanced P x K batches, sharded over processes."""
+    shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index}
+    if tc.sampler == "random":
+        return RandomBatchSampler(
+            len(train_meta["identity"]), tc.batch_size, tc.seed, tc.batches_per_epoch, **shard
+        )
+    return PKBatchSampler(
+        [label_of[i] for i in train_meta["identity"]],
+        tc.identities_per_batch,
+        tc.images_per_identity,
+        seed=tc.seed,
+        batches_per_epoch=tc.batches_per_epoch,
+        species=train_meta["species"],
+        one_species_per_batch=tc.one_species_per_batch,
+        **shard,
+    )
 
 
 def set_backbone_frozen(model: torch.nn.Module, frozen: bool) -> None:
@@ -246,6 +288,158 @@ def evaluate(
             "gallery_species": g_meta["species"],
         }
     return evaluate_reid(emb, labels, encounters, species, topk=(1, 5, 10), **kwargs)
+
+
+class Evaluator:
+    """Validation and test scores of the model under the run's protocol, and the train split's embeddings.
+
+    ``leave_one_out``: every evaluation image queries the others of its split. ``query_gallery``: validation
+    images query the train images; test images query train + validation (closed set, MegaDescriptor's).
+    """
+
+    def __init__(self, accelerator, processor, loaders: dict[str, DataLoader], metas: dict[str, dict], protocol):
+        self.accelerator, self.processor = accelerator, processor
+        self.loaders, self.metas, self.protocol = loaders, metas, protocol
+
+    def embeddings(self, model, split: str) -> tuple[np.ndarray, dict[str, list]]:
+        """``(embeddings, metadata)`` of a split in row order (un-augmented, eval mode)."""
+        emb, idx = embed(self.accelerator, model, self.processor, self.loaders[split], split)
+        order = np.argsort(idx, kind="stable")
+        return emb[order], {k: [v[i] for i in idx[order]] for k, v in self.metas[split].items()}
+
+    def validation(self, model, train: tuple | None = None) -> dict[str, Any]:
+        gallery = None
+        if self.protocol == "query_gallery":
+            gallery = train or self.embeddings(model, "train")
+        return self._score(model, "validation", gallery)
+
+    def test(self, model, train: tuple | None = None) -> dict[str, Any]:
+        gallery = None
+        if self.protocol == "query_gallery":
+            g_emb, g_meta = train or self.embeddings(model, "train")
+            v_emb, v_meta = self.embeddings(model, "validation")
+            gallery = (np.concatenate([g_emb, v_emb]), {k: g_meta[k] + v_meta[k] for k in g_meta})
+        return self._score(model, "test", gallery)
+
+    def _score(self, model, split: str, gallery) -> dict[str, Any]:
+        return evaluate(
+            self.accelerator, model, self.processor, self.loaders[split], self.metas[split], split, gallery
+        )
+
+
+@torch.no_grad()
+def calibrate_neck(accelerator, model, processor, loader) -> None:
+    """Set the BNNeck's running statistics to the train images' (one pass, backbone in eval mode).
+
+    Without it the neck starts as the identity in eval mode but standardises per batch in train mode, so the
+    class centers of ``head_init='mean'`` would sit in another space than the training embeddings.
+    """
+    neck = accelerator.unwrap_model(model).neck_bn
+    model.eval()
+    neck.reset_running_stats()
+    neck.momentum, saved = None, neck.momentum  # cumulative average over the pass
+    neck.train()
+    for batch in loader:
+        with accelerator.autocast():
+            model(pixel_values=processor.normalize_uint8(batch["pixel_values"].to(accelerator.device)))
+    neck.momentum = saved
+    model.eval()
+
+
+def class_centers(emb: np.ndarray, identities: list[str], label_of: dict[str, int], num_classes: int):
+    """``[C, D]`` sum (so the direction of the mean) of each training class's embeddings; zero rows for none."""
+    labels = torch.tensor([label_of[i] for i in identities])
+    sums = torch.zeros(num_classes, emb.shape[1]).index_add_(0, labels, torch.from_numpy(emb).float())
+    return sums
+
+
+def init_head(model, mode: str, centers: torch.Tensor | None, seed: int) -> None:
+    """Class weights of the ArcFace head: class means of the starting embeddings, N(0, 0.01) or Xavier."""
+    head = model.head
+    if mode == "xavier":
+        torch.nn.init.xavier_uniform_(head.weight)
+        return
+    # its own generator: the draws do not depend on how many loaders ran before (image cache or not)
+    noise = torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(seed))
+    head.weight.data.copy_(noise * 0.01)
+    if mode == "mean":
+        head.set_class_centers(centers, row_norm=0.01 * head.in_features**0.5, seed=seed)
+
+
+def start_model(config, accelerator, model, processor, evaluator, corpus, calibrate: bool) -> dict[str, Any]:
+    """Before the first step: calibrate the BNNeck, score the starting model, initialise the ArcFace head.
+
+    Returns the baseline (``{"val": ..., "test": ...}``, the keys of ``summary_metrics``) that every trained
+    epoch is compared with. Scoring test here is for the report only; nothing is chosen on it.
+    """
+    if calibrate:
+        calibrate_neck(accelerator, model, processor, evaluator.loaders["train"])
+    train = evaluator.embeddings(model, "train") if "train" in evaluator.loaders else None
+    baseline = {
+        "val": summary_metrics(evaluator.validation(model, train)),
+        "test": summary_metrics(evaluator.test(model, train)),
+    }
+    centers = None
+    if config.model.head_init == "mean":
+        centers = class_centers(train[0], train[1]["identity"], corpus.label_of, corpus.num_classes)
+    init_head(accelerator.unwrap_model(model), config.model.head_init, centers, config.train.seed)
+    logger.info(
+        "starting point (no training yet): val top-1 %s mAP %s; test top-1 %s mAP %s; head init %r",
+        _fmt(baseline["val"]["top1"]),
+        _fmt(baseline["val"]["mAP"]),
+        _fmt(baseline["test"]["top1"]),
+        _fmt(baseline["test"]["mAP"]),
+        config.model.head_init,
+        main_process_only=True,
+    )
+    return baseline
+
+
+def config_summary(config: TrainConfig) -> dict[str, Any]:
+    """The recipe choices a reader of results.json needs to tell runs apart."""
+    m, t = config.model, config.train
+    keys_m = ("backbone", "image_size", "embedding_dim", "pooling", "neck_bn", "head_init", "subcenters", "scale")
+    keys_m += ("margin_min", "margin_max", "dynamic_margins")
+    keys_t = ("optimizer", "lr_backbone", "lr_head", "sampler", "augment", "epochs", "mixed_precision")
+    return {k: getattr(m, k) for k in keys_m} | {k: getattr(t, k) for k in keys_t}
+
+
+def beats_baseline(baseline: dict[str, Any] | None, val_best: dict[str, Any] | None, key: str) -> bool | None:
+    """Whether the chosen epoch's validation score beats the starting model's (None when either is missing)."""
+    start = ((baseline or {}).get("val") or {}).get(key)
+    best = (val_best or {}).get(key)
+    if start is None or best is None:
+        return None
+    return bool(best > start)
+
+
+def log_against_start(results: dict[str, Any]) -> None:
+    """Per species, trained vs start on validation and test; a loud warning when training did not help."""
+    base = results.get("baseline") or {}
+    for split, trained in (("val", results.get("val_best")), ("test", results.get("test"))):
+        start = base.get(split) or {}
+        for sp, now in sorted(((trained or {}).get("per_species") or {}).items()):
+            was = (start.get("per_species") or {}).get(sp, {})
+            logger.info(
+                "%s %s: top-1 %s -> %s, mAP %s -> %s (start -> trained, %s queries)",
+                split,
+                sp,
+                _fmt(was.get("top1")),
+                _fmt(now.get("top1")),
+                _fmt(was.get("mAP")),
+                _fmt(now.get("mAP")),
+                now.get("n_queries"),
+                main_process_only=True,
+            )
+    if results.get("beats_baseline") is False:
+        logger.warning(
+            "!!! TRAINING DID NOT BEAT ITS STARTING POINT: the chosen epoch's validation %s is not above the "
+            "untrained model's (%s vs %s). The export is no better than its starting weights. !!!",
+            results.get("metric_for_best"),
+            _fmt((results.get("val_best") or {}).get(results.get("metric_for_best"))),
+            _fmt((base.get("val") or {}).get(results.get("metric_for_best"))),
+            main_process_only=True,
+        )
 
 
 def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
@@ -334,9 +528,11 @@ def run(config: TrainConfig) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     handler, previous_level = _setup_logging(accelerator, run_dir)
     loaders: list[DataLoader] = []  # filled by _run; their persistent workers are stopped on the way out
+    threads = torch.get_num_threads()  # cpu_threads changes it process-wide: put the caller's back afterwards
     try:
         return _run(config, accelerator, run_dir, ckpt_dir, resuming, t_start, loaders)
     finally:
+        torch.set_num_threads(threads)
         release_workers(*loaders)
         accelerator.end_training()
         _restore_logging(handler, previous_level)
@@ -379,23 +575,12 @@ def _run(
         main_process_only=True,
     )
 
-    augment = None
-    if tc.augment == "default":
-        augment = ReIDAugment(processor.image_mean, processor.image_std, hflip=tc.hflip)
     train_split = corpus.splits["train"]
     train_meta = split_metadata(train_split)
-    train_ds = ReIDImageDataset(train_split, processor, corpus.label_of, augment, dc.use_boxes)
-    sampler = PKBatchSampler(
-        [corpus.label_of[i] for i in train_meta["identity"]],
-        tc.identities_per_batch,
-        tc.images_per_identity,
-        seed=tc.seed,
-        batches_per_epoch=tc.batches_per_epoch,
-        species=train_meta["species"],
-        one_species_per_batch=tc.one_species_per_batch,
-        num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index,
+    train_ds = ReIDImageDataset(
+        train_split, processor, corpus.label_of, build_augment(tc, processor), dc.use_boxes
     )
+    sampler = build_sampler(tc, train_meta, corpus.label_of, accelerator)
     # The sampler shards whole P x K batches across processes itself, so this loader is NOT passed to
     # accelerator.prepare (which would shard it again); batches are moved to the device below. Workers
     # decode and augment into uint8 batches and stay alive across epochs (dataloader_kwargs); the sampler
@@ -449,7 +634,7 @@ def _run(
     test_meta = split_metadata(corpus.splits["test"])
 
     # ---- optimiser and schedule, counted in optimiser steps
-    optimizer = torch.optim.AdamW(parameter_groups(model, config))
+    optimizer = build_optimizer(model, config)
     updates_per_epoch = len(sampler) // tc.gradient_accumulation_steps
     if updates_per_epoch < 1:
         raise ValueError(
@@ -464,14 +649,25 @@ def _run(
     warmup_steps = min(total_steps, round(tc.warmup_epochs * sched_steps_per_epoch))
     scheduler = build_scheduler(optimizer, warmup_steps, total_steps, tc.min_lr_ratio)
 
+    calibrate = model.neck_bn is not None and not config.model.init_from  # see calibrate_neck
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     val_loader, test_loader = eval_loader("validation"), eval_loader("test")
     model, optimizer, scheduler, val_loader, test_loader = accelerator.prepare(
         model, optimizer, scheduler, val_loader, test_loader
     )
-    gallery_loader = None
-    if tc.eval_protocol == "query_gallery":
-        gallery_loader = accelerator.prepare(eval_loader("train"))
-    loaders += [val_loader, test_loader] + ([gallery_loader] if gallery_loader is not None else [])
+    eval_loaders = {"validation": val_loader, "test": test_loader}
+    if tc.eval_protocol == "query_gallery" or config.model.head_init == "mean" or calibrate:
+        eval_loaders["train"] = accelerator.prepare(eval_loader("train"))
+    loaders += list(eval_loaders.values())
+    evaluator = Evaluator(
+        accelerator,
+        processor,
+        eval_loaders,
+        {"train": train_meta, "validation": val_meta, "test": test_meta},
+        tc.eval_protocol,
+    )
     state = TrainingState()
     accelerator.register_for_checkpointing(state)
 
@@ -491,6 +687,8 @@ def _run(
         _write_history(run_dir, state.history)
 
     unwrapped = accelerator.unwrap_model(model)
+    if state.baseline is None:
+        state.baseline = start_model(config, accelerator, model, processor, evaluator, corpus, calibrate)
     metric_key = tc.metric_for_best
     logger.info(
         "training %d epochs x %d batches/process (%d processes, P=%d x K=%d, accumulation %d): %d optimiser steps",
@@ -537,7 +735,7 @@ def _run(
             # uint8 from the workers (pinned on CUDA), normalised on the device.
             pixel_values = processor.normalize_uint8(
                 batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            )
+            ).contiguous(memory_format=memory_format)
             labels = batch["labels"].to(accelerator.device, non_blocking=True)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
@@ -587,12 +785,8 @@ def _run(
         images_per_s = float(totals[2]) / train_time
 
         t_eval = time.time()
-        gallery = None
-        if gallery_loader is not None:
-            g_emb, g_idx = embed(accelerator, model, processor, gallery_loader, "gallery (train)")
-            order = np.argsort(g_idx, kind="stable")
-            gallery = (g_emb[order], {k: [v[i] for i in g_idx[order]] for k, v in train_meta.items()})
-        val = evaluate(accelerator, model, processor, val_loader, val_meta, "validation", gallery)
+        scored = (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs
+        val = evaluator.validation(model) if scored else {}
         record = {
             "epoch": epoch + 1,
             "step": (epoch + 1) * updates_per_epoch,
@@ -657,22 +851,20 @@ def _run(
             "validation images are in train: use eval_protocol=query_gallery); exporting the last epoch",
             main_process_only=True,
         )
-    gallery = None
-    if gallery_loader is not None:
-        g_emb, g_idx = embed(accelerator, model, processor, gallery_loader, "gallery (train)")
-        # the validation loader again (same split, same batches): its workers are already running
-        v_emb, v_idx = embed(accelerator, model, processor, val_loader, "gallery (validation)")
-        g_meta = {k: [train_meta[k][i] for i in g_idx] + [val_meta[k][i] for i in v_idx] for k in train_meta}
-        gallery = (np.concatenate([g_emb, v_emb]), g_meta)
-    test = evaluate(accelerator, model, processor, test_loader, test_meta, "test", gallery)
+    test = evaluator.test(model)
 
+    val_best = state.history[state.best_epoch - 1]["val"] if state.best_epoch else None
     results: dict[str, Any] = {
         "best_epoch": state.best_epoch,
         "metric_for_best": metric_key,
-        "val_best": state.history[state.best_epoch - 1]["val"] if state.best_epoch else None,
+        "baseline": state.baseline,
+        "val_best": val_best,
         "test": summary_metrics(test),
+        "beats_baseline": beats_baseline(state.baseline, val_best, metric_key),
         "test_protocol": test.get("protocol"),
         "epochs": tc.epochs,
+        "train_images_seen": tc.epochs * batches_this_epoch * tc.batch_size * accelerator.num_processes,
+        "config_summary": config_summary(config),
         "num_classes": corpus.num_classes,
         "num_processes": accelerator.num_processes,
         "mixed_precision": tc.mixed_precision,
@@ -702,6 +894,7 @@ def _run(
         )
         card.save(export_dir / "README.md")
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        log_against_start(results)
         logger.info(
             "test (%s): top-1 %s, top-5 %s, mAP %s; exported to %s",
             results["test_protocol"],

@@ -52,8 +52,9 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):  # the package, and peer_arcface beside this file
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 logger = logging.getLogger("reid_real")
 
@@ -81,21 +82,23 @@ class BenchConfig:
     pack_size: int = 128  # longest side of the compacted JPEGs
     pack_max_images_per_identity: int | None = None  # open corpus, every split (keeps a GPU pack small)
     pack_quality: int = 90
-    # model and training (shared by every run)
+    # model and training (shared by every run). train_config: the recipe YAML every run starts from; the fields
+    # below override it where set (None: the recipe's value).
+    train_config: str | None = None
     backbone: str = "efficientnet_lite0"
     init_weights: str = "imagenet"
     image_size: int = 96
-    embedding_dim: int = 512
-    scale: float = 30.0
-    margin_min: float = 0.05
-    margin_max: float = 0.5
-    identities_per_batch: int = 8
-    images_per_identity: int = 4
+    embedding_dim: int | None = None
+    scale: float | None = None
+    margin_min: float | None = None
+    margin_max: float | None = None
+    identities_per_batch: int | None = None
+    images_per_identity: int | None = None
     max_images_per_identity: int | None = 8
     max_eval_images_per_identity: int | None = 8
-    lr_backbone: float = 3.0e-4
-    lr_head: float = 3.0e-3
-    warmup_epochs: float = 0.5
+    lr_backbone: float | None = None
+    lr_head: float | None = None
+    warmup_epochs: float | None = None
     mixed_precision: str = "no"
     num_workers: int = 2
     eval_batch_size: int = 128
@@ -404,11 +407,9 @@ class Bench:
             "init_weights": c.init_weights,
             "image_size": c.image_size,
             "embedding_dim": c.embedding_dim,
-            "subcenters": 3,
             "scale": c.scale,
             "margin_min": c.margin_min,
             "margin_max": c.margin_max,
-            "dynamic_margins": True,
             "epochs": c.epochs,
             "batches_per_epoch": c.batches_per_epoch,
             "identities_per_batch": c.identities_per_batch,
@@ -426,7 +427,7 @@ class Bench:
             "log_every": 1000,
         }
         opts.update(over)
-        argv: list[str] = []
+        argv: list[str] = [c.train_config] if c.train_config else []
         for k, v in opts.items():
             if v is None:
                 continue
@@ -460,6 +461,29 @@ class Bench:
         res["argv"] = argv
         res["bench_wall_s"] = self.run_times[name]
         self.used_runs[name] = self.run_times[name]
+        done.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        return res
+
+    def peer(self, name: str, corpus: Path, images: int) -> dict[str, Any]:
+        """The peer recipe (benchmarks/peer_arcface.py) on ``images`` training images; reused like `train`."""
+        import peer_arcface
+
+        run_dir = self.work / "runs" / name
+        done = run_dir / "results.json"
+        if done.is_file():
+            res = json.loads(done.read_text(encoding="utf-8"))
+            self.used_runs[name] = res.get("bench_wall_s")
+            return res
+        if not self.deadline.allows_run():
+            raise OutOfTime(f"{name}: {self.deadline.left():.0f} s left of the time budget")
+        c = self.cfg
+        t0 = time.time()
+        res = peer_arcface.train(
+            str(corpus), str(run_dir), images, seed=c.seed, size=c.image_size, backbone=c.backbone,
+            init_weights=c.init_weights,
+        )  # fmt: skip
+        res["bench_wall_s"] = self.run_times[name] = self.used_runs[name] = time.time() - t0
+        res["train_images_seen"] = res["train_images"]
         done.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
         return res
 
@@ -589,9 +613,10 @@ def table1(bench: Bench) -> dict[str, Any]:
         "max_images_per_identity": None,  # the benchmark's exact database
         "max_eval_images_per_identity": None,
     }
+    ours = bench.train("t1_ours", corpus, **common)
     runs = {
-        "ours (sub-center k=3, dynamic margins)": bench.train("t1_ours", corpus, **common),
-        f"MegaDescriptor loss (ArcFace k=1, m={c.megadescriptor_margin}, s={c.megadescriptor_scale:g})": bench.train(
+        f"ours ({_recipe_label(ours)})": ours,
+        f"ours, plain ArcFace head (k=1, m={c.megadescriptor_margin}, s={c.megadescriptor_scale:g})": bench.train(
             "t1_arcface",
             corpus,
             subcenters=1,
@@ -602,6 +627,8 @@ def table1(bench: Bench) -> dict[str, Any]:
             **common,
         ),
     }
+    # the peer recipe (benchmarks/peer_arcface.py), trained on as many images as ours
+    runs["peer recipe (plain-ArcFace script, issue 12)"] = bench.peer("t1_peer", corpus, ours["train_images_seen"])
     models = {floor_label(c): "imagenet"}
     models.update({k: v["export_dir"] for k, v in runs.items()})
     rows: dict[str, Any] = {}
@@ -641,12 +668,23 @@ def table1(bench: Bench) -> dict[str, Any]:
     }
 
 
+def _recipe_label(res: dict[str, Any]) -> str:
+    """Short description of a run's head and optimiser from its resolved config (``config_summary``)."""
+    h = res.get("config_summary") or {}
+    if not h:
+        return "our recipe"
+    head = f"sub-center ArcFace k={h['subcenters']}" if h["subcenters"] > 1 else "ArcFace"
+    margins = f"dynamic margins {h['margin_min']:g}-{h['margin_max']:g}" if h["dynamic_margins"] else f"m={h['margin_max']:g}"
+    return f"{head}, {margins}, s={h['scale']:g}, {h['pooling']}, head init {h['head_init']}, {h['optimizer']}"
+
+
 def _run_summary(res: dict[str, Any]) -> dict[str, Any]:
     return {
         "best_epoch": res.get("best_epoch"),
         "epochs": res.get("epochs"),
         "train_images_per_s": res.get("train_images_per_s"),
         "wall_time_s": res.get("bench_wall_s"),
+        "train_images_seen": res.get("train_images_seen"),
         "export_dir": res.get("export_dir"),
         "argv": " ".join(res.get("argv", [])),
     }
@@ -903,18 +941,30 @@ def render_markdown(results: dict[str, Any]) -> str:
             lines += [f"not run: {r['error']}", ""]
         else:
             sps = r["species"]
-            lines += ["| model | " + " | ".join(f"{s} top-1 | {s} top-1 strict" for s in sps) + " |"]
-            lines += ["|---" * (1 + 2 * len(sps)) + "|"]
+            lines += ["| model | " + " | ".join(f"{s} top-1 | {s} mAP | {s} top-1 strict" for s in sps) + " |"]
+            lines += ["|---" * (1 + 3 * len(sps)) + "|"]
             for label, per in r["rows"].items():
                 cells = []
                 for s in sps:
-                    cells += [_f(per["megadescriptor"][s]["top1"]), _f(per["strict"][s]["top1"])]
+                    md = per["megadescriptor"][s]
+                    cells += [_f(md["top1"]), _f(md["mAP"]), _f(per["strict"][s]["top1"])]
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
             for name, vals in r["published"].items():
                 cells = []
                 for s in sps:
-                    cells += [f"{vals[s]:.1f} (published)" if s in vals else "–", "–"]
+                    cells += [f"{vals[s]:.1f} (published)" if s in vals else "–", "–", "–"]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            first = next(iter(r["rows"].values()))["megadescriptor"]
+            per_point = ", ".join(
+                f"{s}: {first[s]['n_queries']} test queries, 1 query = {100 / first[s]['n_queries']:.2f} points"
+                for s in sps
+                if first[s].get("n_queries")
+            )
+            lines += ["", per_point, ""]
+            for label, run in r.get("runs", {}).items():
+                lines.append(
+                    f"- {label}: {run.get('train_images_seen')} training images, {(run.get('wall_time_s') or 0) / 60:.0f} min"
+                )
             lines.append("")
     if "2" in t:
         r = t["2"]

@@ -5,6 +5,10 @@ Command line (``python -m data_scripts.build --help``)::
     python -m data_scripts.build --sources synthetic --out corpus/synthetic          # no download needed
     python -m data_scripts.build --sources real --out corpus/real --split closed     # the six in ../shared/data
     python -m data_scripts.build --sources whaleshark --download --out corpus/ws     # LILA download first
+
+``--out`` must be new or empty; ``--overwrite`` replaces a previous corpus there, only once the new one is
+complete. Errors are one line, ``error: <message>``, with exit status 2 (bad arguments, an output folder it
+must not replace) or 1 (the build failed); ``-v`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -13,10 +17,16 @@ import argparse
 import json
 import logging
 import os
+import shutil
+import sys
 import time
-from collections.abc import Sequence
+import traceback
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from .schema import SPECIES
 from .sources import (
@@ -42,6 +52,18 @@ SOURCE_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+class UsageError(ValueError):
+    """A bad command line (unknown option, source or species, malformed value): exit status 2."""
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder holds something the build must not replace: exit status 2."""
+
+
+class BuildError(RuntimeError):
+    """The build cannot make a corpus (no valid rows): nothing is written, exit status 1."""
+
+
 def default_data_root() -> Path:
     """``$REID_DATA_ROOT``, else ``../shared/data`` next to the repository."""
     env = os.environ.get("REID_DATA_ROOT")
@@ -54,7 +76,10 @@ def resolve_sources(names: Sequence[str]) -> list[Source]:
     names = [n for name in names for n in name.split(",") if n]  # "liondata,nyaladata" works too
     for name in names:
         for member in SOURCE_GROUPS.get(name, (name,)):
-            src = get_source(member)
+            try:
+                src = get_source(member)
+            except KeyError as err:
+                raise UsageError(f"{err.args[0]}; groups: {sorted(SOURCE_GROUPS)}") from None
             if src not in out:
                 out.append(src)
     return out
@@ -79,6 +104,85 @@ def _rel_to(path: Path | None, root: Path) -> str | None:
         return None
 
 
+def _is_corpus(folder: Path) -> bool:
+    return (folder / "build_report.json").is_file() or (folder / "data").is_dir()
+
+
+def check_out(out_dir: Path, overwrite: bool = False, keep: Sequence[Path] = ()) -> None:
+    """Refuse an output folder the build must not replace (:class:`OutputExistsError`).
+
+    Accepted: a missing or empty folder, or, with ``overwrite``, a folder holding a previous corpus
+    (``build_report.json`` or ``data/``). Never a file, a folder holding the current folder or a path in ``keep``
+    (the data root and the sources' folders), nor a non-empty folder that is not a corpus.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output {out} exists and is not a folder")
+    resolved = out.resolve()
+    for what, path in [
+        ("the current folder", Path.cwd()),
+        *(("the data read by the build", p) for p in keep),
+    ]:
+        if Path(path).resolve().is_relative_to(resolved):
+            raise OutputExistsError(f"output folder {out} holds {what} ({path}): refusing to build over it")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(
+                f"output folder {out} exists and is not empty: pass --overwrite to replace the corpus in it"
+            )
+        if not _is_corpus(out):
+            raise OutputExistsError(
+                f"output folder {out} is not empty and holds no corpus (no build_report.json or data/): "
+                "refusing to replace it, even with --overwrite"
+            )
+
+
+def _swap_in(stage: Path, out_dir: Path) -> None:
+    """Put the completed ``stage`` folder at ``out_dir``; a previous corpus there is moved aside, then deleted."""
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out_dir, old)
+        try:
+            os.rename(stage, out_dir)
+        except BaseException:
+            os.rename(old, out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        if old.exists():
+            logger.warning("could not delete the previous corpus, moved to %s", old)
+        return
+    if out_dir.is_dir():
+        out_dir.rmdir()
+    os.rename(stage, out_dir)
+
+
+@contextmanager
+def staged_out(out_dir: Path, overwrite: bool = False, keep: Sequence[Path] = ()) -> Iterator[Path]:
+    """A new sibling folder of ``out_dir`` to write into, swapped in for ``out_dir`` when the block completes
+    and deleted when it fails: ``out_dir`` is never left half-written and keeps its old corpus until then."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = out_dir.parent / f".{out_dir.name}.building-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        yield stage
+        check_out(out_dir, overwrite, keep)  # again: the folder may have changed during the build
+        _swap_in(stage, out_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _no_rows_message(n_read: int, result, out_dir: Path) -> str:
+    """One line saying why nothing was written: the skip reasons and the first skipped row."""
+    text = f"no valid rows to write: read {n_read} rows"
+    if result.problems:
+        first = result.problems[0]
+        reasons = ", ".join(f"{k}: {v}" for k, v in result.skipped_by_reason().items())
+        detail = f", {first.detail}" if first.detail else ""
+        text += f", skipped all ({reasons}; first: {first.image_id}: {first.reason}{detail})"
+    return f"{text}; {out_dir} left as it was"
+
+
 def build(
     sources: Sequence[Source],
     out_dir: Path,
@@ -90,10 +194,23 @@ def build(
     progress: bool = True,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     max_problems_listed: int = 10_000,
+    overwrite: bool = False,
+    report_extra: dict | None = None,
 ) -> BuildResult:
-    """Build a corpus from ``sources`` into ``out_dir`` and return its counts and report."""
+    """Build a corpus from ``sources`` into ``out_dir`` and return its counts and report.
+
+    ``out_dir`` must be missing or empty, or hold a previous corpus and ``overwrite`` be true (see
+    :func:`check_out`). The corpus is written into a new sibling folder that replaces ``out_dir`` only once
+    complete: a failed build, or one with no valid rows (:class:`BuildError`), leaves ``out_dir`` as it was.
+    ``report_extra`` is added to the build report.
+    """
     t0 = time.perf_counter()
     data_root = Path(data_root) if data_root is not None else default_data_root()
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink():  # replace the folder it points at, not the link
+        out_dir = out_dir.resolve()
+    keep = [data_root, *(s.location(data_root) for s in sources)]
+    check_out(out_dir, overwrite, keep)
     split = split or SplitConfig()
     if min_per_identity is None:
         # open set: an identity needs a query and a match; closed set: a lone image is still a database entry
@@ -172,6 +289,8 @@ def build(
                 split=assignment[it.image_id],
             )
         )
+    if not rows:
+        raise BuildError(_no_rows_message(len(records), result, out_dir))
     disjoint = {}
     for species in sorted({r.species for r in rows}):
         disjoint[species] = check_disjoint(
@@ -202,23 +321,25 @@ def build(
             "per_species": notes,
             "in_several_splits": disjoint,
         },
+        **(report_extra or {}),
     }
     t_write0 = time.perf_counter()
-    counts = write_corpus(rows, Path(out_dir), [s.info for s in sources], report, max_shard_bytes, progress)
-    seconds = time.perf_counter() - t0
-    report["timing"] = {
-        "seconds": round(seconds, 2),
-        "read_seconds": round(t_read - t0, 2),
-        "validate_decode_seconds": round(t_valid - t_read, 2),
-        "write_seconds": round(time.perf_counter() - t_write0, 2),
-        "images_per_second": round(len(records) / max(seconds, 1e-9), 1),
-        "decode_workers": workers,
-    }
-    # rewrite the report with the timing (the card does not carry timings, so it stays reproducible)
-    (Path(out_dir) / "build_report.json").write_text(
-        json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    return BuildResult(Path(out_dir), counts, report, len(rows), seconds, result.problems)
+    with staged_out(out_dir, overwrite, keep) as stage:
+        counts = write_corpus(rows, stage, [s.info for s in sources], report, max_shard_bytes, progress)
+        seconds = time.perf_counter() - t0
+        report["timing"] = {
+            "seconds": round(seconds, 2),
+            "read_seconds": round(t_read - t0, 2),
+            "validate_decode_seconds": round(t_valid - t_read, 2),
+            "write_seconds": round(time.perf_counter() - t_write0, 2),
+            "images_per_second": round(len(records) / max(seconds, 1e-9), 1),
+            "decode_workers": workers,
+        }
+        # rewrite the report with the timing (the card does not carry timings, so it stays reproducible)
+        (stage / "build_report.json").write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    return BuildResult(out_dir, counts, report, len(rows), seconds, result.problems)
 
 
 def _split_description(split: SplitConfig) -> str:
@@ -274,12 +395,40 @@ def summary_table(result: BuildResult) -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors raise :class:`UsageError` (``main`` prints them as one line)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
+
+
+def _read_config(path: Path) -> dict:
+    """The ``--config`` YAML file as a mapping; :class:`UsageError` if it is missing or not one."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--config {path}: {getattr(err, 'strerror', None) or err}") from err
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"--config {path} is not valid YAML ({' '.join(str(err).split())})") from err
+    if not isinstance(values, dict):
+        raise UsageError(
+            f"--config {path}: expected a mapping of option: value, got a {type(values).__name__}"
+        )
+    return values
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the command line; ``--config FILE.yaml`` sets defaults (keys = option names, ``-`` or ``_``)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    """Parse the command line; ``--config FILE.yaml`` sets defaults (keys = option names, ``-`` or ``_``).
+
+    Raises :class:`UsageError` for a bad command line or config file."""
+    pre = _Parser(add_help=False)
     pre.add_argument("--config", type=Path, default=None)
     known, _ = pre.parse_known_args(argv)
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m data_scripts.build",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -287,9 +436,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--sources",
         nargs="+",
-        default=["synthetic"],
+        default=None,
         help=f"source names or groups; groups: {', '.join(f'{k}={list(v)}' for k, v in SOURCE_GROUPS.items())}; "
-        f"sources: {', '.join(sorted(SOURCES))} (default: synthetic)",
+        f"sources: {', '.join(sorted(SOURCES))} (default: synthetic, or none when --coco / --miewid is given)",
     )
     p.add_argument(
         "--coco",
@@ -311,7 +460,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where sources live (default $REID_DATA_ROOT or ../shared/data)",
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder of the corpus")
+    p.add_argument("--out", type=Path, required=True, help="output folder of the corpus (new or empty)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the corpus already in --out (the new one is built aside and swapped in once complete)",
+    )
     p.add_argument(
         "--download", action="store_true", help="download (resumably) and extract sources that are missing"
     )
@@ -353,20 +507,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--private", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
     p.add_argument(
         "--config", type=Path, default=None, help="YAML file of option defaults (the command line wins)"
     )
     if known.config is not None:
-        import yaml
-
-        values = yaml.safe_load(known.config.read_text()) or {}
+        values = _read_config(known.config)
         dests = {a.dest for a in p._actions}
         defaults = {}
         for key, value in values.items():
-            dest = key.replace("-", "_")
+            dest = str(key).replace("-", "_")
             if dest not in dests:
-                raise SystemExit(
+                raise UsageError(
                     f"{known.config}: unknown option {key!r}; expected one of {sorted(dests - {'help'})}"
                 )
             defaults[dest] = Path(value) if dest in ("out", "data_root") and value is not None else value
@@ -378,30 +530,90 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _named(spec: str, flag: str) -> tuple[str, str]:
-    if "=" not in spec:
-        raise SystemExit(f"{flag} expects NAME=PATH, got {spec!r}")
-    name, path = spec.split("=", 1)
+    name, sep, path = str(spec).partition("=")
+    if not (sep and name and path):
+        raise UsageError(f"{flag} expects NAME=PATH, got {spec!r}")
     return name, path
 
 
-def main(argv: Sequence[str] | None = None) -> BuildResult:
-    args = parse_args(argv)
+def _configs(args: argparse.Namespace) -> tuple[SyntheticConfig, SplitConfig]:
+    """The synthetic and split settings of the command line; :class:`UsageError` for a bad value."""
+    if args.min_per_identity is not None and args.min_per_identity < 1:
+        raise UsageError(f"--min-per-identity must be >= 1, got {args.min_per_identity}")
+    if args.max_shard_mb < 1:
+        raise UsageError(f"--max-shard-mb must be >= 1, got {args.max_shard_mb}")
+    unknown = sorted(set(args.leave_out) - set(SPECIES))
+    if unknown:
+        raise UsageError(f"--leave-out: unknown species {unknown}; expected keys among {sorted(SPECIES)}")
+    try:
+        synth = SyntheticConfig(
+            patterns=tuple(args.synthetic_patterns),
+            identities_per_species=args.synthetic_identities,
+            images_per_identity=args.synthetic_images,
+            encounters_per_identity=args.synthetic_encounters,
+            image_size=args.synthetic_size,
+            seed=args.seed,
+        )
+        split = SplitConfig(
+            policy=args.split,
+            seed=args.seed,
+            fractions=tuple(args.fractions),
+            cap_per_identity=args.cap_per_identity,
+            leave_out=tuple(args.leave_out),
+            use_benchmarks=not args.no_benchmark_splits,
+        )
+    except (TypeError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    return synth, split
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line; an unexpected kind of error is named and points at ``-v``."""
+    text = err.args[0] if isinstance(err, KeyError) and err.args else err
+    text = "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or type(err).__name__
+    if not isinstance(err, OSError | ValueError | LookupError | RuntimeError):
+        text = f"{type(err).__name__}: {text} (run with -v for the traceback)"
+    return text
+
+
+def _fail(err: BaseException, status: int, verbose: bool) -> NoReturn:
+    if verbose:
+        traceback.print_exception(err)
+    print(f"error: {_one_line(err)}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def main(argv: Sequence[str] | None = None) -> BuildResult | None:
+    """The command line: build, print the summary, optionally push.
+
+    Returns the :class:`BuildResult` when given ``argv``, and None when it reads ``sys.argv`` (so that the
+    ``animal-reid-build-corpus`` console script exits 0). An error prints one line, ``error: <message>``,
+    to stderr and exits with status 2 (bad arguments, an output folder it must not replace) or 1 (the build
+    failed), without a traceback unless ``-v`` / ``--verbose`` is given.
+    """
+    raw = sys.argv[1:] if argv is None else list(argv)
+    verbose = any(a in ("-v", "--verbose") for a in raw)
+    try:
+        args = parse_args(raw)
+        verbose = verbose or bool(args.verbose)
+        result = run(args)
+    except (UsageError, OutputExistsError) as err:
+        _fail(err, 2, verbose)
+    except Exception as err:  # every failure reaches the user as one line; -v shows where it came from
+        _fail(err, 1, verbose)
+    return result if argv is not None else None
+
+
+def run(args: argparse.Namespace) -> BuildResult:
+    """Build from parsed arguments (errors raise; :func:`main` turns them into one line and an exit status)."""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     data_root = args.data_root or default_data_root()
-    try:
-        sources = resolve_sources(args.sources)
-    except KeyError as err:
-        raise SystemExit(f"error: {err.args[0]}; groups: {sorted(SOURCE_GROUPS)}") from None
-    synth_cfg = SyntheticConfig(
-        patterns=tuple(args.synthetic_patterns),
-        identities_per_species=args.synthetic_identities,
-        images_per_identity=args.synthetic_images,
-        encounters_per_identity=args.synthetic_encounters,
-        image_size=args.synthetic_size,
-        seed=args.seed,
-    )
+    synth_cfg, split = _configs(args)
+    if args.sources is None:  # the default: synthetic, unless the command line names its own files
+        args.sources = [] if args.coco or args.miewid else ["synthetic"]
+    sources = resolve_sources(args.sources)
     sources = [
         Synthetic(synth_cfg, workers=args.workers, progress=not args.no_progress)
         if isinstance(s, Synthetic)
@@ -410,19 +622,13 @@ def main(argv: Sequence[str] | None = None) -> BuildResult:
     ]
     sources += [coco_source(*_named(s, "--coco")) for s in args.coco]
     sources += [miewid_source(*_named(s, "--miewid")) for s in args.miewid]
+    check_out(args.out, args.overwrite)  # before any download or decoding: fail in a second, not an hour
     if args.download:
         for src in sources:
             if not src.available(data_root):
                 logger.info("downloading %s into %s", src.info.name, data_root)
                 src.download(data_root, progress=not args.no_progress)
-    split = SplitConfig(
-        policy=args.split,
-        seed=args.seed,
-        fractions=tuple(args.fractions),
-        cap_per_identity=args.cap_per_identity,
-        leave_out=tuple(args.leave_out),
-        use_benchmarks=not args.no_benchmark_splits,
-    )
+    cli = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     result = build(
         sources,
         args.out,
@@ -432,10 +638,8 @@ def main(argv: Sequence[str] | None = None) -> BuildResult:
         workers=args.workers,
         progress=not args.no_progress,
         max_shard_bytes=args.max_shard_mb * 1024 * 1024,
-    )
-    result.report["cli"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (Path(args.out) / "build_report.json").write_text(
-        json.dumps(result.report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        overwrite=args.overwrite,
+        report_extra={"cli": cli},
     )
     print(summary_table(result))
     if args.push_to_hub:

@@ -1,8 +1,10 @@
 """Central validation of the unified table, before anything is written.
 
-Every record is checked once: required fields, known species, unique image id, file exists, full decode
-(catches truncated files), box inside the image with non-zero area, and enough images per identity. A row
-that fails is skipped and reported with its reason; the build never stops halfway because of one file.
+Every record is checked once: rows a reader could not parse (``extra["invalid"]``, see
+:meth:`~data_scripts.sources.base.Source.skipped`), required fields and their types, known species, unique
+image id, file exists, full decode (catches truncated files), finite box inside the image with non-zero area
+and sides of at least :data:`MIN_SIDE_PX`, and enough images per identity. A row that fails is skipped and
+reported with its reason; the build never stops halfway because of one file or one row.
 Decoding runs in a process pool and each file is decoded exactly once per build (the bytes read for the
 check are the bytes embedded in the Parquet shards).
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
+import numbers
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -33,10 +37,18 @@ MISSING_FILE = "missing file"
 CORRUPT_IMAGE = "image does not decode"
 BOX_ZERO_AREA = "box with zero area"
 BOX_OUTSIDE = "box outside image"
+BOX_NOT_FINITE = "box or theta not finite"
+BOX_TOO_SMALL = "box side below the minimum"
+IMAGE_TOO_SMALL = "image side below the minimum"
 TOO_FEW_IMAGES = "identity with too few images"
 EXCLUDED = "excluded by the source declaration"
+MALFORMED_ROW = "malformed row"
+OUTSIDE_SOURCE = "path outside the source folder"
 
 BOX_TOLERANCE_PX = 1.0
+# The smallest image or box side the image processor accepts (its default ``min_side``, in
+# modeling/image_processing_animal_reid.py): a smaller crop would pass here and fail at training or identify.
+MIN_SIDE_PX = 8
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif"}
 
 
@@ -96,15 +108,59 @@ def decode(item: tuple[str | None, bytes | None]) -> tuple[bytes | None, int, in
         ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
 
-def _box_problem(bbox, width: int, height: int) -> tuple[str, str] | None:
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _field_problem(rec: Record) -> str | None:
+    """What is wrong with the types of a record's fields (a source that is not one of the readers here)."""
+    for name in ("source", "species", "image_id", "identity", "viewpoint", "encounter", "license"):
+        value = getattr(rec, name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return f"{name}: expected text, got {type(value).__name__}"
+        if not value.isascii() and not _encodable(value):  # a lone surrogate (JSON's "\ud800")
+            return f"{name}: not valid Unicode text ({value!r:.80})"
+    bbox = rec.bbox
+    if bbox is not None and not (
+        isinstance(bbox, tuple | list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)
+    ):
+        return f"bbox: expected 4 numbers [x, y, w, h], got {bbox!r:.80}"
+    if not _is_number(rec.theta):
+        return f"theta: expected a number, got {rec.theta!r:.80}"
+    return None
+
+
+def _box_problem(bbox, theta: float, width: int, height: int) -> tuple[str, str] | None:
+    """Why a box (and its rotation) cannot be cropped from a ``width`` x ``height`` image, or None."""
+    if not math.isfinite(theta):
+        return BOX_NOT_FINITE, f"theta {theta}"
     if bbox is None:
         return None
     x, y, w, h = bbox
+    if not all(math.isfinite(v) for v in bbox):
+        return BOX_NOT_FINITE, f"bbox {list(bbox)}"
     if not (w > 0 and h > 0):
         return BOX_ZERO_AREA, f"bbox {list(bbox)}"
     tol = BOX_TOLERANCE_PX
     if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
         return BOX_OUTSIDE, f"bbox {list(bbox)} vs image {width}x{height}"
+    # an upright box is cropped to its part inside the image; a rotated one keeps its own size
+    sides = (min(x + w, width) - max(x, 0.0), min(y + h, height) - max(y, 0.0)) if theta == 0 else (w, h)
+    if min(sides) < MIN_SIDE_PX:
+        return BOX_TOO_SMALL, (
+            f"bbox {list(bbox)} is {sides[0]:.1f}x{sides[1]:.1f} px in the {width}x{height} image; "
+            f"at least {MIN_SIDE_PX} per side is required"
+        )
     return None
 
 
@@ -121,6 +177,14 @@ def validate(
     seen_ids: set[str] = set()
     for rec in records:
         rid = rec.image_id or "<no image_id>"
+        invalid = rec.extra.get("invalid")  # a row the reader could not parse: (reason, detail)
+        if invalid:
+            problems.append(Problem(str(rid), str(rec.source or ""), invalid[0], invalid[1]))
+            continue
+        bad = _field_problem(rec)
+        if bad is not None:
+            problems.append(Problem(str(rid), str(rec.source or ""), MALFORMED_ROW, bad))
+            continue
         missing = [name for name in ("source", "species", "identity", "image_id") if not getattr(rec, name)]
         if rec.path is None and rec.data is None:
             missing.append("path or data")
@@ -166,6 +230,7 @@ def validate(
 
     passed: list[ValidatedRow] = []
     digests: dict[int, str] = {}
+    theta_without_box = 0
     for rec, k in zip(candidates, rec_key, strict=True):
         data, width, height, fmt, err = decoded[k]
         if err == MISSING_FILE:
@@ -174,10 +239,20 @@ def validate(
         if err is not None:
             problems.append(Problem(rec.image_id, rec.source, CORRUPT_IMAGE, err))
             continue
-        box = _box_problem(rec.bbox, width, height)
+        if min(width, height) < MIN_SIDE_PX:
+            problems.append(
+                Problem(
+                    rec.image_id, rec.source, IMAGE_TOO_SMALL, f"image {width}x{height} < {MIN_SIDE_PX} px"
+                )
+            )
+            continue
+        box = _box_problem(rec.bbox, rec.theta, width, height)
         if box is not None:
             problems.append(Problem(rec.image_id, rec.source, box[0], box[1]))
             continue
+        if rec.theta and rec.bbox is None:  # a rotation needs a box: the image processor refuses it alone
+            rec.theta = 0.0
+            theta_without_box += 1
         if k not in digests:
             digests[k] = hashlib.sha256(data).hexdigest()
         # the stored name carries the real format (LionData's ".png" files are JPEG)
@@ -207,6 +282,8 @@ def validate(
     # harmless copies (they share an encounter in every source here); across identities they are label errors
     # to declare as fixes in the source.
     warnings: dict[str, int] = {}
+    if theta_without_box:
+        warnings["theta without a box (set to 0)"] = theta_without_box
     same: dict[tuple, list[ValidatedRow]] = defaultdict(list)
     for row in rows:
         same[(row.digest, row.record.bbox)].append(row)

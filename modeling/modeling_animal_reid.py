@@ -130,7 +130,12 @@ class OnnxRuntimeEngine:
     ):
         import io
 
-        import onnxruntime as ort
+        # In a try block so that transformers' check_imports (which walks every import of a remote-code file,
+        # function bodies included, but skips try blocks) does not make onnxruntime a requirement of loading.
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ImportError("engine='onnxruntime' needs the onnxruntime package: pip install onnxruntime") from err
 
         if onnx_bytes is None:
             buf = io.BytesIO()
@@ -327,6 +332,26 @@ class SubCenterArcFaceHead(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_classes * subcenters, in_features))
         self.register_buffer("margins_rad", torch.full((num_classes,), float(margin_rad)), persistent=True)
         nn.init.xavier_uniform_(self.weight)
+
+    @torch.no_grad()
+    def set_class_centers(
+        self, centers: torch.Tensor, row_norm: float, jitter: float = 0.05, seed: int = 0
+    ) -> None:
+        """Start every class's sub-centers at ``centers[c]`` (``[C, D]``, e.g. the mean starting embedding of
+        the class's training images), each row rescaled to ``row_norm``.
+
+        With k > 1 the sub-centers of a class get a small random tilt (``jitter`` of the row norm, drawn from
+        ``seed``) so they can separate. Classes whose center is all zero keep their current weights.
+        """
+        if centers.shape != (self.num_classes, self.in_features):
+            raise ValueError(f"centers must be [{self.num_classes}, {self.in_features}], got {tuple(centers.shape)}")
+        c = F.normalize(centers.float(), dim=-1).repeat_interleave(self.subcenters, dim=0)
+        if self.subcenters > 1:
+            noise = torch.randn(c.shape, generator=torch.Generator().manual_seed(seed))
+            c = F.normalize(c + jitter * noise / math.sqrt(self.in_features), dim=-1)
+        keep = centers.float().norm(dim=-1).repeat_interleave(self.subcenters) > 0
+        w = self.weight.data
+        w[keep] = (c[keep] * row_norm).to(w.device, w.dtype)
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Class cosines ``[B, C]`` (max over sub-centers), fp32."""

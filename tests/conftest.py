@@ -39,3 +39,20 @@ def tiny_corpus(tmp_path_factory) -> Path:
         ]
     )  # fmt: skip
     return out
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_torch_state():
+    """Fail a test that leaves process-wide torch settings changed (thread count, grad mode, default dtype).
+
+    Such a leak once made an unrelated test depend on the order the suite ran in (issue 13).
+    """
+    torch = pytest.importorskip("torch")
+    before = (torch.get_num_threads(), torch.is_grad_enabled(), torch.get_default_dtype())
+    yield
+    after = (torch.get_num_threads(), torch.is_grad_enabled(), torch.get_default_dtype())
+    if after != before:
+        torch.set_num_threads(before[0])
+        torch.set_grad_enabled(before[1])
+        torch.set_default_dtype(before[2])
+        pytest.fail(f"the test changed torch's (threads, grad enabled, default dtype) from {before} to {after}")

@@ -225,3 +225,32 @@ def test_smoke_all_tables_and_gpu_script_on_cpu(tmp_path):
     }
     assert all(r["images_per_s"] > 0 for r in train["runs"])
     assert (out / "extras.tar.gz").stat().st_size > 0
+
+
+def test_smoke_table1_has_the_peer_arm_with_the_same_image_count(tmp_path):
+    """Table 1 on a tiny closed-set synthetic corpus: ImageNet floor, ours, ours with plain ArcFace and the peer
+    recipe (benchmarks/peer_arcface.py), the peer trained on as many images as ours; top-1 and mAP reported."""
+    src = tmp_path / "closed_src"
+    cmd = [sys.executable, "-m", "data_scripts.build", "--sources", "synthetic", "--split", "closed"]
+    cmd += ["--out", str(src), "--no-progress", "--synthetic-patterns", "stripes", "spots"]
+    cmd += ["--synthetic-identities", "12", "--synthetic-images", "6", "--synthetic-encounters", "3"]
+    cmd += ["--synthetic-size", "40"]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    corpora = tmp_path / "corpora"
+    reid_real.compact_corpus(src, corpora / "closed", size=32, seed=0)
+    shutil.copytree(corpora / "closed", corpora / "open")  # present, unused by table 1
+    results = tmp_path / "res" / "smoke"
+    argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(tmp_path / "work")]
+    argv += ["--results", str(results), "--set", "tables=[1]"]
+    res = reid_real.main(argv)
+    assert res["skipped"] == []
+    t1 = res["tables"]["1"]
+    assert len(t1["rows"]) == 4 and any(k.startswith("peer recipe") for k in t1["rows"])
+    seen = {k: v["train_images_seen"] for k, v in t1["runs"].items()}
+    assert len(set(seen.values())) == 1 and next(iter(seen.values())) > 0, seen
+    for per in t1["rows"].values():
+        for sp in t1["species"]:
+            m = per["megadescriptor"][sp]
+            assert 0.0 <= m["top1"] <= 1.0 and 0.0 <= m["mAP"] <= 1.0 and m["n_queries"] > 0
+    md = results.with_suffix(".md").read_text()
+    assert "mAP" in md and "1 query =" in md

@@ -237,7 +237,7 @@ def test_label_fixes_and_exclusions_are_declared_data(miewid_folder, tmp_path):
 
 
 def test_yaml_config_sets_defaults_and_command_line_wins(tmp_path, repo_root):
-    from data_scripts.build import parse_args
+    from data_scripts.build import UsageError, parse_args
 
     args = parse_args(["--config", str(repo_root / "configs" / "corpus_real.yaml")])
     assert args.sources == ["real"] and str(args.out) == "corpus/real" and args.min_per_identity == 2
@@ -247,7 +247,7 @@ def test_yaml_config_sets_defaults_and_command_line_wins(tmp_path, repo_root):
     assert args.split == "closed" and str(args.out) == "x"
     bad = tmp_path / "bad.yaml"
     bad.write_text("sauces: [real]\n")
-    with pytest.raises(SystemExit, match="unknown option 'sauces'"):
+    with pytest.raises(UsageError, match="unknown option 'sauces'"):
         parse_args(["--config", str(bad), "--out", "x"])
 
 

@@ -90,12 +90,13 @@ def test_config_validates():
 
 
 @pytest.mark.slow
-def test_tiny_cnn_learns_identities_on_unseen_individuals(tmp_path):
+def test_tiny_cnn_learns_identities_on_unseen_individuals(tmp_path, request):
     """Open-set: train a 4-layer CNN on training identities; kNN on test identities beats chance by far."""
     torch = pytest.importorskip("torch")
     import torch.nn.functional as F
 
     torch.manual_seed(0)
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
     torch.set_num_threads(2)
     cfg = SyntheticConfig(identities_per_species=30, images_per_identity=8, encounters_per_identity=4)
     photos = list(generate(cfg, workers=2))

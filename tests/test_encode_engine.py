@@ -66,13 +66,16 @@ def test_onnxruntime_matches_torch_and_is_the_cpu_default(model):
     np.testing.assert_allclose(model.encode(imgs[:1], engine="onnxruntime"), ref[:1], atol=1e-5)
 
 
-def test_streams_keep_order_share_one_export_and_raise_at_the_bad_image(model, monkeypatch, tmp_path):
+def test_streams_keep_order_share_one_export_and_raise_at_the_bad_image(model, monkeypatch, tmp_path, request):
     imgs = _images(7)
     ref = model.encode(imgs, batch_size=2, engine="torch")
     exports = []
     real_export = mar.export_onnx_graph
     monkeypatch.setattr(mar, "export_onnx_graph", lambda *a, **k: exports.append(1) or real_export(*a, **k))
+    real_threads = torch.get_num_threads()
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # as on a 4-core machine
+    # encode puts back the thread count it read, here the patched 4: the real one is put back after the test
+    request.addfinalizer(lambda: torch.set_num_threads(real_threads))
     # default: one stream per core, each with a single-threaded session; 4 batches of 2 (the last of 1)
     got = model.encode(imgs, batch_size=2)
     np.testing.assert_allclose(got, ref, atol=1e-5)

@@ -242,7 +242,10 @@ def test_cli_with_tiny_model_writes_outputs_and_reuses_cache(
     assert all(r.new_individual is not None for r in results)
     assert (tmp_path / "out" / "results.csv").is_file() and (tmp_path / "out" / "results.json").is_file()
     assert len(list((tmp_path / "out" / "match_sheets").glob("*.png"))) == 3
-    assert identify.main(argv + ["--quiet"]) == 0
+    # the same --out again needs --overwrite (a non-empty output folder is refused before any work)
+    assert identify.main(argv + ["--quiet"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert identify.main(argv + ["--quiet", "--overwrite"]) == 0
     assert "embedded 0 images" in capsys.readouterr().out
     # the cache key follows the weights: another model directory gets its own entry
     key1, meta = identify.model_cache_key(tiny_model_dir, None)
@@ -308,7 +311,7 @@ def test_identify_on_real_nyala_gallery(tmp_path, data_root, tiny_model_dir, cap
     assert len(list((tmp_path / "out" / "match_sheets").glob("*.png"))) == 10
     table = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
     assert len(table) == 30 and {r["query_identity"] for r in table} == {d.name for d in ids}
-    identify.main(argv + ["--quiet"])
+    identify.main(argv + ["--quiet", "--overwrite"])
     assert "embedded 0 images" in capsys.readouterr().out
 
 
@@ -335,6 +338,7 @@ def test_identify_a_hub_model_by_repo_id(tmp_path, folder_gallery, tiny_model_di
             "-q",
             "--device",
             "cpu",
+            "--overwrite",  # the second run writes into the first one's --out
         ]
         first = hub.run_python(code, *args).stdout
         second = hub.run_python(code, *args).stdout

@@ -90,10 +90,12 @@ def test_rendered_card_round_trips(tmp_path):
         ["--corpus", "corpus/real", "--push_to_hub", "me/reid-lite0", "--model_license", "cc-by-nc-4.0"]
     )
     model_config = AnimalReIDConfig(backbone="efficientnet_lite0", embedding_dim=0, image_size=128)
+    start = {"top1": 0.2, "top5": 0.5, "mAP": 0.15, "per_species": {"lion": {"top1": 0.3, "mAP": 0.25}}}
+    results = {**RESULTS, "baseline": {"test": start, "val": start}, "beats_baseline": True}
     card = render_model_card(
         config=config,
         model_config=model_config,
-        results=RESULTS,
+        results=results,
         history=HISTORY,
         corpus_info={"corpus": "real", "dataset_card_text": CORPUS_CARD_TEXT},
         train_counts={"images": 800, "identities": 120},
@@ -112,8 +114,11 @@ def test_rendered_card_round_trips(tmp_path):
     assert len(data.eval_results) == 6
     text = loaded.text
     assert 'AutoModel.from_pretrained("me/reid-lite0", trust_remote_code=True)' in text
-    assert "| lion | 60.0 | 80.0 | 45.0 | 20 |" in text
-    assert "| **average over species** | 50.0 | 75.0 | 40.0 | 30 |" in text
+    # trained vs start (the run's own baseline), per species and averaged
+    assert "| lion | 30.0 → **60.0** | 80.0 | 25.0 → **45.0** | 20 |" in text
+    assert "| **average over species** | 20.0 → **50.0** | 75.0 | 15.0 → **40.0** | 30 |" in text
+    assert "did not beat its starting point" not in text
+    assert "no projection, no BNNeck" not in text and "gem pooling, no projection, BatchNorm (BNNeck)" in text
     assert "research use only" in text and "@inproceedings{dlamini2020lions" in text
     assert "`efficientnet_lite0`" in text and "3.4M parameters" in text
     assert "128x128 pixels" in text and "horizontal flip off" in text
@@ -132,3 +137,18 @@ def test_missing_template_is_named(tmp_path):
             num_parameters=1,
             template_path=tmp_path / "nope.md",
         )
+
+
+def test_card_says_loudly_when_training_did_not_beat_its_start(tmp_path):
+    config = parse_config(["--corpus", "corpus/real"])
+    card = render_model_card(
+        config=config,
+        model_config=AnimalReIDConfig(backbone="efficientnet_lite0", embedding_dim=0, pooling="avg", neck_bn=False),
+        results={**RESULTS, "baseline": {"test": RESULTS["test"], "val": RESULTS["test"]}, "beats_baseline": False},
+        history=HISTORY,
+        corpus_info={"corpus": "real", "dataset_card_text": CORPUS_CARD_TEXT},
+        train_counts={"images": 800, "identities": 120},
+        num_parameters=3_400_000,
+    )
+    assert "Training did not beat its starting point on validation" in card.text
+    assert "avg pooling, no projection, no BNNeck" in card.text

@@ -32,7 +32,7 @@ def tiny_args(corpus: Path, out: Path, *extra: str) -> list[str]:
         "--corpus", str(corpus), "--output_dir", str(out),
         "--backbone", "test_efficientnet", "--init_weights", "none", "--image_size", "64", "--embedding_dim", "32",
         "--epochs", "2", "--batches_per_epoch", "3", "--identities_per_batch", "4", "--images_per_identity", "2",
-        "--num_workers", "0", "--eval_batch_size", "16", "--log_every", "1", "--lr_head", "1e-2",
+        "--num_workers", "0", "--eval_batch_size", "16", "--log_every", "1", "--lr_head", "1e-2", "--lr_backbone", "1e-4",
         *extra,
     ]  # fmt: skip
 
@@ -367,7 +367,8 @@ def test_corpus_rebuilt_in_place_is_not_read_stale(tmp_path):
     for n_ids in (3, 6):
         build_main(
             ["--sources", "synthetic", "--out", str(out), "--split", "open", "--synthetic-identities", str(n_ids),
-             "--synthetic-images", "3", "--synthetic-size", "40", "--synthetic-patterns", "stripes", "--no-progress"]
+             "--synthetic-images", "3", "--synthetic-size", "40", "--synthetic-patterns", "stripes", "--no-progress",
+             "--overwrite"]
         )  # fmt: skip
         corpus = load_corpus(parse_config(["--corpus", str(out)]).data, seed=0)
         sizes.append(sum(len(s) for s in corpus.splits.values()))

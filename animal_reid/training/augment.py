@@ -40,6 +40,7 @@ class ReIDAugment:
         brightness, contrast, saturation: jitter strengths (factor drawn in [1 - x, 1 + x]).
         erase_prob: probability of erasing one random rectangle (2-20% of the area).
         hflip: flip horizontally with probability 0.5 (off by default; flanks differ).
+        shift: largest random translation as a fraction of each side (edges replicated); 0 is off.
     """
 
     image_mean: Sequence[float]
@@ -52,6 +53,27 @@ class ReIDAugment:
     saturation: float = 0.2
     erase_prob: float = 0.25
     hflip: bool = False
+    shift: float = 0.0
+
+    @classmethod
+    def light(cls, image_mean: Sequence[float], image_std: Sequence[float], hflip: bool = False) -> ReIDAugment:
+        """The light preset: a random shift of up to 1/16 of each side (edges replicated) and a brightness
+        factor in [0.8, 1.2]; nothing else (the augmentation of the plain-ArcFace peer recipe, issue 12)."""
+        return cls(
+            image_mean, image_std, crop_scale=(1.0, 1.0), rotation_deg=0.0, brightness=0.2, contrast=0.0,
+            saturation=0.0, erase_prob=0.0, hflip=hflip, shift=1 / 16,
+        )  # fmt: skip
+
+    def _shift(self, g: torch.Generator, x: torch.Tensor) -> torch.Tensor:
+        """Pad by ``shift`` of each side with replicated edges, then crop a random window of the input size."""
+        _, height, width = x.shape
+        ph, pw = round(self.shift * height), round(self.shift * width)
+        if ph == 0 and pw == 0:
+            return x
+        padded = torch.nn.functional.pad(x[None], (pw, pw, ph, ph), mode="replicate")[0]
+        top = int(torch.randint(0, 2 * ph + 1, (), generator=g))
+        left = int(torch.randint(0, 2 * pw + 1, (), generator=g))
+        return padded[:, top : top + height, left : left + width]
 
     def _uniform(self, g: torch.Generator, low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=g))
@@ -94,6 +116,8 @@ class ReIDAugment:
 
         # Geometry: the crop is resized back to the processor's output size. Rotation runs on the image minus
         # the mean colour with fill 0 (as on the normalised image before), so corners come out the mean colour.
+        if self.shift > 0:
+            x = self._shift(g, x)
         if self.crop_scale != (1.0, 1.0):
             top, left, h, w = self._crop_box(g, height, width)
             x = TF.resized_crop(x, top, left, h, w, [height, width], antialias=True)

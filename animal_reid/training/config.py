@@ -22,7 +22,11 @@ MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 INIT_WEIGHTS_CHOICES = ("imagenet", "none")
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 METRIC_CHOICES = ("top1", "top5", "mAP")
-AUGMENT_CHOICES = ("default", "none")
+AUGMENT_CHOICES = ("default", "light", "none")
+OPTIMIZER_CHOICES = ("sgd", "adamw")
+SAMPLER_CHOICES = ("random", "pk")
+POOLING_CHOICES = ("gem", "avg")
+HEAD_INIT_CHOICES = ("mean", "normal", "xavier")
 EVAL_PROTOCOL_CHOICES = ("leave_one_out", "query_gallery")
 
 
@@ -60,6 +64,20 @@ class ModelArguments:
             "Ignored when fine-tuning (init_from keeps its processor)."
         },
     )
+    pooling: str = field(
+        default="gem",
+        metadata={"help": "'gem' (generalised mean, learnable p; the paper's) or 'avg' (the backbone's own)."},
+    )
+    neck_bn: bool = field(
+        default=True, metadata={"help": "BatchNorm1d on the embedding (BNNeck) before normalisation."}
+    )
+    head_init: str = field(
+        default="mean",
+        metadata={
+            "help": "Class weights of the ArcFace head: 'mean' (each class starts at the mean starting "
+            "embedding of its training images: no random-head shock), 'normal' (N(0, 0.01)) or 'xavier'."
+        },
+    )
     subcenters: int = field(default=3, metadata={"help": "Sub-centers per identity in the ArcFace head (k)."})
     scale: float = field(default=30.0, metadata={"help": "ArcFace scale s."})
     margin_min: float = field(default=0.05, metadata={"help": "Smallest dynamic margin in radians."})
@@ -82,6 +100,9 @@ class ModelArguments:
                 f"init_weights must be one of {INIT_WEIGHTS_CHOICES} or a weight file ({', '.join(WEIGHT_FILE_SUFFIXES)}), "
                 f"got {self.init_weights!r}"
             )
+        for name, choices in (("pooling", POOLING_CHOICES), ("head_init", HEAD_INIT_CHOICES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.image_size < 16:
             raise ValueError(f"image_size must be >= 16 pixels, got {self.image_size}")
         if self.embedding_dim < 0:
@@ -172,9 +193,21 @@ class TrainArguments:
             "help": "Batches per epoch over all processes (default: train images / (P*K), at least one per process)."
         },
     )
-    lr_backbone: float = field(default=1e-4, metadata={"help": "Peak learning rate of the backbone."})
+    sampler: str = field(
+        default="random",
+        metadata={
+            "help": "'random' (shuffled batches of P*K images, each image once per pass) or 'pk' (P identities "
+            "x K images each, identity-balanced)."
+        },
+    )
+    optimizer: str = field(default="sgd", metadata={"help": "'sgd' (momentum, see `momentum`) or 'adamw'."})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    channels_last: bool = field(
+        default=True, metadata={"help": "Train in channels-last memory format (faster convolutions)."}
+    )
+    lr_backbone: float = field(default=1e-2, metadata={"help": "Peak learning rate of the backbone."})
     lr_head: float = field(
-        default=1e-3, metadata={"help": "Peak learning rate of pooling, neck and ArcFace head."}
+        default=1e-2, metadata={"help": "Peak learning rate of pooling, neck and ArcFace head."}
     )
     weight_decay: float = field(
         default=1e-4, metadata={"help": "AdamW weight decay (matrices and kernels only)."}
@@ -193,7 +226,13 @@ class TrainArguments:
             "(running statistics kept), then the full model is fine-tuned."
         },
     )
-    augment: str = field(default="default", metadata={"help": "'default' (re-ID safe) or 'none'."})
+    augment: str = field(
+        default="light",
+        metadata={
+            "help": "'light' (random shift of up to 1/16 of the side, brightness x[0.8, 1.2]), 'default' "
+            "(crop, rotation, colour jitter, erasing) or 'none'."
+        },
+    )
     hflip: bool = field(
         default=False,
         metadata={"help": "Random horizontal flip (off by default: left and right flanks differ)."},
@@ -211,6 +250,13 @@ class TrainArguments:
         metadata={
             "help": "'leave_one_out' (the paper's: within a species, each evaluation image queries the others) or "
             "'query_gallery' (MegaDescriptor's: validation images query train; test images query train+validation)."
+        },
+    )
+    eval_every: int = field(
+        default=1,
+        metadata={
+            "help": "Score validation every N epochs (and always after the last); the best epoch is chosen among "
+            "the scored ones. Closed-set validation embeds the whole train split as its gallery each time."
         },
     )
     metric_for_best: str = field(
@@ -239,9 +285,14 @@ class TrainArguments:
             raise ValueError(
                 f"eval_protocol must be one of {EVAL_PROTOCOL_CHOICES}, got {self.eval_protocol!r}"
             )
+        for name, choices in (("optimizer", OPTIMIZER_CHOICES), ("sampler", SAMPLER_CHOICES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.augment not in AUGMENT_CHOICES:
             raise ValueError(f"augment must be one of {AUGMENT_CHOICES}, got {self.augment!r}")
-        for name in ("epochs", "identities_per_batch", "images_per_identity", "gradient_accumulation_steps"):
+        for name in ("epochs", "identities_per_batch", "images_per_identity", "gradient_accumulation_steps", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batches_per_epoch is not None and self.batches_per_epoch < 1:

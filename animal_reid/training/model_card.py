@@ -82,21 +82,35 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
-def _metric_rows(metrics: dict[str, Any] | None) -> list[dict[str, str]]:
+def _metric_rows(metrics: dict[str, Any] | None, start: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """Rows per species and averaged; with ``start`` (the untrained model's figures), ``start_*`` columns too."""
     if not metrics:
         return []
+    start = start or {}
+    per_start = start.get("per_species") or {}
     rows = [
-        {"species": sp, **{k: _pct(v.get(k)) for k in METRIC_NAMES}, "n_queries": str(v.get("n_queries", ""))}
+        {
+            "species": sp,
+            **{k: _pct(v.get(k)) for k in METRIC_NAMES},
+            **{f"start_{k}": _pct((per_start.get(sp) or {}).get(k)) for k in METRIC_NAMES},
+            "n_queries": str(v.get("n_queries", "")),
+        }
         for sp, v in sorted(metrics.get("per_species", {}).items())
     ]
     rows.append(
         {
             "species": "**average over species**",
             **{k: _pct(metrics.get(k)) for k in METRIC_NAMES},
+            **{f"start_{k}": _pct(start.get(k)) for k in METRIC_NAMES},
             "n_queries": str(metrics.get("n_queries", "")),
         }
     )
     return rows
+
+
+def _neck_desc(model_config) -> str:
+    proj = f"projection to {model_config.embedding_dim} dimensions" if model_config.embedding_dim else "no projection"
+    return f"{model_config.pooling} pooling, {proj}, " + ("BatchNorm (BNNeck)" if model_config.neck_bn else "no BNNeck")
 
 
 def eval_results(results: dict[str, Any], dataset_name: str, protocol: str) -> list[EvalResult]:
@@ -232,8 +246,11 @@ def render_model_card(
         sources=sources,
         licences=", ".join(licences) or "see the corpus card",
         protocol=protocol.replace("_", "-"),
-        test_rows=_metric_rows(results.get("test")),
-        val_rows=_metric_rows(results.get("val_best")),
+        test_rows=_metric_rows(results.get("test"), (results.get("baseline") or {}).get("test")),
+        val_rows=_metric_rows(results.get("val_best"), (results.get("baseline") or {}).get("val")),
+        beats_baseline=results.get("beats_baseline"),
+        neck_desc=_neck_desc(model_config),
+        head_init=m.head_init,
         best_epoch=results.get("best_epoch"),
         metric_for_best=results.get("metric_for_best"),
         history_rows=history_rows,

@@ -138,3 +138,46 @@ class PKBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         batches = self.global_epoch_batches(self.epoch)
         yield from batches[self.rank :: self.num_replicas]
+
+
+class RandomBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of ``batch_size`` rows, each row once per pass, deterministic given ``(seed, epoch)``.
+
+    The plain-classification alternative to P x K (what the MegaDescriptor-style ArcFace recipes use): no
+    identity balancing, so rare identities are seen as often as their images are. Passes over the rows are
+    concatenated when ``batches_per_epoch`` asks for more than one pass. Sharded like `PKBatchSampler`.
+    """
+
+    def __init__(
+        self,
+        num_rows: int,
+        batch_size: int,
+        seed: int = 0,
+        batches_per_epoch: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if num_rows < 1 or batch_size < 1:
+            raise ValueError(f"need num_rows >= 1 and batch_size >= 1, got {num_rows} and {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
+        self.num_rows, self.batch_size, self.seed = num_rows, min(batch_size, num_rows), seed
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        total = num_rows // self.batch_size if batches_per_epoch is None else batches_per_epoch
+        total = max(total, num_replicas)
+        self.global_batches = total - total % num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.global_batches // self.num_replicas
+
+    def global_epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        need = self.global_batches * self.batch_size
+        order = np.concatenate([rng.permutation(self.num_rows) for _ in range(-(-need // self.num_rows))])
+        return [order[i * self.batch_size : (i + 1) * self.batch_size].tolist() for i in range(self.global_batches)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.global_epoch_batches(self.epoch)[self.rank :: self.num_replicas]

@@ -1,8 +1,8 @@
 """Source declarations. Importing this package registers every declared source in :data:`SOURCES`."""
 
 from . import local, public, synthetic  # noqa: F401  (registration side effect)
-from .base import SOURCES, Source, SourceInfo, get_source, register
-from .importers import CocoSource, MiewIDCsvSource, coco_source, miewid_source
+from .base import SOURCES, Source, SourceError, SourceInfo, get_source, is_inside, register
+from .importers import CocoSource, MiewIDCsvSource, RowError, coco_source, miewid_source
 from .local import LOCAL_SOURCES
 from .synthetic import Synthetic, SyntheticConfig
 
@@ -11,12 +11,15 @@ __all__ = [
     "SOURCES",
     "CocoSource",
     "MiewIDCsvSource",
+    "RowError",
     "Source",
+    "SourceError",
     "SourceInfo",
     "Synthetic",
     "SyntheticConfig",
     "coco_source",
     "get_source",
+    "is_inside",
     "miewid_source",
     "register",
 ]

@@ -9,8 +9,21 @@ from pathlib import Path
 
 from ..download import Download, fetch_and_extract
 from ..schema import Record
+from ..validate import OUTSIDE_SOURCE
 
 logger = logging.getLogger(__name__)
+
+
+class SourceError(ValueError):
+    """A whole file of a source cannot be read (not JSON, no header, wrong shape): the build stops, naming it."""
+
+
+def is_inside(path: Path | str, folder: Path | str) -> bool:
+    """Whether ``path`` resolves (``..`` and symlinks followed) to ``folder`` or below it; both are resolved."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: not a path to read
+        return False
 
 
 @dataclass(frozen=True)
@@ -55,18 +68,41 @@ class Source:
     def available(self, root: Path) -> bool:
         return self.location(root).exists()
 
+    def folder(self, root: Path) -> Path:
+        """The folder every file of the source lies in: its location, or the folder of a location that is a file."""
+        location = self.location(root)
+        return location if location.is_dir() else location.parent
+
+    def skipped(self, image_id: str, reason: str, detail: str) -> Record:
+        """A record that validation reports as skipped with ``reason``: how a reader reports a row it cannot
+        read (``detail`` says where and why) and goes on with the next one."""
+        species = self.info.species[0] if len(self.info.species) == 1 else "unknown"
+        return Record(
+            source=self.info.name,
+            species=species,
+            identity=None,
+            image_id=image_id,
+            extra={"invalid": (reason, detail)},
+        )
+
     def records(self, root: Path) -> Iterator[Record]:
-        """Scan, apply the declared label fixes and exclusions, and namespace ids."""
+        """Scan, refuse files outside the source folder, apply the declared label fixes and exclusions, and
+        namespace ids."""
         if not self.available(root):
             raise FileNotFoundError(
                 f"source {self.info.name!r}: expected its files at {self.location(root)}; "
                 f"download them with `python -m data_scripts.build --download --sources {self.info.name}`"
                 + (f" or from {self.info.url}" if self.info.url else "")
             )
+        folder = self.folder(Path(root)).resolve()
         for rec in self.scan(Path(root)):
+            if rec.path is not None and not is_inside(rec.path, folder):  # never read: validation reports it
+                rec.extra["invalid"] = (OUTSIDE_SOURCE, f"{rec.path} is not inside {folder}")
+                rec.path = None
             if rec.image_id in self.info.exclude:  # validation skips it and reports the reason
                 rec.extra["excluded"] = self.info.exclude_reason
-            rec.identity = self.info.label_fixes.get(rec.identity, rec.identity)
+            if isinstance(rec.identity, str):
+                rec.identity = self.info.label_fixes.get(rec.identity, rec.identity)
             if not rec.license:
                 rec.license = self.info.license
             yield rec.namespace()

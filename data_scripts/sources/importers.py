@@ -6,36 +6,113 @@ A declaration of a COCO or MiewID source is then only metadata: subclass :class:
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import logging
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..schema import Record, normalize_species
-from .base import Source, SourceInfo
+from ..validate import MALFORMED_ROW, OUTSIDE_SOURCE
+from .base import Source, SourceError, SourceInfo, is_inside
 
 logger = logging.getLogger(__name__)
 
 
+class RowError(ValueError):
+    """One row (annotation) cannot be read: the reader reports it as skipped with ``reason`` and goes on."""
+
+    def __init__(self, message: str, reason: str = MALFORMED_ROW):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _show(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _number(value, what: str) -> float:
+    """A float from a number or a number's text (``nan`` and ``inf`` included: validation judges values)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise RowError(f"{what}: expected a number, got {_show(value)}")
+    try:
+        return float(value)
+    except (ValueError, OverflowError):
+        raise RowError(f"{what}: expected a number, got {_show(value)}") from None
+
+
 def _bbox(value) -> tuple[float, float, float, float] | None:
+    """``[x, y, w, h]`` from a list of 4 numbers or its text (``"[1, 2, 3, 4]"``, ``"1 2 3 4"``); None if empty."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        value = ast.literal_eval(value)
-    values = [float(v) for v in value]
-    if len(values) != 4:
-        raise ValueError(f"bbox must have 4 numbers [x, y, w, h], got {values}")
-    return values[0], values[1], values[2], values[3]
+        text = value.strip()
+        if text[:1] in ("[", "(") and text[-1:] in ("]", ")"):
+            text = text[1:-1]
+        value = [part for part in re.split(r"[,\s]+", text) if part]
+    if not isinstance(value, list | tuple) or len(value) != 4:
+        raise RowError(f"bbox: expected 4 numbers [x, y, w, h], got {_show(value)}")
+    x, y, w, h = (_number(v, "bbox") for v in value)
+    return x, y, w, h
 
 
 def _theta(value) -> float:
+    """Radians; missing, empty or NaN (how pandas writes a missing value) is 0."""
     if value is None or value == "":
         return 0.0
-    theta = float(value)
+    theta = _number(value, "theta")
     return 0.0 if math.isnan(theta) else theta
+
+
+def _unicode(value) -> bool:
+    """Whether a string can be written (JSON's ``"\\ud800"`` escape gives a lone surrogate, which cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(value, what: str) -> str | None:
+    """A text field: a string or an integer (ids often are); None when missing or empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        if not _unicode(value):
+            raise RowError(f"{what}: not valid Unicode text ({_show(value)})")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise RowError(f"{what}: expected text or an integer, got {_show(value)}")
+
+
+def _key(value):
+    """``value`` if it can be a COCO id (text or a number), else None."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def _row_id(row, names: tuple[str, ...], index: int) -> str:
+    """The row's own id (the first of ``names`` that is text or an integer), else its position ``#index``."""
+    if isinstance(row, dict):
+        for name in names:
+            value = row.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return str(value)
+            if isinstance(value, str) and value and _unicode(value):
+                return value
+    return f"#{index}"
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
 
 
 class CocoSource(Source):
@@ -45,6 +122,12 @@ class CocoSource(Source):
     (or ``individual_id`` / ``identity``), the species in ``species`` or the category's name. The encounter is
     the annotation's ``encounter`` / ``occurrence`` when present, else the photo (annotations of one image
     share it). Annotations with no individual are reported by validation and skipped.
+
+    An annotation that cannot be read (not an object, unknown ``image_id``, an image without ``file_name``,
+    a field of the wrong type, a ``bbox`` that is not 4 numbers) or whose image resolves outside the source
+    folder (an absolute ``file_name``, ``../``) is reported as skipped with its annotation id and the reason;
+    a file that is not JSON or not a COCO object (``images`` and ``annotations`` lists) raises
+    :class:`~data_scripts.sources.base.SourceError` naming it.
     """
 
     annotation_glob = "annotations/*.json"
@@ -61,51 +144,109 @@ class CocoSource(Source):
         for json_path in files:
             yield from self.read_coco(json_path, base)
 
-    def read_coco(self, json_path: Path, base: Path) -> Iterator[Record]:
-        with open(json_path, encoding="utf-8") as fh:
-            coco = json.load(fh)
+    def load_coco(self, json_path: Path) -> dict:
+        """The parsed file, checked to be a COCO object; :class:`SourceError` otherwise."""
+        where = f"source {self.info.name!r}: {json_path}"
+        try:
+            with open(json_path, encoding="utf-8") as fh:
+                coco = json.load(fh)
+        except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise SourceError(f"{where} is not valid JSON ({err})") from err
+        if not isinstance(coco, dict):
+            raise SourceError(f"{where}: expected a COCO JSON object, got a {type(coco).__name__}")
         for key in ("images", "annotations"):
             if key not in coco:
-                raise ValueError(f"{json_path}: expected a COCO JSON with {key!r}, got keys {sorted(coco)}")
-        categories = {c["id"]: c.get("name", str(c["id"])) for c in coco.get("categories", [])}
-        images = {img["id"]: img for img in coco["images"]}
-        dirs = self.image_dirs(base, json_path)
-        default_species = self.info.species[0] if len(self.info.species) == 1 else None
-        for ann in coco["annotations"]:
-            img = images.get(ann.get("image_id"))
-            if img is None:
-                logger.warning(
-                    "%s: annotation %s points at unknown image %s",
-                    json_path.name,
-                    ann.get("id"),
-                    ann.get("image_id"),
+                raise SourceError(
+                    f"{where}: expected a COCO JSON with {key!r}, got keys {sorted(map(str, coco))}"
                 )
-                continue
-            file_name = img["file_name"]
-            path = next((d / file_name for d in dirs if (d / file_name).exists()), dirs[0] / file_name)
-            species = ann.get("species") or categories.get(ann.get("category_id")) or default_species or ""
-            identity = ann.get("name") or ann.get("individual_id") or ann.get("identity")
-            encounter = ann.get("encounter") or ann.get("occurrence") or f"image:{img['id']}"
-            yield Record(
-                source=self.info.name,
-                species=normalize_species(species),
-                identity=str(identity) if identity not in (None, "", "____") else None,
-                image_id=f"{json_path.stem}/{ann.get('uuid') or ann['id']}",
-                path=path,
-                viewpoint=ann.get("viewpoint") or None,
-                encounter=str(encounter),
-                bbox=_bbox(ann.get("bbox")),
-                theta=_theta(ann.get("theta")),
-            )
+        for key in ("images", "annotations", "categories"):
+            if key in coco and not isinstance(coco[key], list):
+                raise SourceError(f"{where}: {key!r} must be a list, got a {type(coco[key]).__name__}")
+        return coco
+
+    def read_coco(self, json_path: Path, base: Path) -> Iterator[Record]:
+        coco = self.load_coco(json_path)
+        categories = {
+            _key(c.get("id")): str(c.get("name") or c.get("id"))
+            for c in coco.get("categories", [])
+            if isinstance(c, dict) and _key(c.get("id")) is not None
+        }
+        images = {_key(img.get("id")): img for img in coco["images"] if isinstance(img, dict)}
+        images.pop(None, None)  # an image without a usable id: annotations pointing at it are reported
+        dirs = self.image_dirs(base, json_path)
+        for index, ann in enumerate(coco["annotations"]):
+            ann_id = _row_id(ann, ("uuid", "id"), index)
+            image_id = f"{json_path.stem}/{ann_id}"
+            try:
+                yield self.read_annotation(ann, image_id, images, categories, dirs, base)
+            except RowError as err:
+                yield self.skipped(image_id, err.reason, f"{json_path.name} annotation {ann_id}: {err}")
+
+    def locate(self, file_name: str, dirs: list[Path], base: Path) -> Path:
+        """The image file: the first of ``dirs / file_name`` that exists, only among those inside ``base``."""
+        inside = [d / file_name for d in dirs if is_inside(d / file_name, base)]
+        if not inside:
+            raise RowError(f"file_name {_show(file_name)} resolves outside the source folder", OUTSIDE_SOURCE)
+        return next((p for p in inside if _exists(p)), inside[0])
+
+    def read_annotation(
+        self, ann, image_id: str, images: dict, categories: dict, dirs: list[Path], base: Path
+    ) -> Record:
+        """One annotation as a record; :class:`RowError` says why it cannot be."""
+        if not isinstance(ann, dict):
+            raise RowError(f"expected an object, got {_show(ann)}")
+        img = images.get(_key(ann.get("image_id")))
+        if img is None:
+            raise RowError(f"image_id {_show(ann.get('image_id'))} is not among the file's images")
+        file_name = img.get("file_name")
+        if not isinstance(file_name, str) or not file_name or not _unicode(file_name):
+            raise RowError(f"image {_show(img['id'])}: file_name missing or not text ({_show(file_name)})")
+        path = self.locate(file_name, dirs, base)
+        default_species = self.info.species[0] if len(self.info.species) == 1 else None
+        species = (
+            _text(ann.get("species"), "species")
+            or categories.get(_key(ann.get("category_id")))
+            or default_species
+            or ""
+        )
+        identity = next(
+            (v for v in (_text(ann.get(k), k) for k in ("name", "individual_id", "identity")) if v), None
+        )
+        encounter = (
+            _text(ann.get("encounter"), "encounter")
+            or _text(ann.get("occurrence"), "occurrence")
+            or f"image:{img['id']}"
+        )
+        return Record(
+            source=self.info.name,
+            species=normalize_species(species),
+            identity=identity if identity != "____" else None,
+            image_id=image_id,
+            path=path,
+            viewpoint=_text(ann.get("viewpoint"), "viewpoint"),
+            encounter=encounter,
+            bbox=_bbox(ann.get("bbox")),
+            theta=_theta(ann.get("theta")),
+        )
+
+
+_PATH_COLUMNS = ("file_path", "file_name", "path")
+_IDENTITY_COLUMNS = ("name", "individual_id", "identity")
+_ID_COLUMNS = ("annot_uuid", "uuid", "annotation_id")
 
 
 class MiewIDCsvSource(Source):
     """The MiewID training CSV layout: one row per annotation.
 
-    Columns read (aliases in brackets): ``file_path`` [``file_name``, ``path``] relative to the source
-    folder or absolute, ``name`` [``individual_id``, ``identity``], ``species``, ``viewpoint``, ``bbox``
-    (``"[x, y, w, h]"``) or ``x``/``y``/``w``/``h``, ``theta``, ``encounter`` [``occurrence``, ``date``] and
-    ``annot_uuid`` [``uuid``, ``annotation_id``] as the image id (else the row number).
+    Columns read (aliases in brackets): ``file_path`` [``file_name``, ``path``] relative to the CSV's folder
+    (or absolute, inside that folder), ``name`` [``individual_id``, ``identity``], ``species``, ``viewpoint``,
+    ``bbox`` (``"[x, y, w, h]"``) or ``x``/``y``/``w``/``h``, ``theta``, ``encounter`` [``occurrence``, ``date``]
+    and ``annot_uuid`` [``uuid``, ``annotation_id``] as the image id (else the row number).
+
+    A row that cannot be read (no path, a ``bbox`` or ``theta`` that is not numbers, part of ``x/y/w/h``) or
+    whose path resolves outside the CSV's folder is reported as skipped with its line and the reason; a file
+    with no header, without a path or identity column, or that is not CSV text raises
+    :class:`~data_scripts.sources.base.SourceError` naming it.
     """
 
     csv_glob = "*.csv"
@@ -116,10 +257,38 @@ class MiewIDCsvSource(Source):
         if not files:
             raise FileNotFoundError(f"{self.info.name}: no MiewID CSV matching {base / self.csv_glob}")
         for csv_path in files:
-            folder = csv_path.parent
-            with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-                for i, row in enumerate(csv.DictReader(fh)):
-                    yield self.read_row(row, i, csv_path, folder)
+            yield from self.read_csv(csv_path, csv_path.parent)
+
+    def read_csv(self, csv_path: Path, folder: Path) -> Iterator[Record]:
+        """Every row of one CSV: a record, or a reported skip for a row that cannot be read."""
+        where = f"source {self.info.name!r}: {csv_path}"
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            try:
+                self._check_header(reader.fieldnames, where)
+                for index, row in enumerate(reader):
+                    image_id = f"{csv_path.stem}/{self._first(row, *_ID_COLUMNS) or index}"
+                    try:
+                        yield self.read_row(row, index, csv_path, folder)
+                    except RowError as err:
+                        yield self.skipped(
+                            image_id, err.reason, f"{csv_path.name} line {reader.line_num}: {err}"
+                        )
+            except UnicodeDecodeError as err:
+                raise SourceError(f"{where} is not UTF-8 text ({err})") from err
+            except csv.Error as err:
+                raise SourceError(f"{where} line {reader.line_num} is not readable CSV ({err})") from err
+
+    @staticmethod
+    def _check_header(fields, where: str) -> None:
+        if not fields:
+            raise SourceError(f"{where} is empty: expected a header row")
+        for names in (_PATH_COLUMNS, _IDENTITY_COLUMNS):
+            if not set(names) & set(fields):
+                raise SourceError(
+                    f"{where}: expected a column {names[0]!r} (or {', '.join(map(repr, names[1:]))}), "
+                    f"got columns {list(fields)[:20]}"
+                )
 
     @staticmethod
     def _first(row: dict, *names: str):
@@ -129,23 +298,30 @@ class MiewIDCsvSource(Source):
         return None
 
     def read_row(self, row: dict, index: int, csv_path: Path, folder: Path) -> Record:
-        file_path = self._first(row, "file_path", "file_name", "path") or ""
+        """One row as a record; :class:`RowError` says why it cannot be."""
+        file_path = self._first(row, *_PATH_COLUMNS)
+        if file_path is None:
+            raise RowError(f"no image path (columns {', '.join(_PATH_COLUMNS)} empty)")
         path = Path(file_path)
         if not path.is_absolute():
             path = folder / path
+        if not is_inside(path, folder):
+            raise RowError(f"path {_show(file_path)} resolves outside the source folder", OUTSIDE_SOURCE)
+        corners = [row.get(k) not in (None, "") for k in "xywh"]
         if row.get("bbox"):
             bbox = _bbox(row["bbox"])
-        elif all(row.get(k) not in (None, "") for k in "xywh"):
+        elif all(corners):
             bbox = _bbox([row["x"], row["y"], row["w"], row["h"]])
+        elif any(corners):
+            raise RowError(f"x/y/w/h: expected all four, got {[row.get(k) for k in 'xywh']}")
         else:
             bbox = None
-        identity = self._first(row, "name", "individual_id", "identity")
         default_species = self.info.species[0] if len(self.info.species) == 1 else ""
         return Record(
             source=self.info.name,
             species=normalize_species(self._first(row, "species") or default_species),
-            identity=identity,
-            image_id=f"{csv_path.stem}/{self._first(row, 'annot_uuid', 'uuid', 'annotation_id') or index}",
+            identity=self._first(row, *_IDENTITY_COLUMNS),
+            image_id=f"{csv_path.stem}/{self._first(row, *_ID_COLUMNS) or index}",
             path=path,
             viewpoint=self._first(row, "viewpoint"),
             encounter=self._first(row, "encounter", "occurrence", "date"),
