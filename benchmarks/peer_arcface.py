@@ -128,10 +128,16 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, required=True, help="training images (steps x 64)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--init_weights", default="imagenet", choices=("imagenet", "none"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(json.dumps(train(args.corpus, args.out, args.images, args.seed)))
+    res = train(args.corpus, args.out, args.images, args.seed, args.batch, size=args.size, backbone=args.backbone,
+                init_weights=args.init_weights)  # fmt: skip
+    print(json.dumps(res))
     return 0
 
 

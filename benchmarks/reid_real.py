@@ -105,8 +105,12 @@ class BenchConfig:
     seed: int = 42
     # table 1 (closed set, uncapped data: the benchmark's exact database)
     closed_epochs: int = 4
-    closed_batches_per_epoch: int = 40
+    closed_batches_per_epoch: int | None = 40  # None: one pass over the training images per epoch
     closed_eval_protocol: str = "query_gallery"  # per-epoch validation of table-1 runs (picks the best epoch)
+    closed_parallel_runs: int = 1  # train table 1's arms at once, each on cores // n threads (CPU)
+    # more arms of our pipeline for table 1: name -> training overrides (e.g. {gem: {pooling: gem}}); reported
+    # beside "ours" with their validation scores, which is what picks between them (never test)
+    closed_variants: dict[str, dict] = field(default_factory=dict)
     megadescriptor_scale: float = 64.0
     megadescriptor_margin: float = 0.5
     # table 2 / 3 / 5
@@ -327,9 +331,11 @@ def _write_card(src: Path, dst: Path, species: list[str]) -> None:
     card.save(dst / "README.md")
 
 
-def prepare_corpora(cfg: BenchConfig, work: Path, pack_dir: Path | None = None) -> dict[str, Path]:
+def prepare_corpora(
+    cfg: BenchConfig, work: Path, pack_dir: Path | None = None, only: set[str] | None = None
+) -> dict[str, Path]:
     """Build (if missing) the open and closed corpora under ``work/corpora``, compacted into ``pack_dir``
-    (default: the same folder)."""
+    (default: the same folder); ``only`` limits it to some of them (table 1 needs only "closed")."""
     base = work / "corpora"
     out = {}
     for name, sources, policy, cap, max_ids, max_img in (
@@ -344,6 +350,8 @@ def prepare_corpora(cfg: BenchConfig, work: Path, pack_dir: Path | None = None) 
         ("closed", cfg.closed_sources, "closed", None, None, None),
     ):
         dst = (pack_dir or base) / name
+        if only is not None and name not in only:
+            continue
         if not (dst / "README.md").is_file():
             src = build_source_corpus(base / f"{name}_src", sources, policy, cfg.build_args, cap)
             t0 = time.time()
@@ -464,7 +472,48 @@ class Bench:
         done.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
         return res
 
-    def peer(self, name: str, corpus: Path, images: int) -> dict[str, Any]:
+    def train_parallel(self, corpus: Path, specs: dict[str, dict], peer: tuple[str, int, int] | None = None) -> None:
+        """Train several runs at once, each a subprocess on ``cores // n`` threads (finished runs are skipped).
+
+        `train` / `peer` then find their ``results.json`` and reuse them; each gets ``bench_wall_s``.
+        """
+        jobs: dict[str, list[str]] = {}
+        for name, over in specs.items():
+            if not (self.work / "runs" / name / "results.json").is_file():
+                jobs[name] = [str(REPO / "train_accelerate.py"), *self.train_argv(name, corpus, **over)]
+        if peer and not (self.work / "runs" / peer[0] / "results.json").is_file():
+            c = self.cfg
+            jobs[peer[0]] = [str(REPO / "benchmarks" / "peer_arcface.py"), "--corpus", str(corpus), "--out",
+                             str(self.work / "runs" / peer[0]), "--images", str(peer[1]), "--batch", str(peer[2]), "--seed", str(c.seed),
+                             "--size", str(c.image_size), "--backbone", c.backbone, "--init_weights", c.init_weights]  # fmt: skip
+        if not jobs:
+            return
+        if not self.deadline.allows_run():
+            raise OutOfTime(f"{sorted(jobs)}: {self.deadline.left():.0f} s left of the time budget")
+        threads = str(max(1, (os.cpu_count() or 1) // len(jobs)))
+        procs, t0 = {}, time.time()
+        for name, argv in jobs.items():
+            run_dir = self.work / "runs" / name
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # an unfinished run
+            run_dir.mkdir(parents=True)
+            flag = "--threads" if name == (peer or ("",))[0] else "--cpu_threads"
+            log = open(self.work / "runs" / f"{name}.log", "w", encoding="utf-8")
+            procs[name] = (subprocess.Popen([sys.executable, *argv, flag, threads], stdout=log, stderr=log), log, argv)
+            logger.info("train %s (parallel, %s threads): %s", name, threads, " ".join(argv))
+        for name, (proc, log, argv) in procs.items():
+            rc = proc.wait()
+            log.close()
+            done = self.work / "runs" / name / "results.json"
+            if rc != 0 or not done.is_file():
+                raise RuntimeError(f"{name} failed (exit {rc}); see {self.work / 'runs' / (name + '.log')}")
+            res = json.loads(done.read_text(encoding="utf-8"))
+            res.update(argv=argv[1:], bench_wall_s=time.time() - t0, parallel_runs=len(jobs))
+            res.setdefault("train_images_seen", res.get("train_images"))
+            self.run_times[name] = res["bench_wall_s"]
+            done.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+
+    def peer(self, name: str, corpus: Path, images: int, batch: int = 64) -> dict[str, Any]:
         """The peer recipe (benchmarks/peer_arcface.py) on ``images`` training images; reused like `train`."""
         import peer_arcface
 
@@ -479,7 +528,7 @@ class Bench:
         c = self.cfg
         t0 = time.time()
         res = peer_arcface.train(
-            str(corpus), str(run_dir), images, seed=c.seed, size=c.image_size, backbone=c.backbone,
+            str(corpus), str(run_dir), images, seed=c.seed, batch=batch, size=c.image_size, backbone=c.backbone,
             init_weights=c.init_weights,
         )  # fmt: skip
         res["bench_wall_s"] = self.run_times[name] = self.used_runs[name] = time.time() - t0
@@ -613,22 +662,31 @@ def table1(bench: Bench) -> dict[str, Any]:
         "max_images_per_identity": None,  # the benchmark's exact database
         "max_eval_images_per_identity": None,
     }
-    ours = bench.train("t1_ours", corpus, **common)
+    arcface = {
+        "subcenters": 1,
+        "dynamic_margins": False,
+        "margin_max": c.megadescriptor_margin,
+        "margin_min": c.megadescriptor_margin,
+        "scale": c.megadescriptor_scale,
+        "head_init": "normal",
+    }
+    specs = {"t1_ours": common, "t1_arcface": {**common, **arcface}}
+    specs |= {f"t1_{name}": {**common, **over} for name, over in c.closed_variants.items()}
+    if c.closed_parallel_runs > 1:
+        bench.train_parallel(corpus, specs, peer=("t1_peer", *_closed_images(bench, corpus, common)))
+    trained = {name: bench.train(name, corpus, **over) for name, over in specs.items()}
+    ours, plain = trained["t1_ours"], trained["t1_arcface"]
     runs = {
         f"ours ({_recipe_label(ours)})": ours,
-        f"ours, plain ArcFace head (k=1, m={c.megadescriptor_margin}, s={c.megadescriptor_scale:g})": bench.train(
-            "t1_arcface",
-            corpus,
-            subcenters=1,
-            dynamic_margins=False,
-            margin_max=c.megadescriptor_margin,
-            margin_min=0.0,
-            scale=c.megadescriptor_scale,
-            **common,
-        ),
+        f"ours with a plain ArcFace head (k=1, m={c.megadescriptor_margin}, s={c.megadescriptor_scale:g}, "
+        "N(0, 0.01) init)": plain,
     }
+    for name, over in c.closed_variants.items():
+        runs[f"ours, {name} ({', '.join(f'{k}={v}' for k, v in over.items())})"] = trained[f"t1_{name}"]
     # the peer recipe (benchmarks/peer_arcface.py), trained on as many images as ours
-    runs["peer recipe (plain-ArcFace script, issue 12)"] = bench.peer("t1_peer", corpus, ours["train_images_seen"])
+    runs["peer recipe (plain-ArcFace script, issue 12)"] = bench.peer(
+        "t1_peer", corpus, ours["train_images_seen"], _closed_images(bench, corpus, common)[1]
+    )
     models = {floor_label(c): "imagenet"}
     models.update({k: v["export_dir"] for k, v in runs.items()})
     rows: dict[str, Any] = {}
@@ -668,6 +726,16 @@ def table1(bench: Bench) -> dict[str, Any]:
     }
 
 
+def _closed_images(bench: Bench, corpus: Path, common: dict[str, Any]) -> tuple[int, int]:
+    """``(training images, batch size)`` of a table-1 run: epochs x batches per epoch x batch (default: one pass)."""
+    from animal_reid.training.config import parse_config
+
+    cfg = parse_config(bench.train_argv("t1_ours", corpus, **common)).train
+    rows = len(bench.split(corpus, "train", capped=False))
+    batches = cfg.batches_per_epoch or max(1, rows // cfg.batch_size)
+    return cfg.epochs * batches * cfg.batch_size, cfg.batch_size
+
+
 def _recipe_label(res: dict[str, Any]) -> str:
     """Short description of a run's head and optimiser from its resolved config (``config_summary``)."""
     h = res.get("config_summary") or {}
@@ -685,6 +753,7 @@ def _run_summary(res: dict[str, Any]) -> dict[str, Any]:
         "train_images_per_s": res.get("train_images_per_s"),
         "wall_time_s": res.get("bench_wall_s"),
         "train_images_seen": res.get("train_images_seen"),
+        "val_best": {sp: m.get("top1") for sp, m in ((res.get("val_best") or {}).get("per_species") or {}).items()},
         "export_dir": res.get("export_dir"),
         "argv": " ".join(res.get("argv", [])),
     }
@@ -962,8 +1031,10 @@ def render_markdown(results: dict[str, Any]) -> str:
             )
             lines += ["", per_point, ""]
             for label, run in r.get("runs", {}).items():
+                val = ", ".join(f"{sp} {_f(v)}" for sp, v in (run.get("val_best") or {}).items()) or "n/a"
                 lines.append(
-                    f"- {label}: {run.get('train_images_seen')} training images, {(run.get('wall_time_s') or 0) / 60:.0f} min"
+                    f"- {label}: {run.get('train_images_seen')} training images, "
+                    f"{(run.get('wall_time_s') or 0) / 60:.0f} min; validation top-1 of its chosen epoch: {val}"
                 )
             lines.append("")
     if "2" in t:
@@ -1208,7 +1279,8 @@ def _run_benchmarks(
                     f"--corpora {corpora_dir}: expected a compacted corpus at {p} (README.md + data/)"
                 )
     else:
-        corpora = prepare_corpora(cfg, work)
+        needed = ({"closed"} if 1 in cfg.tables else set()) | ({"open"} if set(cfg.tables) - {1} else set())
+        corpora = prepare_corpora(cfg, work, only=needed)
     bench = Bench(cfg=cfg, work=work, corpora=corpora, deadline=deadline)
     results: dict[str, Any] = {
         "meta": {

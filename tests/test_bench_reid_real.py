@@ -241,7 +241,7 @@ def test_smoke_table1_has_the_peer_arm_with_the_same_image_count(tmp_path):
     shutil.copytree(corpora / "closed", corpora / "open")  # present, unused by table 1
     results = tmp_path / "res" / "smoke"
     argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(tmp_path / "work")]
-    argv += ["--results", str(results), "--set", "tables=[1]"]
+    argv += ["--results", str(results), "--set", "tables=[1]", "closed_parallel_runs=3"]
     res = reid_real.main(argv)
     assert res["skipped"] == []
     t1 = res["tables"]["1"]

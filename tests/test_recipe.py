@@ -131,3 +131,10 @@ def test_optimiser_choice():
     assert isinstance(adamw, torch.optim.AdamW)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         parse_config(["--optimizer", "lion"])
+
+
+def test_auto_protocol_scores_closed_set_validation_against_train():
+    label_of = {"a": 0, "b": 1}
+    assert train_accelerate.resolve_protocol(["a", "b", "a"], label_of) == "query_gallery"
+    assert train_accelerate.resolve_protocol(["a", "c"], label_of) == "leave_one_out"
+    assert train_accelerate.resolve_protocol([], label_of) == "leave_one_out"

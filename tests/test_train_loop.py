@@ -33,6 +33,10 @@ def tiny_args(corpus: Path, out: Path, *extra: str) -> list[str]:
         "--backbone", "test_efficientnet", "--init_weights", "none", "--image_size", "64", "--embedding_dim", "32",
         "--epochs", "2", "--batches_per_epoch", "3", "--identities_per_batch", "4", "--images_per_identity", "2",
         "--num_workers", "0", "--eval_batch_size", "16", "--log_every", "1", "--lr_head", "1e-2", "--lr_backbone", "1e-4",
+        # the paper's ingredients (GeM, BNNeck, sub-center ArcFace k=3 with dynamic margins), not the defaults,
+        # so the loop is tested with every component the model has
+        "--pooling", "gem", "--neck_bn", "true", "--subcenters", "3", "--dynamic_margins", "true",
+        "--margin_min", "0.05", "--scale", "30",
         *extra,
     ]  # fmt: skip
 

@@ -27,7 +27,7 @@ OPTIMIZER_CHOICES = ("sgd", "adamw")
 SAMPLER_CHOICES = ("random", "pk")
 POOLING_CHOICES = ("gem", "avg")
 HEAD_INIT_CHOICES = ("mean", "normal", "xavier")
-EVAL_PROTOCOL_CHOICES = ("leave_one_out", "query_gallery")
+EVAL_PROTOCOL_CHOICES = ("auto", "leave_one_out", "query_gallery")
 
 
 @dataclass
@@ -51,7 +51,11 @@ class ModelArguments:
         },
     )
     embedding_dim: int = field(
-        default=512, metadata={"help": "Size of the embedding neck's projection (0: no projection)."}
+        default=0,
+        metadata={
+            "help": "Size of the embedding neck's projection (0: no projection, the backbone's own features: the "
+            "default since issue 12, a projection trained from scratch starts the embedding from noise)."
+        },
     )
     image_size: int = field(default=224, metadata={"help": "Square input size in pixels (processor resize)."})
     jpeg_draft: bool = field(
@@ -65,11 +69,11 @@ class ModelArguments:
         },
     )
     pooling: str = field(
-        default="gem",
+        default="avg",
         metadata={"help": "'gem' (generalised mean, learnable p; the paper's) or 'avg' (the backbone's own)."},
     )
     neck_bn: bool = field(
-        default=True, metadata={"help": "BatchNorm1d on the embedding (BNNeck) before normalisation."}
+        default=False, metadata={"help": "BatchNorm1d on the embedding (BNNeck) before normalisation."}
     )
     head_init: str = field(
         default="mean",
@@ -78,14 +82,16 @@ class ModelArguments:
             "embedding of its training images: no random-head shock), 'normal' (N(0, 0.01)) or 'xavier'."
         },
     )
-    subcenters: int = field(default=3, metadata={"help": "Sub-centers per identity in the ArcFace head (k)."})
-    scale: float = field(default=30.0, metadata={"help": "ArcFace scale s."})
-    margin_min: float = field(default=0.05, metadata={"help": "Smallest dynamic margin in radians."})
+    subcenters: int = field(
+        default=1, metadata={"help": "Sub-centers per identity in the ArcFace head (k; the paper's is 3)."}
+    )
+    scale: float = field(default=64.0, metadata={"help": "ArcFace scale s."})
+    margin_min: float = field(default=0.5, metadata={"help": "Smallest dynamic margin in radians."})
     margin_max: float = field(
         default=0.5, metadata={"help": "Largest dynamic margin in radians (the rarest identity's)."}
     )
     dynamic_margins: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "Set per-identity margins from the train split's image counts; when false, every "
             "identity gets margin_max (plain ArcFace when subcenters=1)."
@@ -246,10 +252,12 @@ class TrainArguments:
     )
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size for embedding evaluation images."})
     eval_protocol: str = field(
-        default="leave_one_out",
+        default="auto",
         metadata={
-            "help": "'leave_one_out' (the paper's: within a species, each evaluation image queries the others) or "
-            "'query_gallery' (MegaDescriptor's: validation images query train; test images query train+validation)."
+            "help": "'leave_one_out' (the paper's: within a species, each evaluation image queries the others), "
+            "'query_gallery' (MegaDescriptor's: validation images query train; test images query train+validation) "
+            "or 'auto' (default): query_gallery when every validation identity is also a training identity (a "
+            "closed-set split, where leave-one-out within validation would score nothing), else leave_one_out."
         },
     )
     eval_every: int = field(

@@ -1,0 +1,429 @@
+"""Local features (keypoints + descriptors) of an image crop, and their on-disk cache.
+
+Memory budget: an image keeps at most ``max_keypoints`` keypoints, each ``2 x float32`` coordinates plus a
+``uint8`` descriptor (128 bytes for SIFT, 32 for ORB), so a cached image costs at most
+``max_keypoints * (8 + descriptor bytes)``: 69.6 kB for SIFT at the default 512, i.e. <= 70 MB per 1,000 images
+on disk and in memory (:meth:`LocalFeatureConfig.bytes_per_image`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FEATURE_METHODS = ("sift", "orb")
+#: why an image has no usable keypoints (its global score is kept)
+STATUS = ("ok", "too_small", "featureless", "unreadable")
+DESCRIPTOR_BYTES = {"sift": 128, "orb": 32}
+
+
+@dataclass(frozen=True)
+class LocalFeatureConfig:
+    """How keypoints are computed. Every field is part of the cache key.
+
+    ``max_side``: the crop is shrunk (never enlarged) so its longer side is at most this many pixels.
+    ``min_side``: a crop whose shorter side is below this is ``too_small`` (no keypoints, global score kept).
+    ``min_keypoints``: fewer keypoints than this make an image ``featureless``.
+    ``ratio``: Lowe's ratio test; ``ransac_px``: MAGSAC's maximum residual (pixels at ``max_side``);
+    ``min_matches``: ratio-test matches needed before a fundamental matrix is tried (at least 8).
+    """
+
+    method: str = "sift"
+    max_side: int = 384
+    max_keypoints: int = 512
+    min_side: int = 32
+    min_keypoints: int = 8
+    ratio: float = 0.8
+    ransac_px: float = 2.0
+    min_matches: int = 8
+
+    def __post_init__(self):
+        if self.method not in FEATURE_METHODS:
+            raise ValueError(f"method must be one of {FEATURE_METHODS}, got {self.method!r}")
+        for name in ("max_side", "max_keypoints", "min_side", "min_keypoints"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side ({self.min_side}) must be <= max_side ({self.max_side})")
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio!r}")
+        if not self.ransac_px > 0:
+            raise ValueError(f"ransac_px must be > 0, got {self.ransac_px!r}")
+        if self.min_matches < 8:
+            raise ValueError(f"min_matches must be >= 8 (a fundamental matrix needs 8 points), got {self.min_matches}")
+
+    @property
+    def descriptor_bytes(self) -> int:
+        return DESCRIPTOR_BYTES[self.method]
+
+    def bytes_per_image(self) -> int:
+        """Upper bound of one image's cached features (coordinates + descriptors)."""
+        return self.max_keypoints * (8 + self.descriptor_bytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LocalFeatureConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def cache_key(self) -> tuple[str, dict]:
+        """``(key, meta)``: the extraction settings (matching-only fields left out) and OpenCV's version."""
+        import cv2
+
+        extraction = {k: v for k, v in self.to_dict().items() if k not in ("ratio", "ransac_px", "min_matches")}
+        meta = {"local_features": extraction, "opencv": cv2.__version__}
+        key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
+        return f"local-{self.method}-{key}", meta
+
+
+@dataclass
+class LocalFeatures:
+    """Keypoints of one crop: ``xy`` [n, 2] float32 pixels of the resized crop, ``desc`` [n, D] uint8."""
+
+    xy: np.ndarray
+    desc: np.ndarray
+    size: tuple[int, int]  # (width, height) of the crop the keypoints live in
+    status: str = "ok"
+
+    def __len__(self) -> int:
+        return int(self.xy.shape[0])
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def empty(cls, status: str, size=(0, 0), dim: int = 128) -> LocalFeatures:
+        return cls(np.zeros((0, 2), np.float32), np.zeros((0, dim), np.uint8), tuple(size), status)
+
+
+_PROCESSOR = None
+
+
+def _processor():
+    """The model's image processor, for its validated decode and its box + theta crop (min_side 1: we check)."""
+    global _PROCESSOR
+    if _PROCESSOR is None:
+        from modeling import AnimalReIDImageProcessor
+
+        _PROCESSOR = AnimalReIDImageProcessor(min_side=1)
+    return _PROCESSOR
+
+
+def load_crop(item: Any, max_side: int, grey: bool = True):
+    """The grey-level (or RGB) crop of an item (box rotated by theta, if any) shrunk to ``max_side``: a PIL ``L`` image.
+
+    ``item`` is an :class:`animal_reid.identify.ImageItem` (or anything with ``image``, ``bbox``, ``theta``) or a
+    PIL image. Raises ``ValueError`` (the processor's ``InvalidImageError``) or ``OSError`` for unusable input.
+    """
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        img, box, theta = item.convert("RGB"), None, 0.0
+    else:
+        proc = _processor()
+        img = proc.load_image(io.BytesIO(item.image) if isinstance(item.image, bytes) else item.image)
+        box, theta = item.bbox, float(item.theta or 0.0)
+    if box is not None:
+        img = _processor().crop(img, box, theta)
+    w, h = img.size
+    scale = min(1.0, max_side / max(w, h))
+    if scale < 1.0:
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+    return img.convert("L") if grey else img
+
+
+def extract(item: Any, config: LocalFeatureConfig) -> LocalFeatures:
+    """Keypoints of one item; never raises for bad images (status ``too_small``/``featureless``/``unreadable``)."""
+    import cv2
+
+    try:
+        crop = load_crop(item, config.max_side)
+    except (ValueError, OSError) as err:  # InvalidImageError is a ValueError; PIL decoding errors are OSErrors
+        logger.debug("no local features for %s: %s", getattr(item, "name", item), err)
+        return LocalFeatures.empty("unreadable", dim=config.descriptor_bytes)
+    size = crop.size
+    if min(size) < config.min_side:
+        return LocalFeatures.empty("too_small", size, config.descriptor_bytes)
+    arr = np.asarray(crop, dtype=np.uint8)
+    if config.method == "sift":
+        det = cv2.SIFT_create(nfeatures=config.max_keypoints)
+    else:
+        det = cv2.ORB_create(nfeatures=config.max_keypoints)
+    kps, desc = det.detectAndCompute(arr, None)
+    if desc is None or len(kps) < config.min_keypoints:
+        return LocalFeatures.empty("featureless", size, config.descriptor_bytes)
+    kps, desc = kps[: config.max_keypoints], desc[: config.max_keypoints]
+    xy = np.array([k.pt for k in kps], dtype=np.float32).reshape(-1, 2)
+    if config.method == "sift":  # OpenCV's SIFT descriptors are integers in [0, 255] stored as float
+        desc = np.clip(np.rint(desc), 0, 255)
+    return LocalFeatures(xy, np.ascontiguousarray(desc, dtype=np.uint8), size, "ok")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# cache
+class _Corrupt(Exception):
+    pass
+
+
+_ARRAYS = ("keys", "status", "offsets", "xy", "desc", "size")
+
+
+def _pack(keys: Sequence[str], feats: Sequence[LocalFeatures]) -> dict[str, np.ndarray]:
+    counts = [len(f) for f in feats]
+    dim = feats[0].desc.shape[1] if feats else 0
+    return {
+        "keys": np.array(list(keys), dtype=str),
+        "status": np.array([STATUS.index(f.status) for f in feats], dtype=np.int8),
+        "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        "xy": np.concatenate([f.xy for f in feats]) if feats else np.zeros((0, 2), np.float32),
+        "desc": np.concatenate([f.desc for f in feats]) if feats else np.zeros((0, dim), np.uint8),
+        "size": np.array([f.size for f in feats], dtype=np.int32).reshape(-1, 2),
+    }
+
+
+def _read(path: Path) -> dict[str, LocalFeatures]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+        if bad is not None:
+            raise _Corrupt(f"checksum mismatch in {bad}")
+        with np.load(path, allow_pickle=False) as z:
+            if not set(_ARRAYS) <= set(z.files):
+                raise _Corrupt(f"holds arrays {sorted(z.files)}, not {list(_ARRAYS)}")
+            a = {k: z[k] for k in _ARRAYS}
+    except (_Corrupt, FileNotFoundError):
+        raise
+    except Exception as err:  # noqa: BLE001 - BadZipFile, EOFError, ValueError, OSError
+        raise _Corrupt(f"{type(err).__name__}: {err}") from err
+    n = a["keys"].shape[0]
+    off = a["offsets"]
+    ok = (
+        a["status"].shape == (n,)
+        and off.shape == (n + 1,)
+        and a["size"].shape == (n, 2)
+        and a["xy"].ndim == 2
+        and a["xy"].shape[1] == 2
+        and a["desc"].dtype == np.uint8
+        and a["desc"].shape[0] == a["xy"].shape[0]
+        and (n == 0 or (off[0] == 0 and off[-1] == a["xy"].shape[0] and (np.diff(off) >= 0).all()))
+        and ((a["status"] >= 0) & (a["status"] < len(STATUS))).all()
+        and np.isfinite(a["xy"]).all()
+    )
+    if not ok:
+        raise _Corrupt("arrays of inconsistent shapes or types")
+    out = {}
+    for i, k in enumerate(a["keys"]):
+        s, e = int(off[i]), int(off[i + 1])
+        out[str(k)] = LocalFeatures(
+            a["xy"][s:e], a["desc"][s:e], (int(a["size"][i, 0]), int(a["size"][i, 1])), STATUS[a["status"][i]]
+        )
+    return out
+
+
+class LocalFeatureCache:
+    """Local features of images already seen, in ``<root>/<key>/`` (``features.npz`` + ``part-*.npz``).
+
+    The same discipline as :class:`animal_reid.identify.EmbeddingCache`: the folder is keyed by the extraction
+    settings, each image by :meth:`ImageItem.cache_key`; every file is written atomically, parts are saved as
+    they are computed and folded into ``features.npz`` by :meth:`save`; a corrupt file is reported, removed and
+    its images computed again. Images without usable keypoints are cached too (with their status).
+    """
+
+    MAIN = "features.npz"
+    PART_GLOB = "part-*.npz"
+
+    def __init__(self, root: str | os.PathLike, config: LocalFeatureConfig):
+        key, self.meta = config.cache_key()
+        self.dir = Path(root).expanduser() / key
+        self.config = config
+        self._feats: dict[str, LocalFeatures] = {}
+        self._parts: list[Path] = []
+        self.n_rebuilt = 0
+        if self.dir.is_dir():
+            for path in [self.dir / self.MAIN, *sorted(self.dir.glob(self.PART_GLOB))]:
+                if not path.is_file():
+                    continue
+                try:
+                    got = _read(path)
+                except FileNotFoundError:
+                    continue
+                except _Corrupt as err:
+                    logger.warning("local-feature cache file %s is corrupt (%s): removing it", path, err)
+                    path.unlink(missing_ok=True)
+                    self.n_rebuilt += 1
+                    continue
+                for k, f in got.items():
+                    self._feats.setdefault(k, f)
+                if path.name != self.MAIN:
+                    self._parts.append(path)
+
+    def __len__(self) -> int:
+        return len(self._feats)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._feats
+
+    def get(self, key: str) -> LocalFeatures | None:
+        return self._feats.get(key)
+
+    def add(self, keys: Sequence[str], feats: Sequence[LocalFeatures]) -> None:
+        from animal_reid.identify import _write_atomic
+
+        new = [(k, f) for k, f in zip(keys, feats, strict=True) if k not in self._feats]
+        if not new:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        part = self.dir / f"part-{time.time_ns():020d}-{os.getpid()}.npz"
+        arrays = _pack([k for k, _ in new], [f for _, f in new])
+        _write_atomic(part, lambda f: np.savez(f, **arrays))
+        self._feats.update(new)
+        self._parts.append(part)
+        meta = json.dumps(self.meta, indent=2, sort_keys=True).encode()
+        if not (self.dir / "meta.json").is_file():
+            _write_atomic(self.dir / "meta.json", lambda f: f.write(meta))
+
+    def save(self) -> None:
+        """Fold the parts into ``features.npz`` (atomically) and remove them."""
+        from animal_reid.identify import _write_atomic
+
+        if not self._parts:
+            return
+        arrays = _pack(list(self._feats), list(self._feats.values()))
+        _write_atomic(self.dir / self.MAIN, lambda f: np.savez(f, **arrays))
+        for p in self._parts:
+            p.unlink(missing_ok=True)
+        self._parts = []
+
+    def nbytes(self) -> int:
+        """Bytes of the cache files on disk."""
+        return sum(p.stat().st_size for p in self.dir.glob("*.npz")) if self.dir.is_dir() else 0
+
+
+class LocalFeatureStore:
+    """Local features of items, computed once (``workers`` threads) and cached (``cache_dir``) when given.
+
+    ``n_computed`` counts extractions over the object's life (cache misses); ``stats()`` counts the statuses.
+    """
+
+    #: items computed between two cache saves
+    SAVE_EVERY = 256
+
+    def __init__(self, config: LocalFeatureConfig | None = None, cache_dir: str | os.PathLike | None = None):
+        self.config = config or LocalFeatureConfig()
+        self.cache = LocalFeatureCache(cache_dir, self.config) if cache_dir is not None else None
+        self._memory: dict[str, LocalFeatures] = {}
+        self.n_computed = 0
+
+    def features(
+        self,
+        items: Sequence[Any],
+        workers: int = 1,
+        progress: bool | None = None,
+        desc: str = "local features",
+    ) -> list[LocalFeatures]:
+        """Features of each item (from the cache when there), in order; identical whatever ``workers``."""
+        keys = [_item_key(it) for it in items]
+        out: dict[int, LocalFeatures] = {}
+        todo = []
+        for i, k in enumerate(keys):
+            f = self._memory.get(k) if k is not None else None
+            if f is None and k is not None and self.cache is not None:
+                f = self.cache.get(k)
+            if f is None:
+                todo.append(i)
+            else:
+                out[i] = f
+        if todo:
+            logger.info("computing local features of %d images (%d cached)", len(todo), len(out))
+            bar = _progress(len(todo), desc, progress)
+            with _cv2_threads(1), ThreadPoolExecutor(max(1, workers)) as pool:
+                for start in range(0, len(todo), self.SAVE_EVERY):
+                    chunk = todo[start : start + self.SAVE_EVERY]
+                    feats = list(pool.map(lambda i: extract(items[i], self.config), chunk))
+                    bar.update(len(chunk))
+                    self.n_computed += len(chunk)
+                    for i, f in zip(chunk, feats, strict=True):
+                        out[i] = f
+                    cached = [(keys[i], f) for i, f in zip(chunk, feats, strict=True) if keys[i] is not None]
+                    if self.cache is not None and cached:
+                        self.cache.add([k for k, _ in cached], [f for _, f in cached])
+                    for k, f in cached:
+                        self._memory[k] = f
+            bar.close()
+            if self.cache is not None:
+                self.cache.save()
+        return [out[i] for i in range(len(items))]
+
+
+def _item_key(item: Any) -> str | None:
+    """The embedding cache's image key (path/size/mtime or bytes hash, box, theta); None for in-memory images."""
+    key = getattr(item, "cache_key", None)
+    if key is None:
+        return None
+    try:
+        return key()
+    except OSError:  # vanished: extract() reports it unreadable
+        return None
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, show: bool | None):
+    """A tqdm bar (``show`` None: only when logging at INFO on a terminal)."""
+    import sys
+
+    if show is None:
+        show = sys.stderr.isatty() and logging.getLogger("animal_reid").getEffectiveLevel() <= logging.INFO
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img")
+
+
+class _cv2_threads:
+    """OpenCV's own thread pool set to ``n`` for a block (our threads parallelise; nested pools oversubscribe)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        import cv2
+
+        self.old = cv2.getNumThreads()
+        cv2.setNumThreads(self.n)
+
+    def __exit__(self, *exc):
+        import cv2
+
+        cv2.setNumThreads(self.old)
+
+
+def map_ordered(fn: Callable, items: Sequence[Any], workers: int) -> list[Any]:
+    """``[fn(x) for x in items]`` on ``workers`` threads, in order."""
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
