@@ -13,6 +13,7 @@ Command line::
 
     python -m animal_reid.identify --model DIR_OR_REPO --gallery GALLERY --queries Q [Q ...] --out OUTDIR \
         [--top-k 5] [--threshold 0.45 | --threshold thresholds.json] [--on-error skip|raise] [--overwrite] [-v]
+        [--rerank local [--rerank-k 20] [--rerank-workers 1] [--rerank-time-budget S] [--rerank-fusion F.json]]
 
 A gallery is one of
 
@@ -44,6 +45,17 @@ by its file path, size and modification time (bytes hash for corpus images) plus
 second run embeds only images it has not seen. The cache is saved after every chunk (a killed run keeps what it
 embedded), written atomically, and checked when read: a truncated or corrupt cache file is reported in one
 warning and rebuilt (see :class:`EmbeddingCache`).
+
+Local re-ranking (``--rerank local``, API ``identify(..., rerank="local")`` or a
+:class:`animal_reid.rerank.LocalReranker`): the top ``--rerank-k`` gallery images of each query by cosine
+(within the query's species when both are known) are re-scored by verified SIFT matches inside the boxes, and
+fused with the cosine by the fusion saved as ``rerank_fusion.json`` in the model directory or the gallery folder
+(or ``--rerank-fusion``; without one a default weight is used, with a warning). Candidates then carry the fused
+``score`` plus ``cosine`` and ``inliers``; the new-individual verdict compares the fused score with the fusion
+file's own open-set threshold, or with ``--threshold`` (a threshold saved for plain cosines is not used). Local
+features are cached beside the embeddings (``--cache-dir``/``local-*``); images without usable keypoints keep
+their cosine and are counted. Each query also gets ``match_sheets/NNNN_<query>_matches.png`` with the verified
+keypoint matches drawn between the query and each candidate. See docs/rerank.md.
 
 Outputs in ``--out``: ``results.csv`` (one row per query and rank), ``results.json`` (one record per query),
 ``skipped.csv`` and ``match_sheets/NNNN_<query>.png``. An existing non-empty ``--out`` is refused before any work
@@ -642,6 +654,8 @@ class QueryResult:
     query_identity: str | None = None
     item: ImageItem | None = field(default=None, repr=False)
     candidate_items: list[ImageItem] = field(default_factory=list, repr=False)
+    matches: list | None = field(default=None, repr=False)  # PairMatch per candidate under local re-ranking
+    match_config: Any = field(default=None, repr=False)  # its LocalFeatureConfig (for drawing)
 
     @property
     def predicted_identity(self) -> str | None:
@@ -757,6 +771,7 @@ class Identifier:
                 raise ValueError("a cache_dir needs a model_key naming the model weights and preprocessing")
             self.cache = EmbeddingCache(cache_dir, model_key, cache_meta)
         self.n_embedded = 0  # images run through the model (cache misses), over this object's life
+        self.rerank_stats: dict | None = None  # of the last identify() with local re-ranking
 
     @classmethod
     def from_pretrained(
@@ -908,11 +923,14 @@ class Identifier:
         top_k: int = 5,
         threshold: float | str | OpenSetThreshold | None = None,
         bad_images: BadImages | None = None,
+        rerank: Any = None,
     ) -> list[QueryResult]:
         """Ranked candidate individuals (max score over each individual's images) and a verdict per query.
 
         With ``bad_images`` (``on_error="skip"``) unusable gallery and query images are left out and listed
         there, and results cover the usable queries; without, the first unusable image raises.
+        ``rerank``: None, ``"local"`` (a :class:`animal_reid.rerank.LocalReranker` with the fusion saved beside
+        the model, its features cached beside the embeddings) or a ``LocalReranker``; see the module docstring.
         """
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -921,7 +939,17 @@ class Identifier:
             raise ValueError(f"{len(missing)} gallery images have no identity, e.g. {missing[:3]}")
         if not gallery:
             raise ValueError("the gallery is empty")
-        thr = _resolve_threshold(threshold, self.model_dir)
+        reranker = self.local_reranker(rerank) if rerank is not None else None
+        if reranker is not None and threshold is None:
+            thr = reranker.fusion.threshold()
+            if thr is None and self.model_dir is not None and (self.model_dir / THRESHOLD_FILE).is_file():
+                logger.info(
+                    "local re-ranking: %s holds a threshold on cosines, not on fused scores; no verdicts "
+                    "(fit one on fused scores into the fusion file, or pass a threshold)",
+                    self.model_dir / THRESHOLD_FILE,
+                )
+        else:
+            thr = _resolve_threshold(threshold, self.model_dir)
         kept, g_emb = self.embed_usable(gallery, bad_images, "gallery")
         if not kept:
             raise ValueError(f"no usable gallery image: all {len(gallery)} were skipped as unusable")
@@ -935,13 +963,23 @@ class Identifier:
         n_ids = len(set(identities.tolist()))
         want = min(top_k, n_ids)
         k_img = min(len(gallery), max(50, 10 * top_k))
+        if reranker is not None:
+            k_img = min(len(gallery), max(k_img, 4 * reranker.k))
         scores, idx = index.search(q_emb, k_img)
+        fused = cos_of = inliers_of = None
+        if reranker is not None:
+            fused, cos_of, inliers_of = self._rerank(reranker, queries, gallery, scores, idx)
         results = []
         for qi, q in enumerate(queries):
             s, ii = scores[qi], idx[qi]
             while True:
                 best: dict[str, tuple[float, int]] = {}
-                for sc, gi in zip(s, ii, strict=True):
+                pairs = zip(s, ii, strict=True)
+                if fused is not None:  # re-scored shortlist first, by fused score; then the rest by cosine
+                    pairs = sorted(
+                        ((fused[qi].get(int(gi), sc), gi) for sc, gi in pairs), key=lambda p: -p[0]
+                    )
+                for sc, gi in pairs:
                     if gi < 0:
                         continue
                     ident = identities[gi]
@@ -961,6 +999,12 @@ class Identifier:
                 }
                 for r, (ident, (sc, gi)) in enumerate(ranked)
             ]
+            matches = None
+            if reranker is not None:
+                for c, (_, (_, gi)) in zip(cands, ranked, strict=True):
+                    c["cosine"] = round(cos_of[qi][gi], 6) if gi in cos_of[qi] else c["score"]
+                    c["inliers"] = inliers_of[qi].get(gi)  # None: outside the shortlist; -1: no keypoints
+                matches = [reranker.match(q, gallery[gi]) for _, (_, gi) in ranked]
             verdict, t = None, None
             if thr is not None and cands:
                 t = thr.threshold_for(cands[0]["species"])
@@ -974,9 +1018,55 @@ class Identifier:
                     query_identity=q.identity,
                     item=q,
                     candidate_items=[gallery[gi] for _, (_, gi) in ranked],
+                    matches=matches,
+                    match_config=reranker.config if reranker is not None else None,
                 )
             )
         return results
+
+    def local_reranker(self, rerank: Any):
+        """The :class:`animal_reid.rerank.LocalReranker` for ``rerank`` (``"local"`` or one already built)."""
+        from .rerank import FUSION_FILE, Fusion, LocalReranker
+
+        if isinstance(rerank, LocalReranker):
+            return rerank
+        if rerank != "local":
+            raise ValueError(f"rerank must be None, 'local' or a LocalReranker, got {rerank!r}")
+        fusion = None
+        if self.model_dir is not None and (self.model_dir / FUSION_FILE).is_file():
+            logger.info(
+                "local re-ranking with the fusion saved with the model: %s", self.model_dir / FUSION_FILE
+            )
+            fusion = Fusion.load(self.model_dir / FUSION_FILE)
+        cache_root = self.cache.dir.parent if self.cache is not None else None
+        return LocalReranker(fusion, cache_dir=cache_root)
+
+    def _rerank(self, reranker, queries, gallery, scores, idx) -> tuple[list[dict], list[dict], list[dict]]:
+        """Per query ``{gallery index: fused score}``, ``{.. : cosine}``, ``{.. : inliers}`` of its shortlist.
+
+        The shortlist is the top ``reranker.k`` gallery images by cosine of the query's own species (when known).
+        """
+        k = reranker.k
+        short = np.full((len(queries), k), -1, dtype=np.int64)
+        cos = np.full((len(queries), k), -np.inf)
+        for qi, q in enumerate(queries):
+            keep = [
+                j
+                for j, gi in enumerate(idx[qi])
+                if gi >= 0 and (q.species is None or gallery[gi].species in (None, q.species))
+            ][:k]
+            short[qi, : len(keep)] = idx[qi][keep]
+            cos[qi, : len(keep)] = scores[qi][keep]
+        out = reranker.rerank(queries, gallery, short, cos)
+        self.rerank_stats = out.stats
+
+        def per_query(values, cast):
+            return [
+                {int(g): cast(v) for g, v in zip(out.indices[qi], values[qi], strict=True) if g >= 0}
+                for qi in range(len(queries))
+            ]
+
+        return per_query(out.scores, float), per_query(out.cosine, float), per_query(out.inliers, int)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1065,6 +1155,21 @@ def _write_match_sheets(results: Sequence[QueryResult], sheets: Path, prune: boo
             logger.warning("no match sheet for %s: %s", r.query, err)
             continue
         written.add(path.name)
+        if r.matches is not None and r.candidates:
+            from .rerank.reranker import draw_match_sheet
+
+            mpath = sheets / f"{i:04d}_{stem}_matches.png"
+            captions = [
+                f"{c['rank']}. {c['identity']}  fused {c['score']:.3f}  cosine {c.get('cosine', c['score']):.3f}  "
+                f"{'no keypoints' if m.n_inliers < 0 else f'{m.n_inliers} verified matches'}"
+                for c, m in zip(r.candidates, r.matches, strict=True)
+            ]
+            try:
+                draw_match_sheet(r.item, r.candidate_items, r.matches, captions, mpath, r.match_config)
+            except Exception as err:  # noqa: BLE001 - as above
+                logger.warning("no keypoint match sheet for %s: %s", r.query, err)
+                continue
+            written.add(mpath.name)
     if prune and sheets.is_dir():
         for old in sheets.glob("[0-9][0-9][0-9][0-9]_*.png"):
             if old.name not in written:
@@ -1146,6 +1251,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no-match-sheets", action="store_true")
+    p.add_argument(
+        "--rerank",
+        choices=("none", "local"),
+        default="none",
+        help="local: re-score each query's shortlist with verified SIFT keypoint matches (docs/rerank.md)",
+    )
+    p.add_argument("--rerank-k", type=int, default=20, help="shortlist size re-scored per query (>= 1)")
+    p.add_argument("--rerank-workers", type=int, default=1, help="threads matching keypoints (>= 1)")
+    p.add_argument(
+        "--rerank-time-budget",
+        type=float,
+        default=None,
+        help="seconds per query; candidates not matched in time keep their cosine (default: no limit)",
+    )
+    p.add_argument(
+        "--rerank-fusion",
+        default=None,
+        help="fitted fusion JSON (default: rerank_fusion.json in --model, else in a --gallery folder)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks with errors")
     return p
@@ -1158,8 +1282,11 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"{name} must be >= {low}, got {value}")
     if args.num_workers < 0:
         raise UsageError(f"--num-workers must be >= 0, got {args.num_workers}")
+    rerank = args.rerank == "local"
+    if rerank:
+        _check_rerank_args(args)
     if args.threshold is not None:
-        _check_threshold_arg(args.threshold)
+        _check_threshold_arg(args.threshold, rerank)
     _check_model(args.model)
     if not Path(args.gallery).exists():
         raise UsageError(f"--gallery {args.gallery}: no such file or folder")
@@ -1175,12 +1302,58 @@ def _check_args(args: argparse.Namespace) -> None:
     _check_out(args)
 
 
-def _check_threshold_arg(value: str) -> None:
+def _check_rerank_args(args: argparse.Namespace) -> None:
+    for name, value in (("--rerank-k", args.rerank_k), ("--rerank-workers", args.rerank_workers)):
+        if value < 1:
+            raise UsageError(f"{name} must be >= 1, got {value}")
+    budget = args.rerank_time_budget
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise UsageError(f"--rerank-time-budget must be a number of seconds > 0, got {budget}")
+    if args.rerank_fusion is not None:
+        from .rerank import Fusion
+
+        if not Path(args.rerank_fusion).is_file():
+            raise UsageError(f"--rerank-fusion {args.rerank_fusion}: no such file")
+        try:
+            Fusion.load(args.rerank_fusion)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--rerank-fusion {args.rerank_fusion}: {err}") from err
+
+
+def _cli_reranker(args: argparse.Namespace, ident: Identifier):
+    """The LocalReranker the CLI options describe (fusion: --rerank-fusion, the model's, the gallery folder's)."""
+    from .rerank import FUSION_FILE, Fusion, LocalReranker
+
+    path = args.rerank_fusion
+    if path is None:
+        for d in (ident.model_dir, Path(args.gallery)):
+            if d is not None and d.is_dir() and (d / FUSION_FILE).is_file():
+                path = d / FUSION_FILE
+                break
+    fusion = None
+    if path is not None:
+        logger.info("local re-ranking with the fusion in %s", path)
+        fusion = Fusion.load(path)
+    return LocalReranker(
+        fusion,
+        k=args.rerank_k,
+        workers=args.rerank_workers,
+        time_budget_s=args.rerank_time_budget,
+        cache_dir=ident.cache.dir.parent if ident.cache is not None else None,
+        progress=None if not args.quiet else False,
+    )
+
+
+def _check_threshold_arg(value: str, fused: bool = False) -> None:
     try:
         number = float(value)
     except ValueError:
         number = None
     if number is not None:
+        if fused:  # fused scores are a cosine plus a non-negative bonus
+            if not (math.isfinite(number) and number >= -1.0):
+                raise UsageError(f"--threshold must be a fused score >= -1, got {value}")
+            return
         if not (math.isfinite(number) and -1.0 <= number <= 1.0):
             raise UsageError(f"--threshold must be a cosine in [-1, 1], got {value}")
         return
@@ -1189,7 +1362,9 @@ def _check_threshold_arg(value: str) -> None:
             f"--threshold must be a number or an open-set threshold JSON file, got {value!r} (no such file)"
         )
     try:
-        _checked_threshold(_load_threshold(Path(value)), f"--threshold {value}", -1.0, 1.0)
+        _checked_threshold(
+            _load_threshold(Path(value)), f"--threshold {value}", -1.0, math.inf if fused else 1.0
+        )
     except ValueError as err:
         raise UsageError(str(err)) from err
 
@@ -1297,7 +1472,10 @@ def _identify_cli(args: argparse.Namespace) -> list[QueryResult]:
             batch_size=args.batch_size,
             num_workers=args.num_workers,
         )
-        results = ident.identify(gallery, queries, top_k=args.top_k, threshold=args.threshold, bad_images=bad)
+        reranker = _cli_reranker(args, ident) if args.rerank == "local" else None
+        results = ident.identify(
+            gallery, queries, top_k=args.top_k, threshold=args.threshold, bad_images=bad, rerank=reranker
+        )
         write_results(results, out, match_sheets=not args.no_match_sheets, prune_sheets=args.overwrite)
         finished = True
     finally:  # after a failure too, as long as it lists something (else an earlier report stays as it was)
@@ -1337,6 +1515,13 @@ def _print_results(args, results, gallery, ident, bad: BadImages, out: Path) -> 
     known = [r.correct for r in results if r.correct is not None]
     acc = f", top-1 correct {sum(known)}/{len(known)}" if known else ""
     skipped = f"; skipped {len(bad)} unusable images ({SKIPPED_FILE})" if bad.skipped else ""
+    st = ident.rerank_stats if args.rerank == "local" else None
+    if st is not None:
+        skipped += (
+            f"; re-ranked {st['n_pairs_verified']}/{st['n_pairs']} shortlist pairs with local features "
+            f"({st['n_queries_fallback']} queries and {st['n_gallery_fallback']} gallery images without usable "
+            f"keypoints kept the cosine, {st['n_pairs_over_time_budget']} pairs over the time budget)"
+        )
     print(
         f"{len(results)} queries against {len(used)} gallery images "
         f"({len({g.identity for g in used})} individuals); embedded {ident.n_embedded} images "

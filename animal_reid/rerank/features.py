@@ -9,7 +9,6 @@ on disk and in memory (:meth:`LocalFeatureConfig.bytes_per_image`).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -35,7 +34,8 @@ DESCRIPTOR_BYTES = {"sift": 128, "orb": 32}
 class LocalFeatureConfig:
     """How keypoints are computed. Every field is part of the cache key.
 
-    ``max_side``: the crop is shrunk (never enlarged) so its longer side is at most this many pixels.
+    ``max_side``: the crop is resized so its longer side is this many pixels (shrunk always; enlarged, at most
+    ``max_upscale`` times, bicubic, when ``max_upscale`` > 1: small photos give more keypoints enlarged).
     ``min_side``: a crop whose shorter side is below this is ``too_small`` (no keypoints, global score kept).
     ``min_keypoints``: fewer keypoints than this make an image ``featureless``.
     ``ratio``: Lowe's ratio test; ``ransac_px``: MAGSAC's maximum residual (pixels at ``max_side``);
@@ -44,6 +44,7 @@ class LocalFeatureConfig:
 
     method: str = "sift"
     max_side: int = 384
+    max_upscale: float = 2.0
     max_keypoints: int = 512
     min_side: int = 32
     min_keypoints: int = 8
@@ -57,6 +58,8 @@ class LocalFeatureConfig:
         for name in ("max_side", "max_keypoints", "min_side", "min_keypoints"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not self.max_upscale >= 1.0:
+            raise ValueError(f"max_upscale must be >= 1, got {self.max_upscale!r}")
         if self.min_side > self.max_side:
             raise ValueError(f"min_side ({self.min_side}) must be <= max_side ({self.max_side})")
         if not 0.0 < self.ratio <= 1.0:
@@ -64,7 +67,9 @@ class LocalFeatureConfig:
         if not self.ransac_px > 0:
             raise ValueError(f"ransac_px must be > 0, got {self.ransac_px!r}")
         if self.min_matches < 8:
-            raise ValueError(f"min_matches must be >= 8 (a fundamental matrix needs 8 points), got {self.min_matches}")
+            raise ValueError(
+                f"min_matches must be >= 8 (a fundamental matrix needs 8 points), got {self.min_matches}"
+            )
 
     @property
     def descriptor_bytes(self) -> int:
@@ -85,7 +90,9 @@ class LocalFeatureConfig:
         """``(key, meta)``: the extraction settings (matching-only fields left out) and OpenCV's version."""
         import cv2
 
-        extraction = {k: v for k, v in self.to_dict().items() if k not in ("ratio", "ransac_px", "min_matches")}
+        extraction = {
+            k: v for k, v in self.to_dict().items() if k not in ("ratio", "ransac_px", "min_matches")
+        }
         meta = {"local_features": extraction, "opencv": cv2.__version__}
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
         return f"local-{self.method}-{key}", meta
@@ -125,8 +132,8 @@ def _processor():
     return _PROCESSOR
 
 
-def load_crop(item: Any, max_side: int, grey: bool = True):
-    """The grey-level (or RGB) crop of an item (box rotated by theta, if any) shrunk to ``max_side``: a PIL ``L`` image.
+def crop_item(item: Any):
+    """The RGB crop of an item (its box rotated by theta, if any), at the image's own resolution.
 
     ``item`` is an :class:`animal_reid.identify.ImageItem` (or anything with ``image``, ``bbox``, ``theta``) or a
     PIL image. Raises ``ValueError`` (the processor's ``InvalidImageError``) or ``OSError`` for unusable input.
@@ -134,17 +141,29 @@ def load_crop(item: Any, max_side: int, grey: bool = True):
     from PIL import Image
 
     if isinstance(item, Image.Image):
-        img, box, theta = item.convert("RGB"), None, 0.0
-    else:
-        proc = _processor()
-        img = proc.load_image(io.BytesIO(item.image) if isinstance(item.image, bytes) else item.image)
-        box, theta = item.bbox, float(item.theta or 0.0)
-    if box is not None:
-        img = _processor().crop(img, box, theta)
+        return item.convert("RGB")
+    proc = _processor()
+    img = proc.load_image(item.image)
+    if item.bbox is not None:
+        img = proc.crop(img, item.bbox, float(item.theta or 0.0))
+    return img
+
+
+def resize_crop(img, max_side: int, max_upscale: float = 1.0):
+    """``img`` resized so its longer side is ``max_side`` (enlarged at most ``max_upscale`` times)."""
+    from PIL import Image
+
     w, h = img.size
-    scale = min(1.0, max_side / max(w, h))
-    if scale < 1.0:
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+    scale = min(max_upscale, max_side / max(w, h))
+    if scale == 1.0:
+        return img
+    resample = Image.Resampling.BILINEAR if scale < 1.0 else Image.Resampling.BICUBIC
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+
+
+def load_crop(item: Any, max_side: int, grey: bool = True, max_upscale: float = 1.0):
+    """:func:`crop_item` resized by :func:`resize_crop`, grey-level (``L``) or RGB."""
+    img = resize_crop(crop_item(item), max_side, max_upscale)
     return img.convert("L") if grey else img
 
 
@@ -153,13 +172,17 @@ def extract(item: Any, config: LocalFeatureConfig) -> LocalFeatures:
     import cv2
 
     try:
-        crop = load_crop(item, config.max_side)
-    except (ValueError, OSError) as err:  # InvalidImageError is a ValueError; PIL decoding errors are OSErrors
+        crop = crop_item(item)
+    except (
+        ValueError,
+        OSError,
+    ) as err:  # InvalidImageError is a ValueError; PIL decoding errors are OSErrors
         logger.debug("no local features for %s: %s", getattr(item, "name", item), err)
         return LocalFeatures.empty("unreadable", dim=config.descriptor_bytes)
+    if min(crop.size) < config.min_side:  # in the image's own pixels
+        return LocalFeatures.empty("too_small", crop.size, config.descriptor_bytes)
+    crop = resize_crop(crop, config.max_side, config.max_upscale).convert("L")
     size = crop.size
-    if min(size) < config.min_side:
-        return LocalFeatures.empty("too_small", size, config.descriptor_bytes)
     arr = np.asarray(crop, dtype=np.uint8)
     if config.method == "sift":
         det = cv2.SIFT_create(nfeatures=config.max_keypoints)

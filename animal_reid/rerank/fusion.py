@@ -51,7 +51,9 @@ class Fusion:
                 raise ValueError(f"weight of species {sp!r} must be a finite number >= 0, got {w!r}")
 
     def weight_for(self, species: str | None) -> float:
-        return float(self.per_species.get(species, self.weight)) if species is not None else float(self.weight)
+        return (
+            float(self.per_species.get(species, self.weight)) if species is not None else float(self.weight)
+        )
 
     def weights(self, species: Sequence | None, n: int) -> np.ndarray:
         if species is None:
@@ -148,7 +150,9 @@ def fit_fusion(
     n = np.asarray(inliers, dtype=np.float64)
     ok = np.asarray(correct, dtype=bool)
     if not (cos.shape == n.shape == ok.shape) or cos.ndim != 2:
-        raise ValueError(f"cosine, inliers, correct must be [Q, K] of one shape, got {cos.shape}, {n.shape}, {ok.shape}")
+        raise ValueError(
+            f"cosine, inliers, correct must be [Q, K] of one shape, got {cos.shape}, {n.shape}, {ok.shape}"
+        )
     if cos.shape[0] == 0:
         raise ValueError("no validation queries to fit the fusion on")
     if not weights or min(weights) < 0 or not scales or min(scales) <= 0:

@@ -2,7 +2,8 @@
 
 Matching: brute-force nearest neighbours (L2 for SIFT, Hamming for ORB), Lowe's ratio test, then the inliers of a
 fundamental matrix fitted by MAGSAC (``cv2.USAC_MAGSAC``; OpenCV seeds it, so a pair always gives the same count).
-A fundamental matrix, not a homography: flanks bend and turn, and an epipolar check holds for any rigid view change.
+A fundamental matrix first: flanks bend and turn, and an epipolar check holds for any rigid view change; when it
+finds nothing (points degenerate for F, e.g. a flat pattern under pure translation) a MAGSAC homography is tried.
 Queries run on ``workers`` threads (OpenCV releases the GIL), each pair alone, so the scores are identical for any
 worker count, unless ``time_budget_s`` cuts a query short: its unmatched candidates keep the cosine (counted).
 """
@@ -55,10 +56,20 @@ def match_pair(q: LocalFeatures, g: LocalFeatures, config: LocalFeatureConfig) -
         return PairMatch(len(good), 0)
     p1 = q.xy[[m.queryIdx for m in good]].astype(np.float64)
     p2 = g.xy[[m.trainIdx for m in good]].astype(np.float64)
+    mask = None
     try:
         _, mask = cv2.findFundamentalMat(p1, p2, cv2.USAC_MAGSAC, config.ransac_px, 0.999, 10000)
     except cv2.error:  # degenerate point sets (all on a line, duplicates)
-        return PairMatch(len(good), 0)
+        mask = None
+    if mask is None or not mask.any():
+        # a flat pattern seen from a shifted viewpoint is degenerate for F (every point on one plane): a homography
+        # then describes the same geometry and verifies it
+        try:
+            _, mask = cv2.findHomography(
+                p1, p2, cv2.USAC_MAGSAC, config.ransac_px, maxIters=10000, confidence=0.999
+            )
+        except cv2.error:
+            mask = None
     if mask is None:
         return PairMatch(len(good), 0)
     keep = mask.ravel().astype(bool)
@@ -141,7 +152,15 @@ class LocalReranker:
         idx = np.asarray(indices, dtype=np.int64)[:, : self.k]
         t0 = time.perf_counter()
         used = sorted(set(idx[idx >= 0].tolist()))
-        g_feats = dict(zip(used, self.store.features([gallery[i] for i in used], self.workers, self.progress, "gallery keypoints"), strict=True))
+        g_feats = dict(
+            zip(
+                used,
+                self.store.features(
+                    [gallery[i] for i in used], self.workers, self.progress, "gallery keypoints"
+                ),
+                strict=True,
+            )
+        )
         q_feats = self.store.features(list(queries), self.workers, self.progress, "query keypoints")
         t_features = time.perf_counter() - t0
         budget = self.time_budget_s
@@ -217,7 +236,9 @@ class LocalReranker:
         idx = np.asarray(indices, dtype=np.int64)[:, : self.k]
         cos = np.asarray(cosine, dtype=np.float64)[:, : self.k]
         if idx.shape != cos.shape or idx.shape[0] != len(queries):
-            raise ValueError(f"{len(queries)} queries, indices {idx.shape} and cosine {cos.shape} do not agree")
+            raise ValueError(
+                f"{len(queries)} queries, indices {idx.shape} and cosine {cos.shape} do not agree"
+            )
         if species is None and any(getattr(q, "species", None) for q in queries):
             species = [getattr(q, "species", None) for q in queries]
         inl, stats = self.verify(queries, gallery, idx)
@@ -232,7 +253,8 @@ def draw_matches(query: Any, candidate: Any, match: PairMatch, config: LocalFeat
     """The query crop beside the candidate crop (box and theta applied), with a line per verified match: PIL RGB."""
     from PIL import Image, ImageDraw
 
-    q, g = load_crop(query, config.max_side, grey=False), load_crop(candidate, config.max_side, grey=False)
+    q = load_crop(query, config.max_side, grey=False, max_upscale=config.max_upscale)
+    g = load_crop(candidate, config.max_side, grey=False, max_upscale=config.max_upscale)
     sq, sg = height / q.height, height / g.height
     q = q.resize((max(1, round(q.width * sq)), height))
     g = g.resize((max(1, round(g.width * sg)), height))
@@ -271,7 +293,9 @@ def draw_match_sheet(
     if not rows:
         raise ValueError("no candidates to draw")
     pad = 8
-    sheet = Image.new("RGB", (max(r.width for r in rows) + 2 * pad, sum(r.height + pad for r in rows) + pad), "white")
+    sheet = Image.new(
+        "RGB", (max(r.width for r in rows) + 2 * pad, sum(r.height + pad for r in rows) + pad), "white"
+    )
     y = pad
     for r in rows:
         sheet.paste(r, (pad, y))

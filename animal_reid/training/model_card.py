@@ -250,6 +250,11 @@ def render_model_card(
         val_rows=_metric_rows(results.get("val_best"), (results.get("baseline") or {}).get("val")),
         beats_baseline=results.get("beats_baseline"),
         neck_desc=_neck_desc(model_config),
+        loss_desc=(
+            f"sub-center ArcFace (k = {m.subcenters})" if m.subcenters > 1 else "plain ArcFace (k = 1)"
+        )
+        + (" with dynamic margins" if m.dynamic_margins else f", margin {m.margin_max} rad")
+        + f", s = {m.scale:g}",
         head_init=m.head_init,
         best_epoch=results.get("best_epoch"),
         metric_for_best=results.get("metric_for_best"),

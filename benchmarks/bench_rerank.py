@@ -1,0 +1,321 @@
+"""Local-feature re-ranking on the closed-set Lion / Nyala splits (issue 14): accuracy with and without, and cost.
+
+MegaDescriptor's protocol: test images query train + validation (1-NN cosine, same-encounter images kept);
+the fusion is fitted on validation images querying train, never on test. The global shortlist (top ``--k`` by
+cosine within the query's species) is re-scored by :class:`animal_reid.rerank.LocalReranker`; the full ranking
+(re-scored shortlist, then the rest by cosine) goes through :func:`animal_reid.metrics.evaluate_reid` as a score
+matrix (query rows = scores, gallery rows = the identity matrix, so the dot product is the score).
+
+    python benchmarks/bench_rerank.py --model imagenet --out benchmarks/results/rerank_imagenet.json
+    python benchmarks/bench_rerank.py --model runs/bench224/runs/t1_ours/export --name t1_ours \\
+        --out benchmarks/results/rerank_t1_ours.json
+
+Runs in one process on one thread (torch, OpenCV) unless ``--workers`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from animal_reid.identify import Identifier, read_gallery  # noqa: E402
+from animal_reid.metrics import evaluate_reid  # noqa: E402
+from animal_reid.rerank import LocalFeatureConfig, LocalReranker, fit_fusion  # noqa: E402
+from animal_reid.rerank.fusion import Fusion  # noqa: E402
+
+logger = logging.getLogger("bench_rerank")
+
+
+class _OneThread:
+    """``encode`` on one torch thread, eager (the benchmark must not take the machine's cores)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode(self, images, **kw):
+        return self.model.encode(images, engine="torch", decode_threads=1, **kw)
+
+
+def load_model(spec: str):
+    """``(model, processor, cache key)`` for ``imagenet`` (Lite0 ImageNet features) or an export directory."""
+    from animal_reid.identify import model_cache_key
+
+    if spec == "imagenet":
+        from animal_reid.weights import load_imagenet_backbone
+        from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel
+
+        cfg = AnimalReIDConfig(
+            backbone="efficientnet_lite0", embedding_dim=0, pooling="avg", neck_bn=False, image_size=224
+        )
+        model = AnimalReIDModel(cfg)
+        load_imagenet_backbone(model)
+        proc = AnimalReIDImageProcessor.from_model_config(cfg)
+        key = "imagenet-lite0-avg-224"
+    else:
+        from transformers import AutoImageProcessor, AutoModel
+
+        model = AutoModel.from_pretrained(spec, trust_remote_code=True)
+        proc = AutoImageProcessor.from_pretrained(spec, trust_remote_code=True)
+        key = model_cache_key(spec, proc)[0]
+    return model.eval(), proc, key
+
+
+def shortlist(q: np.ndarray, g: np.ndarray, q_sp, g_sp, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(full cosine [Q, G] with other species at -inf, top-k indices [Q, k], their cosines)``."""
+    s = q @ g.T
+    s[np.asarray(q_sp, dtype=object)[:, None] != np.asarray(g_sp, dtype=object)[None, :]] = -np.inf
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return s, idx, np.take_along_axis(s, idx, 1)
+
+
+def evaluate_scores(scores: np.ndarray, q_items, g_items) -> dict:
+    """evaluate_reid of a score matrix: query rows are the scores, the gallery is the identity matrix."""
+    s = np.where(np.isfinite(scores), scores, -1e9).astype(np.float32)
+    return evaluate_reid(
+        s,
+        [q.identity for q in q_items],
+        None,
+        [q.species for q in q_items],
+        gallery_embeddings=np.eye(len(g_items), dtype=np.float32),
+        gallery_labels=[g.identity for g in g_items],
+        gallery_species=[g.species for g in g_items],
+        topk=(1, 5),
+    )
+
+
+def _pick(r: dict) -> dict:
+    out = {sp: {"top1": m["top1"], "top5": m["top5"], "mAP": m["mAP"], "n_queries": m["n_queries"]}
+           for sp, m in r["per_species"].items()}  # fmt: skip
+    out["macro"] = {"top1": r["top1"], "top5": r["top5"], "mAP": r["mAP"], "n_queries": r["n_queries"]}
+    return out
+
+
+def render_markdown(result: dict) -> str:
+    """The result as a Markdown table (with / without re-ranking per species), the fusion curve and the cost."""
+    lines = [
+        f"# Local-feature re-ranking: {result['name']} ({result['date'] if 'date' in result else result['machine']['date']})",
+        "",
+        f"{result['protocol']}. Shortlist K = {result['k']}, {result['feature_config']['method'].upper()} "
+        f"at {result['feature_config']['max_side']} px (at most {result['feature_config']['max_keypoints']} keypoints), "
+        f"ratio {result['feature_config']['ratio']}, MAGSAC fundamental matrix ({result['feature_config']['ransac_px']} px).",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        "| split | species | queries | top-1 global | top-1 re-ranked | mAP global | mAP re-ranked | true individual in shortlist |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for split in ("validation", "test"):
+        held = result[split].get("shortlist_holds_true_individual", {})
+        for sp, g in result[split]["global"].items():
+            r = result[split]["reranked"][sp]
+            frac = f"{held[sp]:.3f}" if sp in held else ""
+            lines.append(f"| {split} | {sp} | {g['n_queries']} | {g['top1']:.4f} | {r['top1']:.4f} | {g['mAP']:.4f} | "
+                         f"{r['mAP']:.4f} | {frac} |")  # fmt: skip
+    f = result["fusion"]
+    lines += [
+        "",
+        "Validation rows are the data the fusion was fitted on; test rows are held out.",
+        "",
+        f"Fitted fusion (validation only): `cosine + w * inliers / (inliers + {f['scale']:g})`, global w = {f['weight']:g}, "
+        f"per species {json.dumps(f['per_species'])} (file `{result['fusion_file']}`).",
+        "",
+        "Validation top-1 against w (at the fitted scale):",
+        "",
+        "| w | " + " | ".join(f["curve"]["top1"]) + " |",
+        "|---|" + "---|" * len(f["curve"]["top1"]),
+    ]
+    for i, w in enumerate(f["curve"]["weights"]):
+        if i % 2 == 0:
+            lines.append(
+                f"| {w:g} | " + " | ".join(f"{v[i]:.4f}" for v in f["curve"]["top1"].values()) + " |"
+            )
+    c = result["cost"]
+    lines += ["", f"Cost (one thread, {result['machine']['cpus']} cores shared with a training run; load average at "
+              f"the end {', '.join(f'{x:.1f}' for x in result['machine']['loadavg_at_end'])}), features cached:", "",
+              "| K | s per query | s per pair |", "|---|---|---|"]  # fmt: skip
+    for k, v in c["s_per_query"].items():
+        lines.append(f"| {k} | {v['s_per_query']:.4f} | {v['s_per_pair']:.5f} |")
+    lines += [
+        "",
+        f"Local-feature cache: {c['cache_mb_per_1000_images']} MB per 1,000 images ({c['n_images']} images, "
+        f"{c['keypoints_per_image']['mean']:.0f} keypoints on average); extraction "
+        f"{c['feature_extraction_s_per_image'] or 'n/a (all cached)'} s per image; image status {json.dumps(c['image_status'])}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", default=str(ROOT / "runs/bench224/corpora/closed"))
+    p.add_argument("--model", default="imagenet", help="'imagenet' or an exported model directory")
+    p.add_argument("--name", default=None, help="label of the model in the results (default: from --model)")
+    p.add_argument("--k", type=int, default=20, help="shortlist re-scored for the accuracy figures")
+    p.add_argument("--cost-ks", default="10,20,50")
+    p.add_argument("--cost-queries", type=int, default=30, help="test queries timed per K")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--method", default="sift", choices=("sift", "orb"))
+    p.add_argument("--max-side", type=int, default=384)
+    p.add_argument("--max-keypoints", type=int, default=512)
+    p.add_argument("--cache-dir", default=str(ROOT / "runs/rerank_cache"))
+    p.add_argument(
+        "--subsample", type=int, default=1, help="keep every n-th image of each split (smoke runs)"
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--render-only", action="store_true", help="write OUT.md from an existing OUT (JSON) and stop"
+    )
+    args = p.parse_args(argv)
+    if args.render_only:
+        result = json.loads(Path(args.out).read_text())
+        Path(args.out).with_suffix(".md").write_text(render_markdown(result))
+        return result
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    import torch
+
+    torch.set_num_threads(1)
+    name = args.name or ("imagenet" if args.model == "imagenet" else Path(args.model).parent.name)
+    t_start = time.perf_counter()
+    splits = {
+        s: read_gallery(args.corpus, None, [s])[:: args.subsample] for s in ("train", "validation", "test")
+    }
+    model, proc, key = load_model(args.model)
+    ident = Identifier(_OneThread(model), proc, key, Path(args.cache_dir) / "embeddings", {"model": args.model},
+                       batch_size=16)  # fmt: skip
+    emb = {s: ident.embed(items) for s, items in splits.items()}
+    t_embed = time.perf_counter() - t_start
+    logger.info("embeddings ready (%d embedded now, %.0f s)", ident.n_embedded, t_embed)
+
+    config = LocalFeatureConfig(method=args.method, max_side=args.max_side, max_keypoints=args.max_keypoints)
+    feat_cache = Path(args.cache_dir) / "local"
+    every = [*splits["train"], *splits["validation"], *splits["test"]]
+    rr = LocalReranker(
+        Fusion(weight=0.0), config, k=args.k, workers=args.workers, cache_dir=feat_cache, progress=False
+    )
+    t0 = time.perf_counter()
+    feats = rr.store.features(every, args.workers, progress=False)
+    t_feat = time.perf_counter() - t0
+    n_computed = rr.store.n_computed
+    status = {s: sum(f.status == s for f in feats) for s in sorted({f.status for f in feats})}
+    kp = np.array([len(f) for f in feats])
+    cache_bytes = rr.store.cache.nbytes()
+
+    # fit on validation -> train
+    tr, va, te = splits["train"], splits["validation"], splits["test"]
+    _, v_idx, v_cos = shortlist(
+        emb["validation"], emb["train"], [q.species for q in va], [g.species for g in tr], args.k
+    )
+    t0 = time.perf_counter()
+    v_inl, v_stats = rr.verify(va, tr, v_idx)
+    v_correct = np.array(
+        [[tr[g].identity == q.identity for g in row] for q, row in zip(va, v_idx, strict=True)]
+    )
+    fusion = fit_fusion(v_cos, v_inl, v_correct, [q.species for q in va], feature_config=config.to_dict(),
+                        shortlist_k=args.k)  # fmt: skip
+    t_fit = time.perf_counter() - t0
+    out_path = Path(args.out)
+    fusion_path = fusion.save(out_path.with_name(out_path.stem + "_fusion.json"))
+    logger.info(
+        "fitted fusion: weight %s, scale %s, per species %s", fusion.weight, fusion.scale, fusion.per_species
+    )
+
+    # test -> train + validation
+    g_items = [*tr, *va]
+    g_emb = np.concatenate([emb["train"], emb["validation"]])
+    full, t_idx, t_cos = shortlist(
+        emb["test"], g_emb, [q.species for q in te], [g.species for g in g_items], args.k
+    )
+    rr.fusion = fusion
+    t0 = time.perf_counter()
+    out = rr.rerank(te, g_items, t_idx, t_cos)
+    t_test = time.perf_counter() - t0
+    fused_full = full.copy()
+    np.put_along_axis(fused_full, t_idx, out.scores, 1)
+    base = evaluate_scores(full, te, g_items)
+    check = evaluate_reid(emb["test"], [q.identity for q in te], None, [q.species for q in te],
+                          gallery_embeddings=g_emb, gallery_labels=[g.identity for g in g_items],
+                          gallery_species=[g.species for g in g_items], topk=(1, 5))  # fmt: skip
+    assert abs(check["top1"] - base["top1"]) < 1e-9 and abs(check["mAP"] - base["mAP"]) < 1e-6, (check, base)
+    reranked = evaluate_scores(fused_full, te, g_items)
+    # validation too (the data the fusion was fitted on), for the record
+    v_full, _, _ = shortlist(
+        emb["validation"], emb["train"], [q.species for q in va], [g.species for g in tr], args.k
+    )
+    v_fused = v_full.copy()
+    np.put_along_axis(v_fused, v_idx, fusion.fuse(v_cos, v_inl, [q.species for q in va]), 1)
+    in_shortlist = {
+        sp: float(np.mean([any(g_items[g].identity == q.identity for g in row)
+                           for q, row in zip(te, t_idx, strict=True) if q.species == sp]))
+        for sp in sorted({q.species for q in te})
+    }  # fmt: skip
+
+    # cost per query at several K (features cached: matching + fusion only), on the first test queries
+    cost = {}
+    nq = min(args.cost_queries, len(te))
+    _, c_idx, c_cos = shortlist(emb["test"][:nq], g_emb, [q.species for q in te[:nq]], [g.species for g in g_items],
+                                max(int(k) for k in args.cost_ks.split(",")))  # fmt: skip
+    for k in (int(k) for k in args.cost_ks.split(",")):
+        r = LocalReranker(fusion, config, k=k, workers=args.workers, cache_dir=feat_cache, progress=False)
+        t0 = time.perf_counter()
+        r.rerank(te[:nq], g_items, c_idx[:, :k], c_cos[:, :k])
+        dt = time.perf_counter() - t0
+        cost[str(k)] = {"s_per_query": round(dt / nq, 4), "queries": nq, "s_per_pair": round(dt / (nq * k), 5),
+                        "features_computed": r.store.n_computed}  # fmt: skip
+
+    result = {
+        "model": args.model,
+        "name": name,
+        "corpus": args.corpus,
+        "protocol": "closed set, MegaDescriptor: test queries train+validation (1-NN cosine, same-encounter kept); "
+        "fusion fitted on validation queries against train only",
+        "k": args.k,
+        "feature_config": config.to_dict(),
+        "fusion": fusion.to_dict(),
+        "fusion_file": str(fusion_path.relative_to(ROOT) if fusion_path.is_relative_to(ROOT) else fusion_path),
+        "test": {"global": _pick(base), "reranked": _pick(reranked), "stats": out.stats,
+                 "shortlist_holds_true_individual": in_shortlist},  # fmt: skip
+        "validation": {"global": _pick(evaluate_scores(v_full, va, tr)), "reranked": _pick(evaluate_scores(v_fused, va, tr)),
+                       "stats": v_stats},  # fmt: skip
+        "cost": {
+            "s_per_query": cost,
+            "feature_extraction_s_per_image": round(t_feat / max(1, n_computed), 4) if n_computed else None,
+            "features_computed_this_run": n_computed,
+            "keypoints_per_image": {"mean": float(kp.mean()), "median": float(np.median(kp)), "max": int(kp.max())},
+            "image_status": status,
+            "cache_bytes": cache_bytes,
+            "cache_mb_per_1000_images": round(cache_bytes / len(every) * 1000 / 1e6, 2),
+            "n_images": len(every),
+            "fit_s": round(t_fit, 2),
+            "test_rerank_s": round(t_test, 2),
+        },
+        "machine": {"cpus": os.cpu_count(), "workers": args.workers, "threads": 1, "python": platform.python_version(),
+                    "loadavg_at_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "command": "python benchmarks/bench_rerank.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }  # fmt: skip
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2))
+    out_path.with_suffix(".md").write_text(render_markdown(result))
+    for split in ("validation", "test"):
+        for sp, m in result[split]["global"].items():
+            r2 = result[split]["reranked"][sp]
+            print(
+                f"{split:10s} {sp:6s} top1 {m['top1']:.4f} -> {r2['top1']:.4f}   mAP {m['mAP']:.4f} -> {r2['mAP']:.4f}"
+            )
+    print(json.dumps(result["cost"], indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
