@@ -167,17 +167,12 @@ class RandomBatchSampler(Sampler[list[int]]):
         total = max(total, num_replicas)
         self.global_batches = total - total % num_replicas
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.global_batches // self.num_replicas
+    set_epoch = PKBatchSampler.set_epoch
+    __len__ = PKBatchSampler.__len__
+    __iter__ = PKBatchSampler.__iter__
 
     def global_epoch_batches(self, epoch: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, epoch, 1])
         need = self.global_batches * self.batch_size
         order = np.concatenate([rng.permutation(self.num_rows) for _ in range(-(-need // self.num_rows))])
         return [order[i * self.batch_size : (i + 1) * self.batch_size].tolist() for i in range(self.global_batches)]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self.global_epoch_batches(self.epoch)[self.rank :: self.num_replicas]
