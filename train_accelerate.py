@@ -1012,6 +1012,9 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
+    from animal_reid.fastmalloc import reexec_with_fast_malloc
+
+    reexec_with_fast_malloc()  # jemalloc (or glibc huge pages): about 1.9x faster CPU steps, see the module
     res = main(sys.argv[1:])
     test_m = res["test"]
     print(

@@ -31,7 +31,14 @@ sys.path.insert(0, str(ROOT))
 
 from animal_reid.identify import Identifier, read_gallery  # noqa: E402
 from animal_reid.metrics import evaluate_reid  # noqa: E402
-from animal_reid.rerank import LocalFeatureConfig, LocalReranker, fit_fusion  # noqa: E402
+from animal_reid.openset import OpenSetThreshold, open_set_report  # noqa: E402
+from animal_reid.rerank import (  # noqa: E402
+    LocalFeatureConfig,
+    LocalReranker,
+    best_match_in_shortlist,
+    fit_fusion,
+    unknown_identities,  # noqa: E402
+)
 from animal_reid.rerank.fusion import Fusion  # noqa: E402
 
 logger = logging.getLogger("bench_rerank")
@@ -101,6 +108,31 @@ def _pick(r: dict) -> dict:
     return out
 
 
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def open_set(fit: dict, test: dict, unknown_fraction: float = 0.5) -> tuple[dict, dict]:
+    """The new-individual decision on global and on fused scores: fitted on validation, scored on test.
+
+    ``fit`` / ``test``: ``{"global": [Q, K] scores, "reranked": [Q, K] scores, "labels": [Q, K] candidate
+    individuals, "true": [Q], "species": [Q]}``. ``unknown_fraction`` of each split's individuals (seeded, different
+    seeds per split) are treated as absent from the gallery: their own images are taken out of their shortlists.
+    Returns ``(thresholds, report)``: an OpenSetThreshold per score and the test figures (BAKS, BAUS, their
+    geometric mean, AUROC) per score.
+    """
+    thresholds, report = {}, {}
+    unk_fit = unknown_identities(fit["true"], unknown_fraction, seed=0)
+    unk_test = unknown_identities(test["true"], unknown_fraction, seed=1)
+    for name in ("global", "reranked"):
+        best, lab = best_match_in_shortlist(fit[name], fit["labels"], fit["true"], unk_fit)
+        thresholds[name] = OpenSetThreshold.fit(best, lab, fit["true"], unk_fit, fit["species"])
+        best, lab = best_match_in_shortlist(test[name], test["labels"], test["true"], unk_test)
+        pred = thresholds[name].predict(best, lab, test["species"])
+        report[name] = open_set_report(test["true"], pred, best, unk_test, test["species"])
+    return thresholds, report
+
+
 def render_markdown(result: dict) -> str:
     """The result as a Markdown table (with / without re-ranking per species), the fusion curve and the cost."""
     lines = [
@@ -140,6 +172,13 @@ def render_markdown(result: dict) -> str:
             lines.append(
                 f"| {w:g} | " + " | ".join(f"{v[i]:.4f}" for v in f["curve"]["top1"].values()) + " |"
             )
+    if "open_set" in result:
+        lines += ["", f"New-individual decision ({result['open_set']['protocol']}): test, per species", "",
+                  "| score | species | BAKS | BAUS | √(BAKS·BAUS) | AUROC |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for score, rep in result["open_set"]["test"].items():
+            for sp, r in rep["per_species"].items():
+                lines.append(f"| {score} | {sp} | {_pct(r['BAKS'])} | {_pct(r['BAUS'])} | {_pct(r['geometric_mean'])} | "
+                             f"{_pct(r['AUROC'])} |")  # fmt: skip
     c = result["cost"]
     lines += ["", f"Cost (one thread, {result['machine']['cpus']} cores shared with a training run; load average at "
               f"the end {', '.join(f'{x:.1f}' for x in result['machine']['loadavg_at_end'])}), features cached:", "",
@@ -254,6 +293,18 @@ def main(argv=None) -> dict:
     )
     v_fused = v_full.copy()
     np.put_along_axis(v_fused, v_idx, fusion.fuse(v_cos, v_inl, [q.species for q in va]), 1)
+
+    # the new-individual decision on fused scores (fitted on validation, like the fusion)
+    def _side(items, gallery, idx, cos, fused):
+        return {"global": cos, "reranked": fused, "labels": [[gallery[g].identity for g in row] for row in idx],
+                "true": [q.identity for q in items], "species": [q.species for q in items]}  # fmt: skip
+
+    v_fused_short = fusion.fuse(v_cos, v_inl, [q.species for q in va])
+    thresholds, open_report = open_set(
+        _side(va, tr, v_idx, v_cos, v_fused_short), _side(te, g_items, t_idx, t_cos, out.scores)
+    )
+    fusion.open_set_threshold = thresholds["reranked"].to_dict()
+    fusion.save(fusion_path)
     in_shortlist = {
         sp: float(np.mean([any(g_items[g].identity == q.identity for g in row)
                            for q, row in zip(te, t_idx, strict=True) if q.species == sp]))
@@ -285,6 +336,9 @@ def main(argv=None) -> dict:
         "fusion_file": str(fusion_path.relative_to(ROOT) if fusion_path.is_relative_to(ROOT) else fusion_path),
         "test": {"global": _pick(base), "reranked": _pick(reranked), "stats": out.stats,
                  "shortlist_holds_true_individual": in_shortlist},  # fmt: skip
+        "open_set": {"protocol": "half the individuals of each split (seeded) treated as absent from the gallery: "
+                     "their images taken out of their shortlists; threshold fitted on validation, scored on test",
+                     "thresholds": {k: v.to_dict() for k, v in thresholds.items()}, "test": open_report},
         "validation": {"global": _pick(evaluate_scores(v_full, va, tr)), "reranked": _pick(evaluate_scores(v_fused, va, tr)),
                        "stats": v_stats},  # fmt: skip
         "cost": {

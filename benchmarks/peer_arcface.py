@@ -142,4 +142,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from animal_reid.fastmalloc import reexec_with_fast_malloc
+
+    reexec_with_fast_malloc()  # the same allocator as train_accelerate.py, so both arms run alike
     raise SystemExit(main())

@@ -56,6 +56,8 @@ for _path in (REPO, REPO / "benchmarks"):  # the package, and peer_arcface besid
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from animal_reid.fastmalloc import fast_malloc_env  # noqa: E402 - after the path set-up above
+
 logger = logging.getLogger("reid_real")
 
 # MegaDescriptor (Čermák et al., WACV 2024), top-1 % on the closed-set splits (../shared/data/README.md).
@@ -500,7 +502,8 @@ class Bench:
             run_dir.mkdir(parents=True)
             flag = "--threads" if name == (peer or ("",))[0] else "--cpu_threads"
             log = open(self.work / "runs" / f"{name}.log", "w", encoding="utf-8")
-            procs[name] = (subprocess.Popen([sys.executable, *argv, flag, threads], stdout=log, stderr=log), log, argv)
+            procs[name] = (subprocess.Popen([sys.executable, *argv, flag, threads], stdout=log, stderr=log,
+                                            env=fast_malloc_env()), log, argv)  # fmt: skip
             logger.info("train %s (parallel, %s threads): %s", name, threads, " ".join(argv))
         for name, (proc, log, argv) in procs.items():
             rc = proc.wait()

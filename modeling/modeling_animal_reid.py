@@ -536,6 +536,7 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         engine: str = "auto",
         decode_threads: int | None = None,
         streams: int | None = None,
+        threads: int | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed images (paths, bytes, PIL images or HxWxC arrays); returns ``[N, D]`` unit-norm float32 rows.
 
@@ -558,6 +559,11 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
         per core (``torch.get_num_threads()``), at most one per batch. Whole batches in parallel keep every core
         busy without the barriers of one multi-threaded forward pass (on 2 cores, end to end: 1.09-1.18x one
         2-thread forward beside a decoding thread; BENCHMARKS.md). ``decode_threads`` is then unused.
+
+        ``threads``: the onnxruntime threads this call may use in all, shared by its streams (default
+        ``torch.get_num_threads()``); callers that run several ``encode`` calls at once (a server's batching
+        workers) give each a share of the cores instead of oversubscribing them. The torch engine keeps torch's
+        own count.
         """
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
@@ -606,9 +612,11 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if streams is not None and streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         if num_workers is None:
             num_workers = 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
-        cores = torch.get_num_threads()
+        cores = threads or torch.get_num_threads()
         n_streams = 1
         if num_workers == 0:
             n_streams = max(1, min(streams or cores, -(-len(images) // batch_size)))

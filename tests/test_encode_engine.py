@@ -93,6 +93,18 @@ def test_streams_keep_order_share_one_export_and_raise_at_the_bad_image(model, m
         model.encode(imgs, streams=0)
 
 
+def test_threads_caps_what_one_call_uses(model):
+    """``threads``: a server's batching worker gets its share of the cores, whatever torch's count is."""
+    imgs = _images(4)
+    ref = model.encode(imgs, batch_size=2, engine="torch")
+    got = model.encode(imgs, batch_size=2, engine="onnxruntime", streams=1, threads=1)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert 1 in _sessions(model)
+    assert _sessions(model)[1].session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        model.encode(imgs, threads=0)
+
+
 def test_streams_limit_torch_threads_inside_and_leave_the_setting_as_it_was(model):
     import threading
 

@@ -316,3 +316,24 @@ def test_identify_rerank_local_uses_the_fusion_saved_with_the_model_and_its_fuse
     assert by["q_plain.png"].new_individual is True and by["q_plain.png"].threshold == 1.2
     with pytest.raises(ValueError, match="rerank must be"):
         ident.identify(read_gallery(root), read_queries([qdir]), rerank="global")
+
+
+def test_open_set_shortlist_drops_the_unknown_querys_own_individual():
+    from animal_reid.rerank import best_match_in_shortlist
+
+    scores = np.array([[0.9, 0.8, 0.3], [0.7, 0.6, 0.5], [0.9, 0.9, -np.inf]])
+    labels = [["a", "b", "a"], ["x", "c", "d"], ["e", "e", None]]
+    best, lab = best_match_in_shortlist(scores, labels, ["a", "c", "e"], [True, False, True])
+    # query 0 is unknown: its "a" images go, "b" (0.8) is what the gallery offers; query 1 is known: top is kept
+    assert best.tolist()[:2] == [0.8, 0.7] and lab.tolist()[:2] == ["b", "x"]
+    assert best[2] == -np.inf and lab[2] is None  # nothing left: any threshold says "new individual"
+
+
+def test_unknown_identities_is_seeded_and_whole_individuals():
+    from animal_reid.rerank import unknown_identities
+
+    labels = ["a", "a", "b", "c", "c", "d"]
+    m = unknown_identities(labels, 0.5, seed=3)
+    assert m.tolist() == unknown_identities(labels, 0.5, seed=3).tolist()
+    assert len({lab for lab, u in zip(labels, m, strict=True) if u}) == 2  # half of 4 individuals
+    assert all(m[i] == m[j] for i, j in ((0, 1), (3, 4)))  # all images of an individual or none

@@ -22,7 +22,7 @@ benchmarks.
 """
 
 from .features import FEATURE_METHODS, LocalFeatureCache, LocalFeatureConfig, LocalFeatures, LocalFeatureStore
-from .fusion import FUSION_FILE, Fusion, fit_fusion
+from .fusion import FUSION_FILE, Fusion, best_match_in_shortlist, fit_fusion, unknown_identities
 from .reranker import LocalReranker, PairMatch, RerankOutput, draw_matches
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
     "LocalReranker",
     "PairMatch",
     "RerankOutput",
+    "best_match_in_shortlist",
     "draw_matches",
     "fit_fusion",
+    "unknown_identities",
 ]

@@ -202,3 +202,31 @@ def fit_fusion(
 
 def _lexargmax(rows: list[tuple]) -> int:
     return max(range(len(rows)), key=lambda i: rows[i])
+
+
+def best_match_in_shortlist(scores, candidate_labels, true_labels, unknown) -> tuple[np.ndarray, np.ndarray]:
+    """Best score and label of each query's shortlist; for ``unknown`` queries, their own individual removed.
+
+    This is how a shortlist looks when the query's individual is not in the gallery: the open-set decision
+    (new individual or not) is then fitted and scored on the same fused scores that rank the candidates.
+    ``scores`` and ``candidate_labels`` are [Q, K]; a query left with no candidate gets score -inf, label None.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    lab = np.asarray(candidate_labels, dtype=object)
+    t = np.asarray(true_labels, dtype=object)
+    keep = ~(np.asarray(unknown, dtype=bool)[:, None] & (lab == t[:, None]))
+    masked = np.where(keep, s, -np.inf)
+    j = masked.argmax(axis=1)
+    best = masked[np.arange(len(s)), j]
+    labels = np.where(np.isfinite(best), lab[np.arange(len(s)), j], None)
+    return best, labels
+
+
+def unknown_identities(labels, fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+    """A seeded mask over queries whose individual is treated as absent from the gallery (``fraction`` of them)."""
+    t = np.asarray(labels, dtype=object)
+    ids = sorted(set(t.tolist()), key=str)
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.permutation(len(ids))[: int(round(fraction * len(ids)))].tolist())
+    out = {ids[i] for i in chosen}
+    return np.array([x in out for x in t.tolist()], dtype=bool)

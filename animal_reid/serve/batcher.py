@@ -1,8 +1,12 @@
 """Micro-batching: requests from many clients are gathered into one ``model.encode`` call.
 
-One worker thread takes the first waiting image, waits at most ``max_wait_s`` for more (up to ``max_batch``),
-and embeds them together; each caller awaits its own row. When a batch fails (one unusable image), its images
-are embedded one by one so only the bad one gets the error.
+Each of ``workers`` threads takes the first waiting image, waits at most ``max_wait_s`` for more (up to
+``max_batch``), and embeds them together; each caller awaits its own row. When a batch fails (one unusable image),
+its images are embedded one by one so only the bad one gets the error.
+
+Several workers (default: one per core on the CPU, each encoding on its share of the cores; two on a GPU) keep the
+model busy while the event loop parses the next requests: with one worker, every batch waited for the HTTP work of
+the one before it (BENCHMARKS.md §10).
 """
 
 from __future__ import annotations
@@ -33,15 +37,36 @@ class MicroBatcher:
     """``await batcher.embed(image_bytes, box, theta)`` -> one unit-norm float32 row."""
 
     def __init__(
-        self, model: Any, processor: Any, max_batch: int = 32, max_wait_s: float = 0.005, **encode_kwargs
+        self,
+        model: Any,
+        processor: Any,
+        max_batch: int = 32,
+        max_wait_s: float = 0.005,
+        workers: int | None = None,
+        **encode_kwargs,
     ):
+        import torch
+
+        cores = torch.get_num_threads()
+        on_cpu = str(getattr(model, "device", "cpu")).startswith("cpu")
+        self.workers = max(1, int(workers or (cores if on_cpu else 2)))  # a GPU: one batch runs, one gathers
+        # decoding in threads of this process: worker processes started per micro-batch (encode's GPU default)
+        # would cost more than the batch
+        encode_kwargs = {"num_workers": 0, **encode_kwargs}
+        if self.workers > 1:  # each worker's batch runs start to finish on its share of the cores
+            encode_kwargs = {"threads": max(1, cores // self.workers), "streams": 1, **encode_kwargs}
         self.model, self.processor = model, processor
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self.encode_kwargs = encode_kwargs
         self.batches = 0  # encode calls made, for tests and logs
+        self._count = threading.Lock()
         self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"micro-batcher-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for t in self._threads:
+            t.start()
 
     async def embed(self, image: bytes, box: list[float] | None = None, theta: float = 0.0) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -55,8 +80,9 @@ class MicroBatcher:
                                  show_progress_bar=False, **self.encode_kwargs)  # fmt: skip
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        self._queue.put(None)  # each worker puts it back for the next one
+        for t in self._threads:
+            t.join(timeout=10)
 
     def _collect(self, first: _Job) -> list[_Job]:
         jobs, deadline = [first], time.monotonic() + self.max_wait_s
@@ -72,11 +98,16 @@ class MicroBatcher:
         return jobs
 
     def _run(self) -> None:
-        while (first := self._queue.get()) is not None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                self._queue.put(None)  # for the other workers
+                return
             jobs = self._collect(first)
             try:
                 rows = self.encode([j.image for j in jobs], [j.box for j in jobs], [j.theta for j in jobs])
-                self.batches += 1
+                with self._count:
+                    self.batches += 1
                 for job, row in zip(jobs, rows, strict=True):
                     _settle(job, row)
             except Exception:  # noqa: BLE001 - isolate the failing image(s) below

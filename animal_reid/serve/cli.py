@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime"))
     s.add_argument("--max-batch", type=int, default=32, help="images per model call at most")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+    s.add_argument("--workers", type=int, default=None,
+                   help="batching threads, each encoding on its share of the cores (default: one per core)")  # fmt: skip
     s.add_argument("--max-upload-mb", type=float, default=20.0)
     s.add_argument("--max-megapixels", type=float, default=50.0)
     s.add_argument("-v", "--verbose", action="store_true")
@@ -48,6 +50,7 @@ def serve(args: argparse.Namespace) -> None:
     service = Service.from_pretrained(
         args.model, args.catalogue, photo_dir=args.photos, threshold=args.threshold, device=args.device,
         limits=limits, max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000, engine=args.engine,
+        workers=args.workers,
     )  # fmt: skip
     if service.token is None:
         logging.getLogger(__name__).warning("%s is not set: the catalogue is read-only", TOKEN_ENV)
@@ -67,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
-    if args.max_batch < 1 or args.max_wait_ms < 0:
-        print("error: --max-batch must be >= 1 and --max-wait-ms >= 0", file=sys.stderr)
+    if args.max_batch < 1 or args.max_wait_ms < 0 or (args.workers is not None and args.workers < 1):
+        print("error: --max-batch and --workers must be >= 1 and --max-wait-ms >= 0", file=sys.stderr)
         return 2
     try:
         serve(args)

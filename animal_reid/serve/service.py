@@ -77,13 +77,14 @@ class Service:
         limits: Limits | None = None,
         max_batch: int = 32,
         max_wait_s: float = 0.005,
+        workers: int | None = None,
         **encode_kwargs,
     ):
         self.model, self.processor, self.catalogue = model, processor, catalogue
         self.model_id, self.preprocessing_key = model_id, preprocessing_key
         self.threshold, self.token, self.limits = threshold, token, limits or Limits()
         self.batcher = MicroBatcher(
-            model, processor, max_batch=max_batch, max_wait_s=max_wait_s, **encode_kwargs
+            model, processor, max_batch=max_batch, max_wait_s=max_wait_s, workers=workers, **encode_kwargs
         )
         self.index: CatalogueIndex | None = None
         self.write_lock = threading.Lock()
