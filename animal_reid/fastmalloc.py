@@ -8,6 +8,10 @@ glibc's transparent huge pages (``glibc.malloc.hugetlb=1``, glibc 2.35+) cut the
 Measured (BENCHMARKS.md §2c): Lite0, batch 64, 224 px, one thread, two runs at once: 15.7 s per step with glibc's
 defaults, 9.6-10.6 s with huge pages, 8.1-8.5 s with jemalloc.
 
+The price is memory: a process keeps its peak footprint until it exits (a 224-px Lite0 run at batch 64: about
+6.9 GB resident under jemalloc against 5.3 GB under glibc). ``ANIMAL_REID_MALLOC=system`` gives it back, at the
+old speed.
+
 Both are set in the environment of a new process (the loader reads them at start), so entry points call
 :func:`reexec_with_fast_malloc` first thing, and launchers pass :func:`fast_malloc_env` to their subprocesses.
 ``ANIMAL_REID_MALLOC=system`` keeps glibc's defaults. Debian/Ubuntu: ``apt-get install libjemalloc2``.

@@ -71,11 +71,16 @@ def train(
     size: int = 224,
     backbone: str = "efficientnet_lite0",
     init_weights: str = "imagenet",
+    precision: str = "bf16",
 ) -> dict:
     """Train on the corpus's train split for ``images`` training images; save the export in ``out/export``.
 
     ``backbone`` / ``init_weights`` other than Lite0 / ImageNet are for smoke tests (``init_weights="none"``).
+    ``precision``: ``"bf16"`` (the script's autocast) or ``"fp32"`` (what table 1 gives every arm on the CPU, where
+    bf16 steps were several times slower on the 2-core machine; BENCHMARKS.md §8).
     """
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
     from datasets import load_dataset
 
     from animal_reid.weights import load_imagenet_backbone
@@ -104,7 +109,7 @@ def train(
     for step in range(steps):
         idx = order[step * batch : (step + 1) * batch]
         x = processor.normalize_uint8(augment(pixels[idx], g)).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             feats = model._embed(x)
         loss = arcface_loss(feats, weight, labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -116,7 +121,8 @@ def train(
     export = Path(out) / "export"
     model.eval().save_pretrained(export)
     processor.save_pretrained(export)
-    res = {"export_dir": str(export), "train_images": steps * batch, "steps": steps, "wall_s": time.time() - t0}
+    res = {"export_dir": str(export), "train_images": steps * batch, "steps": steps, "wall_s": time.time() - t0,
+           "precision": precision}  # fmt: skip
     (Path(out) / "results.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     return res
 
@@ -132,11 +138,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--init_weights", default="imagenet", choices=("imagenet", "none"))
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="bf16 autocast or plain fp32")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     res = train(args.corpus, args.out, args.images, args.seed, args.batch, size=args.size, backbone=args.backbone,
-                init_weights=args.init_weights)  # fmt: skip
+                init_weights=args.init_weights, precision=args.precision)  # fmt: skip
     print(json.dumps(res))
     return 0
 

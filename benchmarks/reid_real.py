@@ -488,7 +488,8 @@ class Bench:
             c = self.cfg
             jobs[peer[0]] = [str(REPO / "benchmarks" / "peer_arcface.py"), "--corpus", str(corpus), "--out",
                              str(self.work / "runs" / peer[0]), "--images", str(peer[1]), "--batch", str(peer[2]), "--seed", str(c.seed),
-                             "--size", str(c.image_size), "--backbone", c.backbone, "--init_weights", c.init_weights]  # fmt: skip
+                             "--size", str(c.image_size), "--backbone", c.backbone, "--init_weights", c.init_weights,
+                             "--precision", _peer_precision(c)]  # fmt: skip
         if not jobs:
             return
         if not self.deadline.allows_run():
@@ -534,7 +535,7 @@ class Bench:
         t0 = time.time()
         res = peer_arcface.train(
             str(corpus), str(run_dir), images, seed=c.seed, batch=batch, size=c.image_size, backbone=c.backbone,
-            init_weights=c.init_weights,
+            init_weights=c.init_weights, precision=_peer_precision(c),
         )  # fmt: skip
         res["bench_wall_s"] = self.run_times[name] = self.used_runs[name] = time.time() - t0
         res["train_images_seen"] = res["train_images"]
@@ -638,6 +639,11 @@ class Bench:
 
 
 # ------------------------------------------------------------------------------------------------ tables
+
+
+def _peer_precision(cfg: BenchConfig) -> str:
+    """The peer arm trains in the precision every other arm gets (fp32 unless ``mixed_precision: bf16``)."""
+    return "bf16" if cfg.mixed_precision == "bf16" else "fp32"
 
 
 def floor_label(cfg: BenchConfig) -> str:

@@ -194,12 +194,8 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
         theta: Annotated[float, Form()] = 0.0,
         top_k: Annotated[int, Form(ge=1, le=100)] = 5,
     ) -> dict:
-        known = await to_thread.run_sync(service.catalogue.species)
-        if species not in known:
-            raise _fail(
-                404,
-                f"no individuals of species {species!r} in the catalogue (it has: {', '.join(known) or 'none'})",
-            )
+        if not service.index.has_sightings_of(species):  # else no database round trip for this check
+            await _check_species(service, species)
         photo = await _read(file, service)
         emb = await _embed(service, photo, file.filename or "upload", parse_box(box), theta)
         found = service.index.search(emb, species, top_k)
@@ -223,6 +219,15 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
     @app.get("/v1/stats")
     async def stats() -> dict:
         return await to_thread.run_sync(service.stats)
+
+
+async def _check_species(service: Service, species: str) -> None:
+    known = await to_thread.run_sync(service.catalogue.species)
+    if species not in known:
+        raise _fail(
+            404,
+            f"no individuals of species {species!r} in the catalogue (it has: {', '.join(known) or 'none'})",
+        )
 
 
 def _identify_answer(service: Service, species: str, found: list[dict]) -> dict:

@@ -72,6 +72,11 @@ class CatalogueIndex:
             ]
         return sorted(pairs)
 
+    def has_sightings_of(self, species: str) -> bool:
+        with self._lock:
+            sp = self._species.get(species)
+            return sp is not None and len(sp.sighting_ids) > 0
+
     def add(self, sighting_id: int, individual_id: int, species: str, embedding: np.ndarray) -> None:
         if embedding.size != self.dim:
             raise ValueError(
