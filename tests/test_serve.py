@@ -221,3 +221,31 @@ def test_writes_are_refused_without_a_configured_token(model_dir, tmp_path):
         r = httpx.post(f"{base}/v1/individuals", json={"name": "X", "species": "lion"}, headers=AUTH)
     service.close()
     assert r.status_code == 403 and "ANIMAL_REID_TOKEN" in r.json()["detail"]
+
+
+def test_answers_read_names_and_photos_from_the_store_once_and_follow_merge_and_delete(model_dir, tmp_path):
+    service = _service(model_dir, f"sqlite:///{tmp_path / 'c.db'}", tmp_path)
+    reads = []
+    real = service.catalogue.describe
+    service.catalogue.describe = lambda i, s: reads.append((list(i), list(s))) or real(i, s)
+    with serve_in_thread(create_app(service)) as base, httpx.Client(base_url=base, timeout=30) as c:
+        a = c.post(
+            "/v1/sightings", files=_one(1), data={"name": "Asha", "species": "lion"}, headers=AUTH
+        ).json()
+        b = c.post(
+            "/v1/sightings", files=_one(2), data={"name": "Bo", "species": "lion"}, headers=AUTH
+        ).json()
+        first = c.post("/v1/identify", files=_one(1), data={"species": "lion"}).json()
+        again = c.post("/v1/identify", files=_one(1), data={"species": "lion"}).json()
+        assert first == again and len(reads) == 1  # the second answer came from the cache
+        assert {x["name"] for x in first["candidates"]} == {"Asha", "Bo"}
+        c.post(f"/v1/individuals/{a['individual_id']}/merge", json={"source": b["individual_id"]},
+               headers=AUTH).raise_for_status()  # fmt: skip
+        r = c.post("/v1/identify", files=_one(2), data={"species": "lion"}).json()
+        assert [x["name"] for x in r["candidates"]] == ["Asha"]  # Bo's name is gone with Bo
+        c.delete(f"/v1/sightings/{a['id']}", headers=AUTH).raise_for_status()
+        r = c.post("/v1/identify", files=_one(1), data={"species": "lion"}).json()
+        urls = [p["url"] for x in r["candidates"] for p in x["photos"]]
+        assert urls == [f"/v1/photos/{b['photo']}"] and all(c.get(u).status_code == 200 for u in urls)
+    service.close()
+    assert b["individual_id"] not in service._names and a["id"] not in service._photos

@@ -231,7 +231,7 @@ async def _check_species(service: Service, species: str) -> None:
 
 
 def _identify_answer(service: Service, species: str, found: list[dict]) -> dict:
-    names, photos = service.catalogue.describe(
+    names, photos = service.describe(
         [f["individual_id"] for f in found], [s["sighting_id"] for f in found for s in f["sightings"]]
     )
     candidates = [

@@ -88,6 +88,11 @@ class Service:
         )
         self.index: CatalogueIndex | None = None
         self.write_lock = threading.Lock()
+        # read-through cache of what each answer shows (individual names, sighting photo hashes): names never
+        # change and entries are dropped on delete and merge, so a hit is always the store's answer
+        self._names: dict[int, str] = {}
+        self._photos: dict[int, str] = {}
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, catalogue_url: str, photo_dir=None, threshold=None,
@@ -148,13 +153,34 @@ class Service:
         with self.write_lock:
             row = self.catalogue.delete_sighting(sighting_id)
             self.index.remove(sighting_id)
+            with self._cache_lock:
+                self._photos.pop(sighting_id, None)
             return row
 
     def merge(self, source_id: int, target_id: int) -> dict:
         with self.write_lock:
             out = self.catalogue.merge(source_id, target_id)
             self.index.merge(source_id, target_id)
+            with self._cache_lock:
+                self._names.pop(source_id, None)
             return out
+
+    def describe(self, individual_ids: list[int], sighting_ids: list[int]) -> tuple[dict, dict]:
+        """``catalogue.describe`` through the cache: the store is read only for ids not seen before."""
+        with self._cache_lock:
+            need_i = [i for i in individual_ids if i not in self._names]
+            need_s = [i for i in sighting_ids if i not in self._photos]
+        if need_i or need_s:  # under the write lock: no delete or merge between this read and the fill
+            with self.write_lock:
+                names, photos = self.catalogue.describe(need_i, need_s)
+                with self._cache_lock:
+                    self._names.update(names)
+                    self._photos.update(photos)
+        with self._cache_lock:
+            return (
+                {i: self._names[i] for i in individual_ids if i in self._names},
+                {i: self._photos[i] for i in sighting_ids if i in self._photos},
+            )
 
     def stats(self) -> dict:
         with self.write_lock:
