@@ -6,11 +6,10 @@ for, that page-fault work was 45% of a training step's CPU time (`sys` time), an
 jemalloc told never to return memory (``dirty_decay_ms:-1``) keeps those pages; where jemalloc is not installed,
 glibc's transparent huge pages (``glibc.malloc.hugetlb=1``, glibc 2.35+) cut the number of faults instead.
 Measured (BENCHMARKS.md §2c): Lite0, batch 64, 224 px, one thread, two runs at once: 15.7 s per step with glibc's
-defaults, 9.6-10.6 s with huge pages, 8.1-8.5 s with jemalloc.
+defaults, 9.6-11.4 s with huge pages, 8.1-9.0 s with jemalloc.
 
 The price is memory: a process keeps its peak footprint until it exits (a 224-px Lite0 run at batch 64: about
-6.9 GB resident under jemalloc against 5.3 GB under glibc). ``ANIMAL_REID_MALLOC=system`` gives it back, at the
-old speed.
+6.9 GB resident under jemalloc against 5.3 GB under glibc).
 
 Both are set in the environment of a new process (the loader reads them at start), so entry points call
 :func:`reexec_with_fast_malloc` first thing, and launchers pass :func:`fast_malloc_env` to their subprocesses.
@@ -48,15 +47,16 @@ def find_jemalloc() -> str | None:
     return name if name and Path(name).is_absolute() else None
 
 
-def fast_malloc_env(env: dict[str, str] | None = None) -> dict[str, str]:
+def fast_malloc_env(env: dict[str, str] | None = None, use_jemalloc: bool = True) -> dict[str, str]:
     """A copy of ``env`` (default ``os.environ``) that starts processes with jemalloc or glibc huge pages.
 
-    Unchanged off Linux, with ``ANIMAL_REID_MALLOC=system``, or when it was already applied.
+    Unchanged off Linux, with ``ANIMAL_REID_MALLOC=system``, or when it was already applied. ``use_jemalloc=False``
+    asks for the huge-page fallback even where jemalloc is installed (benchmarks).
     """
     env = dict(os.environ if env is None else env)
     if platform.system() != "Linux" or env.get(SWITCH) == "system" or env.get(APPLIED):
         return env
-    jemalloc = find_jemalloc()
+    jemalloc = find_jemalloc() if use_jemalloc else None
     if jemalloc:
         preload = env.get("LD_PRELOAD", "")
         if "jemalloc" not in preload:

@@ -42,14 +42,8 @@ def _env(mode: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", fastmalloc.APPLIED)}
     if mode == "system":
         return {**base, fastmalloc.SWITCH: "system"}
-    if mode == "jemalloc":
-        return fastmalloc.fast_malloc_env(base)
-    saved = fastmalloc.find_jemalloc
-    fastmalloc.find_jemalloc = lambda: None  # the fallback: glibc huge pages
-    try:
-        return fastmalloc.fast_malloc_env(base)
-    finally:
-        fastmalloc.find_jemalloc = saved
+    # "hugetlb": the glibc huge-page fallback, even where jemalloc is installed
+    return fastmalloc.fast_malloc_env(base, use_jemalloc=mode == "jemalloc")
 
 
 def run_mode(mode: str, procs: int, argv: list[str]) -> dict:

@@ -37,7 +37,7 @@ from animal_reid.rerank import (  # noqa: E402
     LocalReranker,
     best_match_in_shortlist,
     fit_fusion,
-    unknown_identities,  # noqa: E402
+    unknown_identities,
 )
 from animal_reid.rerank.fusion import Fusion  # noqa: E402
 
@@ -106,6 +106,12 @@ def _pick(r: dict) -> dict:
            for sp, m in r["per_species"].items()}  # fmt: skip
     out["macro"] = {"top1": r["top1"], "top5": r["top5"], "mAP": r["mAP"], "n_queries": r["n_queries"]}
     return out
+
+
+def _side(items, gallery, idx, cos, fused) -> dict:
+    """One split's shortlists for :func:`open_set`: global and fused scores, candidate and true individuals."""
+    return {"global": cos, "reranked": fused, "labels": [[gallery[g].identity for g in row] for row in idx],
+            "true": [q.identity for q in items], "species": [q.species for q in items]}  # fmt: skip
 
 
 def _pct(x) -> str:
@@ -252,7 +258,7 @@ def main(argv=None) -> dict:
 
     # fit on validation -> train
     tr, va, te = splits["train"], splits["validation"], splits["test"]
-    _, v_idx, v_cos = shortlist(
+    v_full, v_idx, v_cos = shortlist(
         emb["validation"], emb["train"], [q.species for q in va], [g.species for g in tr], args.k
     )
     t0 = time.perf_counter()
@@ -264,7 +270,8 @@ def main(argv=None) -> dict:
                         shortlist_k=args.k)  # fmt: skip
     t_fit = time.perf_counter() - t0
     out_path = Path(args.out)
-    fusion_path = fusion.save(out_path.with_name(out_path.stem + "_fusion.json"))
+    # saved once its open-set threshold is fitted, below
+    fusion_path = out_path.with_name(out_path.stem + "_fusion.json")
     logger.info(
         "fitted fusion: weight %s, scale %s, per species %s", fusion.weight, fusion.scale, fusion.per_species
     )
@@ -288,18 +295,11 @@ def main(argv=None) -> dict:
     assert abs(check["top1"] - base["top1"]) < 1e-9 and abs(check["mAP"] - base["mAP"]) < 1e-6, (check, base)
     reranked = evaluate_scores(fused_full, te, g_items)
     # validation too (the data the fusion was fitted on), for the record
-    v_full, _, _ = shortlist(
-        emb["validation"], emb["train"], [q.species for q in va], [g.species for g in tr], args.k
-    )
+    v_fused_short = fusion.fuse(v_cos, v_inl, [q.species for q in va])
     v_fused = v_full.copy()
-    np.put_along_axis(v_fused, v_idx, fusion.fuse(v_cos, v_inl, [q.species for q in va]), 1)
+    np.put_along_axis(v_fused, v_idx, v_fused_short, 1)
 
     # the new-individual decision on fused scores (fitted on validation, like the fusion)
-    def _side(items, gallery, idx, cos, fused):
-        return {"global": cos, "reranked": fused, "labels": [[gallery[g].identity for g in row] for row in idx],
-                "true": [q.identity for q in items], "species": [q.species for q in items]}  # fmt: skip
-
-    v_fused_short = fusion.fuse(v_cos, v_inl, [q.species for q in va])
     thresholds, open_report = open_set(
         _side(va, tr, v_idx, v_cos, v_fused_short), _side(te, g_items, t_idx, t_cos, out.scores)
     )
