@@ -25,14 +25,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tiny_model(out: Path, image_size: int = 32, embedding_dim: int = 8) -> Path:
-    """Save a randomly initialised ``test_efficientnet`` feature extractor + processor to ``out``."""
+def tiny_model(out: Path, image_size: int = 32, embedding_dim: int = 8, seed: int = 0) -> Path:
+    """Save a randomly initialised ``test_efficientnet`` feature extractor + processor to ``out``.
+
+    The weights come from ``seed`` (the caller's torch RNG is left as it was), so a test sees the same model
+    whatever ran before it: unseeded, the rankings the tests check changed with the test order.
+    """
+    import torch
+
     import modeling
 
     cfg = modeling.AnimalReIDConfig(
         backbone="test_efficientnet", image_size=image_size, embedding_dim=embedding_dim
     )
-    modeling.AnimalReIDModel(cfg).eval().save_pretrained(out)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = modeling.AnimalReIDModel(cfg)
+    model.eval().save_pretrained(out)
     modeling.AnimalReIDImageProcessor(size=image_size).save_pretrained(out)
     return out
 
