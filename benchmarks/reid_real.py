@@ -114,6 +114,9 @@ class BenchConfig:
     # beside "ours" with their validation scores, which is what picks between them (never test)
     closed_variants: dict[str, dict] = field(default_factory=dict)
     closed_plain_arcface: bool = True  # the "ours with a plain ArcFace head" arm
+    # tables 2-4: train their runs (multispecies, per species, without a species) this many at a time before the
+    # tables read them, each on cores // n threads (CPU); 1 trains them one after another inside the tables
+    parallel_runs: int = 1
     megadescriptor_scale: float = 64.0
     megadescriptor_margin: float = 0.5
     # table 2 / 3 / 5
@@ -475,8 +478,15 @@ class Bench:
         done.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
         return res
 
-    def train_parallel(self, corpus: Path, specs: dict[str, dict], peer: tuple[str, int, int] | None = None) -> None:
-        """Train several runs at once, each a subprocess on ``cores // n`` threads (finished runs are skipped).
+    def train_parallel(
+        self,
+        corpus: Path,
+        specs: dict[str, dict],
+        peer: tuple[str, int, int] | None = None,
+        at_once: int | None = None,
+    ) -> None:
+        """Train several runs as subprocesses, ``at_once`` at a time (all when None) on ``cores // at_once``
+        threads each, in the order given; a new one starts as soon as one finishes (finished runs are skipped).
 
         `train` / `peer` then find their ``results.json`` and reuse them; each gets ``bench_wall_s``.
         """
@@ -494,29 +504,60 @@ class Bench:
             return
         if not self.deadline.allows_run():
             raise OutOfTime(f"{sorted(jobs)}: {self.deadline.left():.0f} s left of the time budget")
-        threads = str(max(1, (os.cpu_count() or 1) // len(jobs)))
-        procs, t0 = {}, time.time()
-        for name, argv in jobs.items():
-            run_dir = self.work / "runs" / name
-            if run_dir.exists():
-                shutil.rmtree(run_dir)  # an unfinished run
-            run_dir.mkdir(parents=True)
-            flag = "--threads" if name == (peer or ("",))[0] else "--cpu_threads"
-            log = open(self.work / "runs" / f"{name}.log", "w", encoding="utf-8")
-            procs[name] = (subprocess.Popen([sys.executable, *argv, flag, threads], stdout=log, stderr=log,
-                                            env=fast_malloc_env()), log, argv)  # fmt: skip
-            logger.info("train %s (parallel, %s threads): %s", name, threads, " ".join(argv))
-        for name, (proc, log, argv) in procs.items():
-            rc = proc.wait()
-            log.close()
-            done = self.work / "runs" / name / "results.json"
-            if rc != 0 or not done.is_file():
-                raise RuntimeError(f"{name} failed (exit {rc}); see {self.work / 'runs' / (name + '.log')}")
-            res = json.loads(done.read_text(encoding="utf-8"))
-            res.update(argv=argv[1:], bench_wall_s=time.time() - t0, parallel_runs=len(jobs))
-            res.setdefault("train_images_seen", res.get("train_images"))
-            self.run_times[name] = res["bench_wall_s"]
-            done.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        width = min(len(jobs), at_once or len(jobs))
+        threads = str(max(1, (os.cpu_count() or 1) // width))
+        waiting, running = list(jobs.items()), {}
+        try:
+            while waiting or running:
+                while waiting and len(running) < width:
+                    name, argv = waiting.pop(0)
+                    running[name] = self._start_run(name, argv, threads, peer)
+                name = self._wait_any(running)
+                proc, log, argv, started = running.pop(name)
+                log.close()
+                self._finish_run(
+                    name, proc.returncode, argv, started, len(jobs) if at_once is None else width
+                )
+        finally:
+            for (
+                proc,
+                log,
+                *_,
+            ) in running.values():  # a failed run (or Ctrl-C) stops the others, which restart later
+                proc.kill()
+                proc.wait()
+                log.close()
+
+    def _start_run(self, name: str, argv: list[str], threads: str, peer) -> tuple:
+        run_dir = self.work / "runs" / name
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # an unfinished run
+        run_dir.mkdir(parents=True)
+        flag = "--threads" if name == (peer or ("",))[0] else "--cpu_threads"
+        log = open(self.work / "runs" / f"{name}.log", "w", encoding="utf-8")
+        proc = subprocess.Popen(
+            [sys.executable, *argv, flag, threads], stdout=log, stderr=log, env=fast_malloc_env()
+        )
+        logger.info("train %s (parallel, %s threads): %s", name, threads, " ".join(argv))
+        return proc, log, argv, time.time()
+
+    @staticmethod
+    def _wait_any(running: dict[str, tuple]) -> str:
+        while True:
+            for name, (proc, *_rest) in running.items():
+                if proc.poll() is not None:
+                    return name
+            time.sleep(2.0)
+
+    def _finish_run(self, name: str, rc: int, argv: list[str], started: float, parallel: int) -> None:
+        done = self.work / "runs" / name / "results.json"
+        if rc != 0 or not done.is_file():
+            raise RuntimeError(f"{name} failed (exit {rc}); see {self.work / 'runs' / (name + '.log')}")
+        res = json.loads(done.read_text(encoding="utf-8"))
+        res.update(argv=argv[1:], bench_wall_s=time.time() - started, parallel_runs=parallel)
+        res.setdefault("train_images_seen", res.get("train_images"))
+        self.run_times[name] = res["bench_wall_s"]
+        done.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
 
     def peer(self, name: str, corpus: Path, images: int, batch: int = 64) -> dict[str, Any]:
         """The peer recipe (benchmarks/peer_arcface.py) on ``images`` training images; reused like `train`."""
@@ -752,8 +793,14 @@ def _recipe_label(res: dict[str, Any]) -> str:
     if not h:
         return "our recipe"
     head = f"sub-center ArcFace k={h['subcenters']}" if h["subcenters"] > 1 else "ArcFace"
-    margins = f"dynamic margins {h['margin_min']:g}-{h['margin_max']:g}" if h["dynamic_margins"] else f"m={h['margin_max']:g}"
-    return f"{head}, {margins}, s={h['scale']:g}, {h['pooling']}, head init {h['head_init']}, {h['optimizer']}"
+    margins = (
+        f"dynamic margins {h['margin_min']:g}-{h['margin_max']:g}"
+        if h["dynamic_margins"]
+        else f"m={h['margin_max']:g}"
+    )
+    return (
+        f"{head}, {margins}, s={h['scale']:g}, {h['pooling']}, head init {h['head_init']}, {h['optimizer']}"
+    )
 
 
 def _run_summary(res: dict[str, Any]) -> dict[str, Any]:
@@ -763,7 +810,9 @@ def _run_summary(res: dict[str, Any]) -> dict[str, Any]:
         "train_images_per_s": res.get("train_images_per_s"),
         "wall_time_s": res.get("bench_wall_s") or res.get("wall_time_s") or res.get("wall_s"),
         "train_images_seen": res.get("train_images_seen"),
-        "val_best": {sp: m.get("top1") for sp, m in ((res.get("val_best") or {}).get("per_species") or {}).items()},
+        "val_best": {
+            sp: m.get("top1") for sp, m in ((res.get("val_best") or {}).get("per_species") or {}).items()
+        },
         "export_dir": res.get("export_dir"),
         "argv": " ".join(res.get("argv", [])),
     }
@@ -773,20 +822,57 @@ def _scaled_batches(total: int, part: int, whole: int) -> int:
     return max(1, round(total * part / whole))
 
 
+def _only_spec(c: BenchConfig, counts: Counter, sp: str) -> dict[str, Any]:
+    """Training overrides of the species-specific run of table 2: same epochs, its share of the batches."""
+    return {
+        "species": [sp],
+        "batches_per_epoch": _scaled_batches(c.batches_per_epoch, counts[sp], sum(counts.values())),
+    }
+
+
+def _without_spec(c: BenchConfig, counts: Counter, sp: str) -> dict[str, Any]:
+    """Training overrides of the run without ``sp`` (tables 3 and 4): the other species, their share of batches."""
+    whole = sum(counts.values())
+    return {
+        "species": sorted(set(counts) - {sp}),
+        "batches_per_epoch": _scaled_batches(c.batches_per_epoch, whole - counts[sp], whole),
+    }
+
+
+def open_run_specs(bench: Bench) -> dict[str, dict[str, Any]]:
+    """Every open-corpus run tables 2-4 read, with its overrides, longest first (what `parallel_runs` trains)."""
+    c = bench.cfg
+    counts = _train_counts(bench, bench.corpora["open"])
+    specs: dict[str, dict[str, Any]] = {}
+    if {2, 5} & set(c.tables):
+        specs["t2_multi"] = {}
+    left_out = (c.zero_shot_species if 3 in c.tables else []) + (
+        [c.finetune_species] if 4 in c.tables else []
+    )
+    for sp in dict.fromkeys(left_out):
+        if sp not in counts:
+            raise ValueError(f"species {sp!r} not in the open corpus; it has {sorted(counts)}")
+        specs[f"t3_without_{sp}"] = _without_spec(c, counts, sp)
+    if 2 in c.tables:
+        for sp in sorted(counts, key=lambda k: -counts[k]):
+            specs[f"t2_only_{sp}"] = _only_spec(c, counts, sp)
+    return specs
+
+
 def table2(bench: Bench) -> dict[str, Any]:
     """One multispecies model vs one model per species, same epochs (so the same total steps)."""
     c, corpus = bench.cfg, bench.corpora["open"]
     counts = _train_counts(bench, corpus)
-    whole = sum(counts.values())
     multi = bench.train("t2_multi", corpus)
     multi_eval = bench.leave_one_out(multi["export_dir"], corpus)
     floor = bench.leave_one_out("imagenet", corpus)
     rows: dict[str, Any] = {}
     specific_runs = {}
     for sp in sorted(counts):
-        b = _scaled_batches(c.batches_per_epoch, counts[sp], whole)
+        spec = _only_spec(c, counts, sp)
+        b = spec["batches_per_epoch"]
         try:
-            res = bench.train(f"t2_only_{sp}", corpus, species=[sp], batches_per_epoch=b)
+            res = bench.train(f"t2_only_{sp}", corpus, **spec)
         except OutOfTime as err:
             logger.warning("table 2: %s", err)
             res = None
@@ -824,22 +910,15 @@ def table3(bench: Bench, t2: dict[str, Any] | None) -> dict[str, Any]:
     """Zero-shot: train without species X, evaluate on X."""
     c, corpus = bench.cfg, bench.corpora["open"]
     counts = _train_counts(bench, corpus)
-    whole = sum(counts.values())
     floor = bench.leave_one_out("imagenet", corpus)
     rows = {}
     runs = {}
     for sp in c.zero_shot_species:
         if sp not in counts:
             raise ValueError(f"zero_shot_species {sp!r} not in the open corpus; it has {sorted(counts)}")
-        others = sorted(set(counts) - {sp})
         row: dict[str, Any] = {"imagenet": _pick(floor, sp)}
         try:
-            res = bench.train(
-                f"t3_without_{sp}",
-                corpus,
-                species=others,
-                batches_per_epoch=_scaled_batches(c.batches_per_epoch, whole - counts[sp], whole),
-            )
+            res = bench.train(f"t3_without_{sp}", corpus, **_without_spec(c, counts, sp))
             runs[sp] = res
             row["zero_shot"] = _pick(bench.leave_one_out(res["export_dir"], corpus, [sp]), sp)
         except OutOfTime as err:
@@ -871,16 +950,7 @@ def table4(bench: Bench) -> dict[str, Any]:
             max_train_identities=c.finetune_identities,
             seed=c.seed,
         )
-    counts = _train_counts(bench, src)
-    others = sorted(set(counts) - {sp})
-    base = bench.train(
-        f"t3_without_{sp}",
-        src,
-        species=others,
-        batches_per_epoch=_scaled_batches(
-            c.batches_per_epoch, sum(counts[o] for o in others), sum(counts.values())
-        ),
-    )
+    base = bench.train(f"t3_without_{sp}", src, **_without_spec(c, _train_counts(bench, src), sp))
     common = {
         "epochs": c.finetune_epochs,
         "batches_per_epoch": c.finetune_batches_per_epoch,
@@ -1020,7 +1090,9 @@ def render_markdown(results: dict[str, Any]) -> str:
             lines += [f"not run: {r['error']}", ""]
         else:
             sps = r["species"]
-            lines += ["| model | " + " | ".join(f"{s} top-1 | {s} mAP | {s} top-1 strict" for s in sps) + " |"]
+            lines += [
+                "| model | " + " | ".join(f"{s} top-1 | {s} mAP | {s} top-1 strict" for s in sps) + " |"
+            ]
             lines += ["|---" * (1 + 3 * len(sps)) + "|"]
             for label, per in r["rows"].items():
                 cells = []
@@ -1312,6 +1384,13 @@ def _run_benchmarks(
     plot_dir = plot_dir or results_path.parent
     plot_dir.mkdir(parents=True, exist_ok=True)
     tag = results_path.stem
+    if cfg.parallel_runs > 1 and set(cfg.tables) - {1}:
+        specs = open_run_specs(bench)
+        try:
+            bench.train_parallel(corpora["open"], specs, at_once=cfg.parallel_runs)
+            logger.info("open-corpus runs trained, %d at a time: %s", cfg.parallel_runs, sorted(specs))
+        except OutOfTime as err:  # the tables then train what time allows, one after another
+            logger.warning("open-corpus runs not trained in parallel: %s", err)
     for num in [n for n in TABLE_ORDER if n in cfg.tables]:
         t_table = time.time()
         try:

@@ -254,3 +254,41 @@ def test_smoke_table1_has_the_peer_arm_with_the_same_image_count(tmp_path):
             assert 0.0 <= m["top1"] <= 1.0 and 0.0 <= m["mAP"] <= 1.0 and m["n_queries"] > 0
     md = results.with_suffix(".md").read_text()
     assert "mAP" in md and "1 query =" in md
+
+
+def test_open_runs_train_two_at_a_time_then_the_tables_reuse_them(tiny_corpus, tmp_path):
+    """``parallel_runs=2``: every run of tables 2-4 (multispecies, without the zero-shot species, one per species)
+    is trained as a subprocess, two at a time, before the tables; the tables then train nothing themselves except
+    table 4's fine-tuning runs, and their figures come from those runs."""
+    corpora = tmp_path / "corpora"
+    reid_real.compact_corpus(tiny_corpus, corpora / "open", size=32, seed=0)
+    shutil.copytree(corpora / "open", corpora / "closed")
+    argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(tmp_path / "work")]
+    argv += ["--results", str(tmp_path / "res" / "par"), "--set", "tables=[2, 3, 4]", "parallel_runs=2"]
+    res = reid_real.main(argv)
+    assert res["skipped"] == []
+    pooled = {"t2_multi", "t3_without_synth_stripes", "t2_only_synth_spots", "t2_only_synth_stripes"}
+    assert pooled <= set(res["run_times_s"])
+    assert set(res["run_times_s"]) - pooled == {
+        "t4_synth_stripes_from_multi",
+        "t4_synth_stripes_from_imagenet",
+    }
+    for name in pooled:
+        saved = json.loads((tmp_path / "work" / "runs" / name / "results.json").read_text())
+        assert saved["parallel_runs"] == 2 and saved["bench_wall_s"] > 0
+    only = json.loads((tmp_path / "work" / "runs" / "t2_only_synth_spots" / "results.json").read_text())
+    assert "--species" in only["argv"] and "synth_spots" in only["argv"]
+    assert res["tables"]["2"]["rows"]["synth_spots"]["species_specific"]["top1"] is not None
+
+
+def test_a_failed_parallel_run_stops_the_others_with_its_log_named(tiny_corpus, tmp_path):
+    corpora = tmp_path / "corpora"
+    reid_real.compact_corpus(tiny_corpus, corpora / "open", size=32, seed=0)
+    cfg = reid_real.load_bench_config(SMOKE)
+    bench = reid_real.Bench(cfg=cfg, work=tmp_path / "w", corpora={"open": corpora / "open"},
+                            deadline=reid_real.Deadline(None))  # fmt: skip
+    specs = {"bad": {"epochs": 0}, "slow": {"epochs": 50, "batches_per_epoch": 50}, "never": {}}
+    with pytest.raises(RuntimeError, match=r"bad failed .*bad\.log"):
+        bench.train_parallel(corpora / "open", specs, at_once=2)
+    assert not (tmp_path / "w" / "runs" / "never").exists()  # not started: the pool stopped at the failure
+    assert not (tmp_path / "w" / "runs" / "slow" / "results.json").exists()  # killed, left to restart later
