@@ -601,12 +601,16 @@ def _run(
     loaders.append(train_loader)
 
     def eval_loader(split: str) -> DataLoader:
+        # Evaluation workers live only while an evaluation runs, and none are started when the images are cached
+        # (a batch is then an index into shared memory). Persistent ones sat idle between evaluations, each
+        # holding its copy of the trainer's heap (about 3 GB at 224 px): two 224-px runs at once ran out of 24 GB.
         ds = eval_dataset(split)
+        workers = 0 if ds.cache is not None else dc.num_workers
         return DataLoader(
             ds,
             batch_size=tc.eval_batch_size,
             shuffle=False,
-            **dataloader_kwargs(dc.num_workers, pin_memory=pin),
+            **dataloader_kwargs(workers, pin_memory=pin, persistent_workers=False),
         )
 
     eval_sets: dict[str, ReIDImageDataset] = {}
