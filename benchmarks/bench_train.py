@@ -157,7 +157,8 @@ def worker_plain(args: argparse.Namespace) -> dict[str, Any]:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = model(pixel_values=processor.normalize_uint8(x), labels=y).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+        if config.train.max_grad_norm > 0:  # 0 turns clipping off, as in train_accelerate
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
