@@ -1,7 +1,10 @@
-"""Local-feature re-ranking on the closed-set Lion / Nyala splits (issue 14): accuracy with and without, and cost.
+"""Local-feature re-ranking (issue 14): accuracy with and without, and cost, on a closed or an open split.
 
-MegaDescriptor's protocol: test images query train + validation (1-NN cosine, same-encounter images kept);
-the fusion is fitted on validation images querying train, never on test. The global shortlist (top ``--k`` by
+``--protocol closed`` (the Lion / Nyala splits), MegaDescriptor's protocol: test images query train + validation
+(1-NN cosine, same-encounter images kept); the fusion is fitted on validation images querying train, never on test.
+``--protocol open`` (the six-species identity-disjoint split, individuals never trained on), the paper's protocol
+as in ``reid_real.py`` table 2: within each split and species, every image queries all the others (itself and
+its own individual's same-encounter images left out); the fusion is fitted on validation, scored on test. The global shortlist (top ``--k`` by
 cosine within the query's species) is re-scored by :class:`animal_reid.rerank.LocalReranker`; the full ranking
 (re-scored shortlist, then the rest by cosine) goes through :func:`animal_reid.metrics.evaluate_reid` as a score
 matrix (query rows = scores, gallery rows = the identity matrix, so the dot product is the score).
@@ -9,6 +12,8 @@ matrix (query rows = scores, gallery rows = the identity matrix, so the dot prod
     python benchmarks/bench_rerank.py --model imagenet --out benchmarks/results/rerank_imagenet.json
     python benchmarks/bench_rerank.py --model runs/bench224/runs/t1_ours/export --name t1_ours \\
         --out benchmarks/results/rerank_t1_ours.json
+    python benchmarks/bench_rerank.py --protocol open --corpus runs/bench_real6/corpora/open \\
+        --cap-per-identity 8 --model imagenet --out benchmarks/results/rerank6_imagenet.json
 
 Runs in one process on one thread (torch, OpenCV) unless ``--workers`` says otherwise.
 """
@@ -30,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from animal_reid.identify import Identifier, read_gallery  # noqa: E402
-from animal_reid.metrics import evaluate_reid  # noqa: E402
+from animal_reid.metrics import encode_labels, evaluate_reid, rank_queries, summarize  # noqa: E402
 from animal_reid.openset import OpenSetThreshold, open_set_report  # noqa: E402
 from animal_reid.rerank import (  # noqa: E402
     LocalFeatureConfig,
@@ -78,17 +83,50 @@ def load_model(spec: str):
     return model.eval(), proc, key
 
 
-def shortlist(q: np.ndarray, g: np.ndarray, q_sp, g_sp, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(full cosine [Q, G] with other species at -inf, top-k indices [Q, k], their cosines)``."""
+def shortlist(
+    q: np.ndarray, g: np.ndarray, q_items, g_items, k: int, loo: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(full cosine [Q, G], top-k indices [Q, k], their cosines)``; other species are at -inf.
+
+    ``loo`` (queries are the gallery, the open protocol): each query itself and its own individual's images from
+    the same encounter are at -inf too, as :func:`animal_reid.metrics.leave_one_out` leaves them out.
+    """
     s = q @ g.T
-    s[np.asarray(q_sp, dtype=object)[:, None] != np.asarray(g_sp, dtype=object)[None, :]] = -np.inf
+    s[_col(q_items, "species")[:, None] != _col(g_items, "species")[None, :]] = -np.inf
+    if loo:
+        np.fill_diagonal(s, -np.inf)
+        q_enc, g_enc = _col(q_items, "encounter"), _col(g_items, "encounter")
+        known = np.array([e is not None for e in q_enc], dtype=bool)
+        same_id = _col(q_items, "identity")[:, None] == _col(g_items, "identity")[None, :]
+        same = same_id & (q_enc[:, None] == g_enc[None, :]) & known[:, None]
+        s[same] = -np.inf
     idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
     return s, idx, np.take_along_axis(s, idx, 1)
 
 
-def evaluate_scores(scores: np.ndarray, q_items, g_items) -> dict:
-    """evaluate_reid of a score matrix: query rows are the scores, the gallery is the identity matrix."""
+def _col(items, name: str) -> np.ndarray:
+    return np.asarray([getattr(it, name) for it in items], dtype=object)
+
+
+def evaluate_scores(scores: np.ndarray, q_items, g_items, loo: bool = False) -> dict:
+    """evaluate_reid of a score matrix: query rows are the scores, the gallery is the identity matrix.
+
+    ``loo``: queries are the gallery (the open protocol), ranked per species with themselves and their own
+    individual's same-encounter images left out, exactly as :func:`animal_reid.metrics.leave_one_out`.
+    """
     s = np.where(np.isfinite(scores), scores, -1e9).astype(np.float32)
+    if loo:
+        lab, enc, sp = encode_labels(
+            _col(q_items, "identity"), _col(q_items, "encounter"), _col(q_items, "species")
+        )
+        per = {}
+        for code in np.unique(sp):
+            i = np.flatnonzero(sp == code)
+            per[str(q_items[i[0]].species)] = rank_queries(
+                s[np.ix_(i, i)], np.eye(len(i), dtype=np.float32), lab[i], lab[i], enc[i], enc[i],
+                query_gallery_index=np.arange(len(i)),
+            )  # fmt: skip
+        return summarize(per, "leave_one_out", topk=(1, 5))
     return evaluate_reid(
         s,
         [q.identity for q in q_items],
@@ -99,6 +137,60 @@ def evaluate_scores(scores: np.ndarray, q_items, g_items) -> dict:
         gallery_species=[g.species for g in g_items],
         topk=(1, 5),
     )
+
+
+PROTOCOLS = {
+    "closed": "closed set, MegaDescriptor: test queries train+validation (1-NN cosine, same-encounter kept); "
+    "fusion fitted on validation queries against train only",
+    "open": "open split (test individuals never trained on), the paper's leave-one-out within species: every "
+    "image queries the other images of its split, its own individual's same-encounter images left out; fusion "
+    "fitted on validation, scored on test",
+}
+
+
+def read_splits(args) -> dict[str, list]:
+    """The splits the protocol reads (the open one needs no train images), capped and subsampled as asked."""
+    from animal_reid.training.data import _cap_per_identity
+
+    names = ("validation", "test") if args.protocol == "open" else ("train", "validation", "test")
+    out = {}
+    for name in names:
+        items = read_gallery(args.corpus, None, [name])
+        if args.cap_per_identity:
+            items = [
+                items[i]
+                for i in _cap_per_identity([it.identity for it in items], args.cap_per_identity, args.seed)
+            ]
+        out[name] = items[:: args.subsample]
+    return out
+
+
+def protocol_pairs(protocol: str, splits: dict, emb: dict) -> tuple[dict, bool]:
+    """``({"fit": (queries, gallery, their embeddings...), "test": ...}, leave-one-out)`` of the protocol."""
+    va, te = splits["validation"], splits["test"]
+    if protocol == "open":
+        return {
+            "fit": (va, va, emb["validation"], emb["validation"]),
+            "test": (te, te, emb["test"], emb["test"]),
+        }, True
+    tr = splits["train"]
+    g_emb = np.concatenate([emb["train"], emb["validation"]])
+    return {
+        "fit": (va, tr, emb["validation"], emb["train"]),
+        "test": (te, [*tr, *va], emb["test"], g_emb),
+    }, False
+
+
+def check_global(base: dict, q_emb, g_emb, q_items, g_items, loo: bool) -> None:
+    """The global figures from the score matrix must equal :func:`evaluate_reid` on the embeddings themselves."""
+    lab, sp = [q.identity for q in q_items], [q.species for q in q_items]
+    if loo:
+        check = evaluate_reid(q_emb, lab, [q.encounter for q in q_items], sp, topk=(1, 5))
+    else:
+        check = evaluate_reid(q_emb, lab, None, sp, gallery_embeddings=g_emb, gallery_labels=[g.identity for g in g_items],
+                              gallery_species=[g.species for g in g_items], topk=(1, 5))  # fmt: skip
+    if abs(check["top1"] - base["top1"]) > 1e-9 or abs(check["mAP"] - base["mAP"]) > 1e-6:
+        raise AssertionError(f"score-matrix evaluation disagrees with evaluate_reid: {check} vs {base}")
 
 
 def _pick(r: dict) -> dict:
@@ -112,6 +204,10 @@ def _side(items, gallery, idx, cos, fused) -> dict:
     """One split's shortlists for :func:`open_set`: global and fused scores, candidate and true individuals."""
     return {"global": cos, "reranked": fused, "labels": [[gallery[g].identity for g in row] for row in idx],
             "true": [q.identity for q in items], "species": [q.species for q in items]}  # fmt: skip
+
+
+def _f4(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def _pct(x) -> str:
@@ -158,8 +254,8 @@ def render_markdown(result: dict) -> str:
         for sp, g in result[split]["global"].items():
             r = result[split]["reranked"][sp]
             frac = f"{held[sp]:.3f}" if sp in held else ""
-            lines.append(f"| {split} | {sp} | {g['n_queries']} | {g['top1']:.4f} | {r['top1']:.4f} | {g['mAP']:.4f} | "
-                         f"{r['mAP']:.4f} | {frac} |")  # fmt: skip
+            lines.append(f"| {split} | {sp} | {g['n_queries']} | {_f4(g['top1'])} | {_f4(r['top1'])} | {_f4(g['mAP'])} | "
+                         f"{_f4(r['mAP'])} | {frac} |")  # fmt: skip
     f = result["fusion"]
     lines += [
         "",
@@ -217,6 +313,13 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--subsample", type=int, default=1, help="keep every n-th image of each split (smoke runs)"
     )
+    p.add_argument("--protocol", default="closed", choices=sorted(PROTOCOLS))
+    p.add_argument(
+        "--cap-per-identity", type=int, default=None,
+        help="keep at most N images per identity in each split, chosen as training's max_eval_images_per_identity "
+        "chooses them (with --seed), so the global figures are those of the training run's evaluation",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", required=True)
     p.add_argument(
         "--render-only", action="store_true", help="write OUT.md from an existing OUT (JSON) and stop"
@@ -232,9 +335,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     name = args.name or ("imagenet" if args.model == "imagenet" else Path(args.model).parent.name)
     t_start = time.perf_counter()
-    splits = {
-        s: read_gallery(args.corpus, None, [s])[:: args.subsample] for s in ("train", "validation", "test")
-    }
+    splits = read_splits(args)
     model, proc, key = load_model(args.model)
     ident = Identifier(_OneThread(model), proc, key, Path(args.cache_dir) / "embeddings", {"model": args.model},
                        batch_size=16)  # fmt: skip
@@ -244,7 +345,7 @@ def main(argv=None) -> dict:
 
     config = LocalFeatureConfig(method=args.method, max_side=args.max_side, max_keypoints=args.max_keypoints)
     feat_cache = Path(args.cache_dir) / "local"
-    every = [*splits["train"], *splits["validation"], *splits["test"]]
+    every = [it for items in splits.values() for it in items]
     rr = LocalReranker(
         Fusion(weight=0.0), config, k=args.k, workers=args.workers, cache_dir=feat_cache, progress=False
     )
@@ -256,11 +357,10 @@ def main(argv=None) -> dict:
     kp = np.array([len(f) for f in feats])
     cache_bytes = rr.store.cache.nbytes()
 
-    # fit on validation -> train
-    tr, va, te = splits["train"], splits["validation"], splits["test"]
-    v_full, v_idx, v_cos = shortlist(
-        emb["validation"], emb["train"], [q.species for q in va], [g.species for g in tr], args.k
-    )
+    pairs, loo = protocol_pairs(args.protocol, splits, emb)
+    # tr: the gallery the validation queries rank (train, or validation itself)
+    va, tr, v_emb, tr_emb = pairs["fit"]
+    v_full, v_idx, v_cos = shortlist(v_emb, tr_emb, va, tr, args.k, loo)
     t0 = time.perf_counter()
     v_inl, v_stats = rr.verify(va, tr, v_idx)
     v_correct = np.array(
@@ -276,24 +376,18 @@ def main(argv=None) -> dict:
         "fitted fusion: weight %s, scale %s, per species %s", fusion.weight, fusion.scale, fusion.per_species
     )
 
-    # test -> train + validation
-    g_items = [*tr, *va]
-    g_emb = np.concatenate([emb["train"], emb["validation"]])
-    full, t_idx, t_cos = shortlist(
-        emb["test"], g_emb, [q.species for q in te], [g.species for g in g_items], args.k
-    )
+    # test -> its gallery (train + validation, or test itself)
+    te, g_items, te_emb, g_emb = pairs["test"]
+    full, t_idx, t_cos = shortlist(te_emb, g_emb, te, g_items, args.k, loo)
     rr.fusion = fusion
     t0 = time.perf_counter()
     out = rr.rerank(te, g_items, t_idx, t_cos)
     t_test = time.perf_counter() - t0
     fused_full = full.copy()
     np.put_along_axis(fused_full, t_idx, out.scores, 1)
-    base = evaluate_scores(full, te, g_items)
-    check = evaluate_reid(emb["test"], [q.identity for q in te], None, [q.species for q in te],
-                          gallery_embeddings=g_emb, gallery_labels=[g.identity for g in g_items],
-                          gallery_species=[g.species for g in g_items], topk=(1, 5))  # fmt: skip
-    assert abs(check["top1"] - base["top1"]) < 1e-9 and abs(check["mAP"] - base["mAP"]) < 1e-6, (check, base)
-    reranked = evaluate_scores(fused_full, te, g_items)
+    base = evaluate_scores(full, te, g_items, loo)
+    check_global(base, te_emb, g_emb, te, g_items, loo)
+    reranked = evaluate_scores(fused_full, te, g_items, loo)
     # validation too (the data the fusion was fitted on), for the record
     v_fused_short = fusion.fuse(v_cos, v_inl, [q.species for q in va])
     v_fused = v_full.copy()
@@ -314,8 +408,9 @@ def main(argv=None) -> dict:
     # cost per query at several K (features cached: matching + fusion only), on the first test queries
     cost = {}
     nq = min(args.cost_queries, len(te))
-    _, c_idx, c_cos = shortlist(emb["test"][:nq], g_emb, [q.species for q in te[:nq]], [g.species for g in g_items],
-                                max(int(k) for k in args.cost_ks.split(",")))  # fmt: skip
+    _, c_idx, c_cos = shortlist(
+        te_emb[:nq], g_emb, te[:nq], g_items, max(int(k) for k in args.cost_ks.split(",")), loo
+    )
     for k in (int(k) for k in args.cost_ks.split(",")):
         r = LocalReranker(fusion, config, k=k, workers=args.workers, cache_dir=feat_cache, progress=False)
         t0 = time.perf_counter()
@@ -328,8 +423,7 @@ def main(argv=None) -> dict:
         "model": args.model,
         "name": name,
         "corpus": args.corpus,
-        "protocol": "closed set, MegaDescriptor: test queries train+validation (1-NN cosine, same-encounter kept); "
-        "fusion fitted on validation queries against train only",
+        "protocol": PROTOCOLS[args.protocol],
         "k": args.k,
         "feature_config": config.to_dict(),
         "fusion": fusion.to_dict(),
@@ -339,7 +433,8 @@ def main(argv=None) -> dict:
         "open_set": {"protocol": "half the individuals of each split (seeded) treated as absent from the gallery: "
                      "their images taken out of their shortlists; threshold fitted on validation, scored on test",
                      "thresholds": {k: v.to_dict() for k, v in thresholds.items()}, "test": open_report},
-        "validation": {"global": _pick(evaluate_scores(v_full, va, tr)), "reranked": _pick(evaluate_scores(v_fused, va, tr)),
+        "validation": {"global": _pick(evaluate_scores(v_full, va, tr, loo)),
+                       "reranked": _pick(evaluate_scores(v_fused, va, tr, loo)),
                        "stats": v_stats},  # fmt: skip
         "cost": {
             "s_per_query": cost,
@@ -365,7 +460,7 @@ def main(argv=None) -> dict:
         for sp, m in result[split]["global"].items():
             r2 = result[split]["reranked"][sp]
             print(
-                f"{split:10s} {sp:6s} top1 {m['top1']:.4f} -> {r2['top1']:.4f}   mAP {m['mAP']:.4f} -> {r2['mAP']:.4f}"
+                f"{split:10s} {sp:6s} top1 {_f4(m['top1'])} -> {_f4(r2['top1'])}   mAP {_f4(m['mAP'])} -> {_f4(r2['mAP'])}"
             )
     print(json.dumps(result["cost"], indent=1))
     return result
