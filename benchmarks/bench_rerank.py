@@ -4,10 +4,11 @@
 (1-NN cosine, same-encounter images kept); the fusion is fitted on validation images querying train, never on test.
 ``--protocol open`` (the six-species identity-disjoint split, individuals never trained on), the paper's protocol
 as in ``reid_real.py`` table 2: within each split and species, every image queries all the others (itself and
-its own individual's same-encounter images left out); the fusion is fitted on validation, scored on test. The global shortlist (top ``--k`` by
-cosine within the query's species) is re-scored by :class:`animal_reid.rerank.LocalReranker`; the full ranking
-(re-scored shortlist, then the rest by cosine) goes through :func:`animal_reid.metrics.evaluate_reid` as a score
-matrix (query rows = scores, gallery rows = the identity matrix, so the dot product is the score).
+its own individual's same-encounter images left out); the fusion is fitted on validation, scored on test.
+
+The global shortlist (top ``--k`` by cosine within the query's species) is re-scored by
+:class:`animal_reid.rerank.LocalReranker`; the full ranking (re-scored shortlist, then the rest by cosine) is scored
+as a score matrix (query rows = scores, gallery rows = the identity matrix, so the dot product is the score).
 
     python benchmarks/bench_rerank.py --model imagenet --out benchmarks/results/rerank_imagenet.json
     python benchmarks/bench_rerank.py --model runs/bench224/runs/t1_ours/export --name t1_ours \\

@@ -23,9 +23,8 @@ def _items_and_embeddings(seed: int = 0):
         for ind in range(5):
             centre = rng.normal(size=16)
             for k in range(4):
-                enc = (
-                    None if ind == 4 else f"{sp}{ind}-e{k // 2}"
-                )  # two encounters of two images, or none known
+                # two encounters of two images each, or (the last individual) none recorded
+                enc = None if ind == 4 else f"{sp}{ind}-e{k // 2}"
                 items.append(
                     ImageItem(
                         image=b"", name=f"{sp}{ind}-{k}", identity=f"{sp}{ind}", species=sp, encounter=enc
