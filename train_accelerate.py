@@ -50,6 +50,13 @@ from animal_reid.training.data import (
     release_workers,
     split_metadata,
 )
+from animal_reid.training.interpolate import (
+    choose_alpha,
+    interpolate_state,
+    load_snapshot,
+    save_snapshot,
+    snapshot,
+)
 from animal_reid.training.model_card import render_model_card
 from animal_reid.training.plots import plot_history
 from animal_reid.training.sampler import PKBatchSampler, RandomBatchSampler
@@ -401,6 +408,53 @@ def start_model(config, accelerator, model, processor, evaluator, corpus, calibr
     return baseline
 
 
+def keep_start_weights(config, accelerator, unwrapped, path: Path, fresh: bool) -> dict[str, torch.Tensor] | None:
+    """The starting weights for ``interpolate_alphas``: taken before the first step and saved beside the
+    checkpoints, or read back when a run resumes (None if a resumed run never saved them)."""
+    if not config.train.interpolate_alphas:
+        return None
+    if not fresh:
+        return load_snapshot(path) if path.is_file() else None
+    weights = snapshot(unwrapped)
+    if accelerator.is_main_process:
+        save_snapshot(weights, path)
+    return weights
+
+
+def interpolate_best(config, accelerator, model, evaluator, start, val_best) -> dict[str, Any] | None:
+    """WiSE-FT: score ``(1 - a) * start + a * trained`` on validation for each ``a``; load the best.
+
+    The model holds the trained (best-epoch) weights on entry and the chosen ones on return. Returns
+    ``{"chosen_alpha", "val": {alpha: validation metrics}}`` or None when not asked for or not possible.
+    """
+    alphas, metric = config.train.interpolate_alphas, config.train.metric_for_best
+    if not alphas:
+        return None
+    if start is None or val_best is None:
+        logger.warning("interpolate_alphas: no starting weights or no scored epoch; exporting the trained model")
+        return None
+    unwrapped = accelerator.unwrap_model(model)
+    trained = snapshot(unwrapped)
+
+    def score(alpha: float) -> dict[str, Any]:
+        unwrapped.load_state_dict(interpolate_state(start, trained, alpha))
+        val = summary_metrics(evaluator.validation(model))
+        logger.info("interpolation a=%g: val %s %s", alpha, metric, _fmt(val[metric]), main_process_only=True)
+        return val
+
+    chosen, scored = choose_alpha(score, alphas, val_best, metric)
+    unwrapped.load_state_dict(interpolate_state(start, trained, chosen))
+    logger.info(
+        "interpolation: a=%g chosen on validation (%s %s; trained a=1: %s)",
+        chosen,
+        metric,
+        _fmt(scored[f"{chosen:g}"][metric]),
+        _fmt(val_best[metric]),
+        main_process_only=True,
+    )
+    return {"chosen_alpha": chosen, "val": scored}
+
+
 def config_summary(config: TrainConfig) -> dict[str, Any]:
     """The recipe choices a reader of results.json needs to tell runs apart."""
     m, t = config.model, config.train
@@ -700,8 +754,11 @@ def _run(
         _write_history(run_dir, state.history)
 
     unwrapped = accelerator.unwrap_model(model)
-    if state.baseline is None:
+    fresh = state.baseline is None
+    if fresh:
         state.baseline = start_model(config, accelerator, model, processor, evaluator, corpus, calibrate)
+    start_file = run_dir / "start" / "model.safetensors"
+    start_weights = keep_start_weights(config, accelerator, unwrapped, start_file, fresh)
     metric_key = tc.metric_for_best
     logger.info(
         "training %d epochs x %d batches/process (%d processes, P=%d x K=%d, accumulation %d): %d optimiser steps",
@@ -864,9 +921,16 @@ def _run(
             "validation images are in train: use eval_protocol=query_gallery); exporting the last epoch",
             main_process_only=True,
         )
-    test = evaluator.test(model)
-
     val_best = state.history[state.best_epoch - 1]["val"] if state.best_epoch else None
+    test = evaluator.test(model)
+    interpolation = interpolate_best(config, accelerator, model, evaluator, start_weights, val_best)
+    if interpolation is not None:
+        val_best = interpolation["val"][f"{interpolation['chosen_alpha']:g}"]
+        # the trained model's test figures, for the report only (alpha was chosen on validation)
+        interpolation["test_trained"] = summary_metrics(test)
+        if interpolation["chosen_alpha"] != 1.0:
+            test = evaluator.test(model)
+
     results: dict[str, Any] = {
         "best_epoch": state.best_epoch,
         "metric_for_best": metric_key,
@@ -874,6 +938,7 @@ def _run(
         "val_best": val_best,
         "test": summary_metrics(test),
         "beats_baseline": beats_baseline(state.baseline, val_best, metric_key),
+        "interpolation": interpolation,
         "test_protocol": test.get("protocol"),
         "epochs": tc.epochs,
         "train_images_seen": tc.epochs * batches_this_epoch * tc.batch_size * accelerator.num_processes,

@@ -96,7 +96,8 @@ def test_tiny_cnn_learns_identities_on_unseen_individuals(tmp_path, request):
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
+    threads = torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     torch.set_num_threads(2)
     cfg = SyntheticConfig(identities_per_species=30, images_per_identity=8, encounters_per_identity=4)
     photos = list(generate(cfg, workers=2))

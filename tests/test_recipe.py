@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_train_loop import tiny_args
 
 import train_accelerate
 from animal_reid.training.augment import ReIDAugment
@@ -15,7 +16,6 @@ from animal_reid.training.config import parse_config
 from animal_reid.training.sampler import RandomBatchSampler
 from modeling import AnimalReIDConfig, AnimalReIDForMetricLearning
 from modeling.modeling_animal_reid import SubCenterArcFaceHead
-from test_train_loop import tiny_args
 
 
 def test_random_batches_visit_every_row_once_per_pass_and_shard_disjointly():
@@ -33,7 +33,7 @@ def test_random_batches_visit_every_row_once_per_pass_and_shard_disjointly():
     ranks = [RandomBatchSampler(50, 8, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
     for r in ranks:
         r.set_epoch(1)
-    assert [b for pair in zip(*map(list, ranks)) for b in pair] == batches
+    assert [b for pair in zip(*map(list, ranks), strict=True) for b in pair] == batches
     more = RandomBatchSampler(10, 4, seed=0, batches_per_epoch=5)  # more than one pass
     assert len(list(more)) == 5
     with pytest.raises(ValueError, match="batch_size"):

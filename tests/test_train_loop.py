@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 import train_accelerate
 from animal_reid.training.config import parse_config
+from animal_reid.training.interpolate import interpolate_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -399,3 +400,37 @@ def test_query_gallery_protocol_on_a_closed_split(tmp_path):
     assert results["test"]["n_queries"] == len(corpus.splits["test"])
     assert results["val_best"]["n_queries"] == len(corpus.splits["validation"])
     assert 0.0 <= results["test"]["top1"] <= 1.0
+
+
+def _expected_export(run_dir, results):
+    start = load_file(str(run_dir / "start" / "model.safetensors"))
+    best = load_file(str(run_dir / "best" / f"epoch_{results['best_epoch']}" / "model.safetensors"))
+    return interpolate_state(start, best, results["interpolation"]["chosen_alpha"])
+
+
+def test_run_exports_the_interpolation_chosen_on_validation(corpus, tmp_path, monkeypatch):
+    run_dir = tmp_path / "wise"
+    results = train_accelerate.main(tiny_args(corpus, run_dir, "--interpolate_alphas", "0.25", "0.5"))
+    interp = results["interpolation"]
+    assert set(interp["val"]) == {"1", "0.25", "0.5"}
+    best = max(interp["val"].items(), key=lambda kv: (kv[1]["top1"], float(kv[0])))
+    assert interp["chosen_alpha"] == float(best[0]) and results["val_best"] == best[1]
+    assert json.loads((run_dir / "results.json").read_text())["interpolation"] == interp
+
+    want = _expected_export(run_dir, results)
+    got = load_file(str(run_dir / "export" / "model.safetensors"))
+    for key, value in got.items():  # the export is the model without its head, same tensor names
+        torch.testing.assert_close(value, want[key].to(value.dtype), rtol=0, atol=1e-6)
+    assert "Weight interpolation" in (run_dir / "export" / "README.md").read_text()
+
+    # killed after epoch 1 and resumed: the saved starting weights are read back, the result is the same
+    again = tmp_path / "wise_resumed"
+    argv = tiny_args(corpus, again, "--interpolate_alphas", "0.25", "0.5")
+    _kill_after_first_checkpoint(monkeypatch, argv)
+    resumed = train_accelerate.main([*argv, "--resume"])
+    assert resumed["interpolation"] == interp and resumed["test"] == results["test"]
+
+
+def test_interpolate_alphas_must_lie_strictly_between_0_and_1(corpus, tmp_path):
+    with pytest.raises(ValueError, match="interpolate_alphas"):
+        train_accelerate.main(tiny_args(corpus, tmp_path / "bad", "--interpolate_alphas", "1.0"))

@@ -281,6 +281,13 @@ class TrainArguments:
     widget_images: list[str] | None = field(
         default=None, metadata={"help": "Image URLs shown as widget examples on the model card."}
     )
+    interpolate_alphas: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "WiSE-FT: after training, also score on validation the weights (1 - a) * start + a * trained "
+            "for each a given (in (0, 1)), and export the best (a = 1, the trained model, always competes)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
@@ -319,6 +326,9 @@ class TrainArguments:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
+        for alpha in self.interpolate_alphas or []:
+            if not 0 < alpha < 1:
+                raise ValueError(f"interpolate_alphas must lie in (0, 1), got {alpha}")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
 

@@ -142,6 +142,17 @@ def eval_results(results: dict[str, Any], dataset_name: str, protocol: str) -> l
     return out
 
 
+def _interp_desc(interp: dict[str, Any] | None, metric: str | None) -> str:
+    """WiSE-FT line of the card: the alpha chosen on validation and what each candidate scored there."""
+    if not interp:
+        return ""
+    tried = ", ".join(f"a = {a}: {_pct(v.get(metric))}" for a, v in interp["val"].items())
+    return (
+        f"exported weights are (1 - a) x start + a x trained with a = {interp['chosen_alpha']:g}, chosen on "
+        f"validation {metric} ({tried}; a = 1 is the trained model)"
+    )
+
+
 def render_model_card(
     *,
     config,
@@ -256,6 +267,7 @@ def render_model_card(
         + (" with dynamic margins" if m.dynamic_margins else f", margin {m.margin_max} rad")
         + f", s = {m.scale:g}",
         head_init=m.head_init,
+        interp_desc=_interp_desc(results.get("interpolation"), results.get("metric_for_best")),
         best_epoch=results.get("best_epoch"),
         metric_for_best=results.get("metric_for_best"),
         history_rows=history_rows,
