@@ -104,46 +104,31 @@ def test_fusion_per_species_weights_keep_zero_where_keypoints_do_not_help():
     inl = np.array([[0, 40], [0, 40], [0, 40], [0, 40]])
     correct = np.array([[False, True], [False, True], [True, False], [True, False]])
     fusion = fit_fusion(cos, inl, correct, ["a", "a", "b", "b"], weights=[0.0, 0.5, 1.0], scales=[10.0],
-                        min_per_species=2, prior_queries=0)  # fmt: skip
+                        min_per_species=2, significance=1.0)  # fmt: skip  (2 queries: no test passes)
     assert fusion.per_species["a"] == 0.5 and fusion.per_species["b"] == 0.0
     fused = fusion.fuse(cos, inl, ["a", "a", "b", "b"])
     assert (fused.argmax(1) == correct.argmax(1)).all()
 
 
-def _shrink_case(n_small: int):
-    """Species "big" (40 queries): keypoints pick the true match for 30 (w >= 0.5 fixes them) and an impostor
-    for 10 at w = 1 only; species "small" (n_small queries): keypoints help only at w = 1."""
-    rows = []
-    for i in range(40):  # big: true match in slot 1 with 40 inliers (bonus 0.8 at scale 10)
-        helps = i < 30
-        rows.append(([0.9, 0.6], [0, 40] if helps else [0, 0], [False, True] if helps else [True, False]))
-    for _ in range(10):  # big: an impostor in slot 1 whose 40 inliers win only at w = 1 (0.4 + 0.8 > 0.9)
-        rows.append(([0.9, 0.4], [0, 40], [True, False]))
-    for _ in range(n_small):  # small: the true match needs w = 1 (0.2 + 0.8 > 0.9)
-        rows.append(([0.9, 0.2], [0, 40], [False, True]))
+def test_a_species_keeps_its_own_weight_only_when_a_sign_test_says_it_gains():
+    # species a: 20 queries; at w = 0.5 keypoints put 10 right (true match in slot 1) and none wrong.
+    # species b: 20 queries; at w = 0.5 keypoints put 3 right and 1 wrong, the other 16 unchanged.
+    right = ([0.9, 0.6], [0, 40], [False, True])  # 0.6 + 0.5 * 40/50 = 1.0 > 0.9: fixed at w = 0.5
+    wrong = ([0.9, 0.6], [0, 40], [True, False])  # the same move onto an impostor
+    same = ([0.9, 0.6], [0, 0], [True, False])  # no keypoints: unchanged
+    rows = [right] * 10 + [same] * 10 + [right] * 3 + [wrong] + [same] * 16
     cos, inl, ok = (np.array([r[j] for r in rows], dtype=float) for j in range(3))
-    species = ["big"] * 50 + ["small"] * n_small
-    return cos, inl, ok.astype(bool), species
-
-
-def test_per_species_weights_fitted_on_few_queries_shrink_towards_the_pooled_curve():
-    # pooled (species-averaged) top-1 by hand, weights [0, 0.5, 1]: big 20/50, 50/50, 40/50; small 0, 0, 1
-    # -> pooled 0.2, 0.5, 0.9. With 20 "small" queries and a prior of 50: small's mixed curve is
-    # (20 * [0, 0, 1] + 50 * [0.2, 0.5, 0.9]) / 70 -> best at w = 1 as well; big's own curve (50 queries) mixed
-    # with the pooled one: (50 * [0.4, 1.0, 0.8] + 50 * [0.2, 0.5, 0.9]) / 100 = [0.3, 0.75, 0.85] -> w = 1:
-    # the prior outweighs big's own best (0.5). With prior 0, big keeps its own 0.5.
-    cos, inl, ok, sp = _shrink_case(20)
-    own = fit_fusion(cos, inl, ok, sp, weights=[0.0, 0.5, 1.0], scales=[10.0], prior_queries=0)
-    shrunk = fit_fusion(cos, inl, ok, sp, weights=[0.0, 0.5, 1.0], scales=[10.0], prior_queries=50)
-    assert own.curve["top1"]["big"] == [0.4, 1.0, 0.8] and own.curve["top1"]["small"] == [0.0, 0.0, 1.0]
-    assert own.per_species == {"big": 0.5, "small": 1.0}
-    assert shrunk.per_species == {"big": 1.0, "small": 1.0} and shrunk.curve["prior_queries"] == 50.0
-    # with a prior of 10 big's own evidence wins: (50 * 1.0 + 10 * 0.5) / 60 > (50 * 0.8 + 10 * 0.9) / 60
-    assert fit_fusion(cos, inl, ok, sp, weights=[0.0, 0.5, 1.0], scales=[10.0], prior_queries=10).per_species[
-        "big"
-    ] == 0.5
-    with pytest.raises(ValueError, match="prior_queries"):
-        fit_fusion(cos, inl, ok, sp, prior_queries=-1)
+    sp = ["a"] * 20 + ["b"] * 20
+    fusion = fit_fusion(cos, inl, ok.astype(bool), sp, weights=[0.0, 0.5], scales=[10.0], min_per_species=20)
+    tests = fusion.curve["sign_tests"]
+    # a: P(>= 10 of 10) = 1/1024 -> kept; b: P(>= 3 of 4) = (4 + 1) / 16 = 0.3125 -> back to 0
+    assert tests["a"] == {"own_weight": 0.5, "gained": 10, "lost": 0, "p": 1 / 1024, "kept": True}
+    assert tests["b"] == {"own_weight": 0.5, "gained": 3, "lost": 1, "p": 0.3125, "kept": False}
+    assert fusion.per_species == {"a": 0.5, "b": 0.0}
+    assert fit_fusion(cos, inl, ok.astype(bool), sp, weights=[0.0, 0.5], scales=[10.0], min_per_species=20,
+                      significance=1.0).per_species == {"a": 0.5, "b": 0.5}  # fmt: skip
+    with pytest.raises(ValueError, match="significance"):
+        fit_fusion(cos, inl, ok.astype(bool), sp, significance=0)
 
 
 # ------------------------------------------------------------------------------------------------------------------
