@@ -150,7 +150,8 @@ def fit_fusion(
     ``cosine`` [Q, K]: global similarities of each validation query's shortlist, best first (padding: -inf);
     ``inliers`` [Q, K]: verified matches (< 0: not verified); ``correct`` [Q, K] bool: the gallery image shows
     the query's individual; ``species`` [Q]. ``significance``: level of the sign test a species' own weight must
-    pass against the cosine alone (1: every species keeps its own best weight). Extra keyword arguments become fields of the returned Fusion.
+    pass against the cosine alone (1: every species keeps its own best weight). Extra keyword arguments become
+    fields of the returned Fusion.
     """
     cos = np.asarray(cosine, dtype=np.float64)
     n = np.asarray(inliers, dtype=np.float64)
