@@ -298,6 +298,19 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _dump(path: str, sides: dict) -> None:
+    """Save each side's shortlists as arrays: ``{side}_cosine``, ``_inliers``, ``_correct``, ``_species``."""
+    arrays = {}
+    for side, (q, g, idx, cos, inl) in sides.items():
+        arrays[f"{side}_cosine"], arrays[f"{side}_inliers"] = np.asarray(cos), np.asarray(inl)
+        arrays[f"{side}_correct"] = np.array(
+            [[g[j].identity == a.identity for j in row] for a, row in zip(q, idx, strict=True)]
+        )
+        arrays[f"{side}_species"] = np.array([a.species for a in q], dtype=str)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", default=str(ROOT / "runs/bench224/corpora/closed"))
@@ -321,7 +334,16 @@ def main(argv=None) -> dict:
         "chooses them (with --seed), so the global figures are those of the training run's evaluation",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--significance", type=float, default=1.0,
+        help="sign-test level a species' own fusion weight must pass on validation (1: always kept; see fit_fusion)",
+    )  # fmt: skip
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--dump-shortlists", default=None,
+        help="also save the validation and test shortlists (cosine, inliers, correct, species) to this .npz, "
+        "to study fusion rules offline without re-matching",
+    )  # fmt: skip
     p.add_argument(
         "--render-only", action="store_true", help="write OUT.md from an existing OUT (JSON) and stop"
     )
@@ -368,7 +390,7 @@ def main(argv=None) -> dict:
         [[tr[g].identity == q.identity for g in row] for q, row in zip(va, v_idx, strict=True)]
     )
     fusion = fit_fusion(v_cos, v_inl, v_correct, [q.species for q in va], feature_config=config.to_dict(),
-                        shortlist_k=args.k)  # fmt: skip
+                        shortlist_k=args.k, significance=args.significance)  # fmt: skip
     t_fit = time.perf_counter() - t0
     out_path = Path(args.out)
     # saved once its open-set threshold is fitted, below
@@ -384,6 +406,11 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     out = rr.rerank(te, g_items, t_idx, t_cos)
     t_test = time.perf_counter() - t0
+    if args.dump_shortlists:
+        _dump(
+            args.dump_shortlists,
+            {"val": (va, tr, v_idx, v_cos, v_inl), "test": (te, g_items, t_idx, t_cos, out.inliers)},
+        )
     fused_full = full.copy()
     np.put_along_axis(fused_full, t_idx, out.scores, 1)
     base = evaluate_scores(full, te, g_items, loo)

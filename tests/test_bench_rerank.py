@@ -78,3 +78,22 @@ def test_open_score_matrix_evaluation_equals_leave_one_out_on_embeddings():
     # re-ranking changes the figures: reversing every row's order must lower top-1
     flipped = np.where(np.isfinite(full), -full, full)
     assert bench_rerank.evaluate_scores(flipped, items, items, loo=True)["top1"] < got["top1"]
+
+
+def test_dumped_shortlists_refit_to_the_same_fusion(tmp_path):
+    from animal_reid.rerank import fit_fusion
+
+    items, emb = _items_and_embeddings()
+    _, idx, cos = bench_rerank.shortlist(emb, emb, items, items, 5, True)
+    rng = np.random.default_rng(1)
+    inl = rng.integers(-1, 40, size=idx.shape)
+    bench_rerank._dump(str(tmp_path / "s.npz"), {"val": (items, items, idx, cos, inl)})
+    z = np.load(tmp_path / "s.npz")
+    correct = np.array(
+        [[items[g].identity == q.identity for g in row] for q, row in zip(items, idx, strict=True)]
+    )
+    assert (z["val_correct"] == correct).all() and (z["val_inliers"] == inl).all()
+    assert z["val_species"].tolist() == [q.species for q in items]
+    again = fit_fusion(z["val_cosine"], z["val_inliers"], z["val_correct"], z["val_species"].tolist())
+    first = fit_fusion(cos, inl, correct, [q.species for q in items])
+    assert again.to_dict() == first.to_dict()

@@ -104,13 +104,13 @@ def test_fusion_per_species_weights_keep_zero_where_keypoints_do_not_help():
     inl = np.array([[0, 40], [0, 40], [0, 40], [0, 40]])
     correct = np.array([[False, True], [False, True], [True, False], [True, False]])
     fusion = fit_fusion(cos, inl, correct, ["a", "a", "b", "b"], weights=[0.0, 0.5, 1.0], scales=[10.0],
-                        min_per_species=2, significance=1.0)  # fmt: skip  (2 queries: no test passes)
+                        min_per_species=2)  # fmt: skip
     assert fusion.per_species["a"] == 0.5 and fusion.per_species["b"] == 0.0
     fused = fusion.fuse(cos, inl, ["a", "a", "b", "b"])
     assert (fused.argmax(1) == correct.argmax(1)).all()
 
 
-def test_a_species_keeps_its_own_weight_only_when_a_sign_test_says_it_gains():
+def test_with_a_significance_a_species_keeps_its_own_weight_only_when_a_sign_test_says_it_gains():
     # species a: 20 queries; at w = 0.5 keypoints put 10 right (true match in slot 1) and none wrong.
     # species b: 20 queries; at w = 0.5 keypoints put 3 right and 1 wrong, the other 16 unchanged.
     right = ([0.9, 0.6], [0, 40], [False, True])  # 0.6 + 0.5 * 40/50 = 1.0 > 0.9: fixed at w = 0.5
@@ -119,14 +119,16 @@ def test_a_species_keeps_its_own_weight_only_when_a_sign_test_says_it_gains():
     rows = [right] * 10 + [same] * 10 + [right] * 3 + [wrong] + [same] * 16
     cos, inl, ok = (np.array([r[j] for r in rows], dtype=float) for j in range(3))
     sp = ["a"] * 20 + ["b"] * 20
-    fusion = fit_fusion(cos, inl, ok.astype(bool), sp, weights=[0.0, 0.5], scales=[10.0], min_per_species=20)
+    fusion = fit_fusion(cos, inl, ok.astype(bool), sp, weights=[0.0, 0.5], scales=[10.0], min_per_species=20,
+                        significance=0.05)  # fmt: skip
     tests = fusion.curve["sign_tests"]
     # a: P(>= 10 of 10) = 1/1024 -> kept; b: P(>= 3 of 4) = (4 + 1) / 16 = 0.3125 -> back to 0
     assert tests["a"] == {"own_weight": 0.5, "gained": 10, "lost": 0, "p": 1 / 1024, "kept": True}
     assert tests["b"] == {"own_weight": 0.5, "gained": 3, "lost": 1, "p": 0.3125, "kept": False}
     assert fusion.per_species == {"a": 0.5, "b": 0.0}
-    assert fit_fusion(cos, inl, ok.astype(bool), sp, weights=[0.0, 0.5], scales=[10.0], min_per_species=20,
-                      significance=1.0).per_species == {"a": 0.5, "b": 0.5}  # fmt: skip
+    # the default (1.0): every species keeps its own best weight
+    default = fit_fusion(cos, inl, ok.astype(bool), sp, weights=[0.0, 0.5], scales=[10.0], min_per_species=20)
+    assert default.per_species == {"a": 0.5, "b": 0.5}
     with pytest.raises(ValueError, match="significance"):
         fit_fusion(cos, inl, ok.astype(bool), sp, significance=0)
 
