@@ -60,6 +60,7 @@ def serve(args: argparse.Namespace) -> None:
             host=args.host,
             port=args.port,
             log_level="info" if args.verbose else "warning",
+            access_log=args.verbose,  # one log record per request costs the event loop CPU
         )
     finally:
         service.close()
