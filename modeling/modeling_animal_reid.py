@@ -213,7 +213,8 @@ class _ThreadPrefetch:
     cores). ``threads`` batches are decoded at once, one more is queued. With ``step``, each thread also
     runs ``step(batch)`` (the network) and the iterator yields its results: whole batches run start to finish
     on one thread each, ``threads`` at once ("streams"). An exception raised in a thread is raised again here,
-    at its batch; batches not yet started are then dropped.
+    at its batch; batches not yet started are then dropped. A single batch on one thread runs inline: there
+    is nothing to overlap, and a pool would start a thread for every call (the service's micro-batches).
     """
 
     def __init__(
@@ -241,6 +242,9 @@ class _ThreadPrefetch:
         from concurrent.futures import ThreadPoolExecutor
 
         starts = list(range(0, self.n, self.batch_size))
+        if len(starts) == 1 and self.threads == 1:  # nothing to overlap: no pool (a thread start per call)
+            yield from self._inline(starts[0])
+            return
         # torch_threads: intra-op threads for torch work (resize, normalisation) inside each thread, so N threads
         # do not each fan out over every core. torch.set_num_threads also sets the default that threads started
         # later inherit, so this thread's count is put back once the pool is done.
@@ -260,6 +264,17 @@ class _ThreadPrefetch:
         finally:
             if self.torch_threads:
                 torch.set_num_threads(saved)
+
+    def _inline(self, start: int):
+        saved = torch.get_num_threads()
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        try:
+            batch = self._load(start)
+        finally:
+            if self.torch_threads:
+                torch.set_num_threads(saved)
+        yield batch
 
 
 class GeM(nn.Module):

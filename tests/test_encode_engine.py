@@ -132,6 +132,31 @@ def test_streams_limit_torch_threads_inside_and_leave_the_setting_as_it_was(mode
         torch.set_num_threads(saved)
 
 
+def test_a_single_batch_on_one_thread_runs_inline_with_its_thread_count_restored(model):
+    import threading
+
+    pytest.importorskip("onnxruntime")
+
+    seen, saved = [], torch.get_num_threads()
+    real_step = mar._ThreadPrefetch._load
+
+    def spy(self, start):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return real_step(self, start)
+
+    torch.set_num_threads(2)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(mar._ThreadPrefetch, "_load", spy)
+            got = model.encode(_images(3), batch_size=4, streams=1, threads=1, engine="onnxruntime")
+        assert seen == [(threading.current_thread().name, 1)]  # no pool thread: the caller's own
+        assert torch.get_num_threads() == 2
+        ref = model.encode(_images(3), batch_size=1, engine="torch")
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_export_follows_weight_changes(model):
     imgs = _images(2)
     before = model.encode(imgs, engine="onnxruntime")

@@ -150,6 +150,11 @@ def test_bad_requests_are_clear_4xx_and_the_server_keeps_serving(model_dir, tmp_
             "empty": (emb(b""), 400, "empty"),
             "oversized": (emb(b"\x89PNG" + b"0" * 300_000), 413, "byte limit"),
             "bomb": (emb(_bomb_png(2000)), 413, "pixel limit"),
+            "whole request over the limit": (
+                emb(b"\x89PNG" + b"0" * (200_000 * limits.max_files + 2**20)),
+                413,
+                "request body is over",
+            ),
             "bad box": (c.post("/v1/embed", files=_files(1), data={"boxes": "[[1, 2, 3]]"}), 422, "boxes[0]"),
             "missing token": (
                 c.post("/v1/individuals", json={"name": "X", "species": "lion"}),

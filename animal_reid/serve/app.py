@@ -109,6 +109,26 @@ async def _embed(service: Service, photo: NewPhoto, name: str, box, theta: float
         raise _fail(400, f"{name}: cannot use this image: {str(err).splitlines()[0][:300]}") from err
 
 
+class BodyLimit:
+    """Answers 413 before reading a body whose ``Content-Length`` is over what any route accepts.
+
+    A plain ASGI middleware: ``@app.middleware("http")`` (Starlette's BaseHTTPMiddleware) runs every request
+    through an extra task and memory streams, which cost the event loop CPU on every call (BENCHMARKS.md §10).
+    """
+
+    def __init__(self, app, service: Service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            limit = self.service.limits.max_upload_bytes * self.service.limits.max_files + 2**20
+            length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+            if length is not None and length.isdigit() and int(length) > limit:
+                detail = f"request body is over the {limit} byte limit"
+                return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def create_app(service: Service) -> FastAPI:
     """The app serving ``service``; its index is built (``service.open()``) when the app starts."""
 
@@ -131,13 +151,7 @@ def create_app(service: Service) -> FastAPI:
     async def _conflict(_r: Request, exc: Conflict) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next):
-        limit = service.limits.max_upload_bytes * service.limits.max_files + 2**20
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return JSONResponse({"detail": f"request body is over the {limit} byte limit"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, service=service)
 
     def writer(authorization: Annotated[str | None, Header()] = None) -> None:
         if service.token is None:
