@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -105,21 +107,28 @@ def test_threads_caps_what_one_call_uses(model):
         model.encode(imgs, threads=0)
 
 
-def test_streams_limit_torch_threads_inside_and_leave_the_setting_as_it_was(model):
-    import threading
-
-    seen, saved = [], torch.get_num_threads()
-    real_step = mar._ThreadPrefetch._load
+@contextlib.contextmanager
+def _loads_seen(threads: int):
+    """Torch set to ``threads`` threads; yields the (thread name, torch threads) of every batch loaded, and puts
+    torch's setting back afterwards."""
+    seen, saved, real_load = [], torch.get_num_threads(), mar._ThreadPrefetch._load
 
     def spy(self, start):
         seen.append((threading.current_thread().name, torch.get_num_threads()))
-        return real_step(self, start)
+        return real_load(self, start)
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(mar._ThreadPrefetch, "_load", spy)
-            model.encode(_images(4), batch_size=1)  # 2 streams of one torch thread each
+            yield seen
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_streams_limit_torch_threads_inside_and_leave_the_setting_as_it_was(model):
+    with _loads_seen(2) as seen:
+        model.encode(_images(4), batch_size=1)  # 2 streams of one torch thread each
         assert {n for n, t in seen if n.startswith("encode-decode")} and all(t == 1 for _, t in seen)
         assert torch.get_num_threads() == 2
         # threads started afterwards get the caller's setting back, not the streams' one
@@ -128,33 +137,16 @@ def test_streams_limit_torch_threads_inside_and_leave_the_setting_as_it_was(mode
         t.start()
         t.join()
         assert later == [2]
-    finally:
-        torch.set_num_threads(saved)
 
 
 def test_a_single_batch_on_one_thread_runs_inline_with_its_thread_count_restored(model):
-    import threading
-
     pytest.importorskip("onnxruntime")
-
-    seen, saved = [], torch.get_num_threads()
-    real_step = mar._ThreadPrefetch._load
-
-    def spy(self, start):
-        seen.append((threading.current_thread().name, torch.get_num_threads()))
-        return real_step(self, start)
-
-    torch.set_num_threads(2)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(mar._ThreadPrefetch, "_load", spy)
-            got = model.encode(_images(3), batch_size=4, streams=1, threads=1, engine="onnxruntime")
+    with _loads_seen(2) as seen:
+        got = model.encode(_images(3), batch_size=4, streams=1, threads=1, engine="onnxruntime")
         assert seen == [(threading.current_thread().name, 1)]  # no pool thread: the caller's own
         assert torch.get_num_threads() == 2
-        ref = model.encode(_images(3), batch_size=1, engine="torch")
-        np.testing.assert_allclose(got, ref, atol=1e-5)
-    finally:
-        torch.set_num_threads(saved)
+    ref = model.encode(_images(3), batch_size=1, engine="torch")
+    np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
 def test_export_follows_weight_changes(model):
