@@ -323,6 +323,7 @@ def main(argv=None) -> dict:
     p.add_argument("--method", default="sift", choices=("sift", "orb"))
     p.add_argument("--max-side", type=int, default=384)
     p.add_argument("--max-keypoints", type=int, default=512)
+    p.add_argument("--geometry", default="fundamental", choices=("fundamental", "homography"))
     p.add_argument("--cache-dir", default=str(ROOT / "runs/rerank_cache"))
     p.add_argument(
         "--subsample", type=int, default=1, help="keep every n-th image of each split (smoke runs)"
@@ -366,7 +367,8 @@ def main(argv=None) -> dict:
     t_embed = time.perf_counter() - t_start
     logger.info("embeddings ready (%d embedded now, %.0f s)", ident.n_embedded, t_embed)
 
-    config = LocalFeatureConfig(method=args.method, max_side=args.max_side, max_keypoints=args.max_keypoints)
+    config = LocalFeatureConfig(method=args.method, max_side=args.max_side, max_keypoints=args.max_keypoints,
+                                geometry=args.geometry)  # fmt: skip
     feat_cache = Path(args.cache_dir) / "local"
     every = [it for items in splits.values() for it in items]
     rr = LocalReranker(

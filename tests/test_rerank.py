@@ -1,5 +1,6 @@
 """Local-feature re-ranking: fusion maths and fitting, keypoint cache reuse, fallbacks, worker invariance, identify."""
 
+import dataclasses
 import io
 import json
 
@@ -135,14 +136,24 @@ def test_with_a_significance_a_species_keeps_its_own_weight_only_when_a_sign_tes
 
 # ------------------------------------------------------------------------------------------------------------------
 # features, matching, fallbacks
-def test_same_coat_has_many_more_verified_matches_than_another():
+@pytest.mark.parametrize("geometry", ["fundamental", "homography"])
+def test_same_coat_has_many_more_verified_matches_than_another(geometry):
+    config = dataclasses.replace(CONFIG, geometry=geometry)
     coat = _pattern(1)
-    a = extract(Image.fromarray(coat), CONFIG)
-    b = extract(Image.fromarray(_view(coat, 7, 4, seed=2)), CONFIG)
-    c = extract(Image.fromarray(_pattern(3)), CONFIG)
-    same, other = match_pair(a, b, CONFIG), match_pair(a, c, CONFIG)
+    a = extract(Image.fromarray(coat), config)
+    b = extract(Image.fromarray(_view(coat, 7, 4, seed=2)), config)
+    c = extract(Image.fromarray(_pattern(3)), config)
+    same, other = match_pair(a, b, config), match_pair(a, c, config)
     assert same.n_inliers >= 30 and same.n_inliers > 3 * max(other.n_inliers, 1)
     assert same.query_xy.shape == same.gallery_xy.shape == (same.n_inliers, 2)
+
+
+def test_geometry_is_checked_and_left_out_of_the_feature_cache_key():
+    with pytest.raises(ValueError, match="geometry"):
+        LocalFeatureConfig(geometry="affine")
+    assert dataclasses.replace(CONFIG, geometry="homography").cache_key() == CONFIG.cache_key()
+    back = LocalFeatureConfig.from_dict(dataclasses.replace(CONFIG, geometry="homography").to_dict())
+    assert back.geometry == "homography" and LocalFeatureConfig.from_dict({}).geometry == "fundamental"
 
 
 def test_featureless_small_and_corrupt_images_fall_back_to_the_cosine():

@@ -30,6 +30,9 @@ STATUS = ("ok", "too_small", "featureless", "unreadable")
 DESCRIPTOR_BYTES = {"sift": 128, "orb": 32}
 
 
+GEOMETRIES = ("fundamental", "homography")
+
+
 @dataclass(frozen=True)
 class LocalFeatureConfig:
     """How keypoints are computed. Every field is part of the cache key.
@@ -39,7 +42,10 @@ class LocalFeatureConfig:
     ``min_side``: a crop whose shorter side is below this is ``too_small`` (no keypoints, global score kept).
     ``min_keypoints``: fewer keypoints than this make an image ``featureless``.
     ``ratio``: Lowe's ratio test; ``ransac_px``: MAGSAC's maximum residual (pixels at ``max_side``);
-    ``min_matches``: ratio-test matches needed before a fundamental matrix is tried (at least 8).
+    ``min_matches``: ratio-test matches needed before a geometry is fitted (at least 8);
+    ``geometry``: the model the matches must agree with, ``"fundamental"`` (any rigid 3-D scene; a homography when
+    F is degenerate) or ``"homography"`` (a planar patch: stricter, so chance matches keep only its minimal sample
+    of 4 rather than F's 7-8). Matching-only fields are not part of the cache key.
     """
 
     method: str = "sift"
@@ -51,8 +57,11 @@ class LocalFeatureConfig:
     ratio: float = 0.8
     ransac_px: float = 2.0
     min_matches: int = 8
+    geometry: str = "fundamental"
 
     def __post_init__(self):
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
         if self.method not in FEATURE_METHODS:
             raise ValueError(f"method must be one of {FEATURE_METHODS}, got {self.method!r}")
         for name in ("max_side", "max_keypoints", "min_side", "min_keypoints"):
@@ -91,7 +100,7 @@ class LocalFeatureConfig:
         import cv2
 
         extraction = {
-            k: v for k, v in self.to_dict().items() if k not in ("ratio", "ransac_px", "min_matches")
+            k: v for k, v in self.to_dict().items() if k not in ("ratio", "ransac_px", "min_matches", "geometry")
         }
         meta = {"local_features": extraction, "opencv": cv2.__version__}
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]

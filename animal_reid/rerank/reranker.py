@@ -37,7 +37,8 @@ class PairMatch:
 
 
 def match_pair(q: LocalFeatures, g: LocalFeatures, config: LocalFeatureConfig) -> PairMatch:
-    """Ratio-test matches of ``q`` against ``g`` and the MAGSAC fundamental-matrix inliers among them."""
+    """Ratio-test matches of ``q`` against ``g`` and the inliers among them of a MAGSAC fundamental matrix or
+    homography (``config.geometry``)."""
     import cv2
 
     if not (q.usable and g.usable):
@@ -56,24 +57,33 @@ def match_pair(q: LocalFeatures, g: LocalFeatures, config: LocalFeatureConfig) -
         return PairMatch(len(good), 0)
     p1 = q.xy[[m.queryIdx for m in good]].astype(np.float64)
     p2 = g.xy[[m.trainIdx for m in good]].astype(np.float64)
-    mask = None
-    try:
-        _, mask = cv2.findFundamentalMat(p1, p2, cv2.USAC_MAGSAC, config.ransac_px, 0.999, 10000)
-    except cv2.error:  # degenerate point sets (all on a line, duplicates)
-        mask = None
+    mask = _fundamental_inliers(p1, p2, config) if config.geometry == "fundamental" else None
     if mask is None or not mask.any():
         # a flat pattern seen from a shifted viewpoint is degenerate for F (every point on one plane): a homography
         # then describes the same geometry and verifies it
-        try:
-            _, mask = cv2.findHomography(
-                p1, p2, cv2.USAC_MAGSAC, config.ransac_px, maxIters=10000, confidence=0.999
-            )
-        except cv2.error:
-            mask = None
+        mask = _homography_inliers(p1, p2, config)
     if mask is None:
         return PairMatch(len(good), 0)
     keep = mask.ravel().astype(bool)
     return PairMatch(len(good), int(keep.sum()), p1[keep].astype(np.float32), p2[keep].astype(np.float32))
+
+
+def _fundamental_inliers(p1: np.ndarray, p2: np.ndarray, config: LocalFeatureConfig) -> np.ndarray | None:
+    import cv2
+
+    try:
+        return cv2.findFundamentalMat(p1, p2, cv2.USAC_MAGSAC, config.ransac_px, 0.999, 10000)[1]
+    except cv2.error:  # degenerate point sets (all on a line, duplicates)
+        return None
+
+
+def _homography_inliers(p1: np.ndarray, p2: np.ndarray, config: LocalFeatureConfig) -> np.ndarray | None:
+    import cv2
+
+    try:
+        return cv2.findHomography(p1, p2, cv2.USAC_MAGSAC, config.ransac_px, maxIters=10000, confidence=0.999)[1]
+    except cv2.error:
+        return None
 
 
 @dataclass
