@@ -298,14 +298,20 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _correct(queries, gallery, idx) -> np.ndarray:
+    """[Q, K] bool: the shortlisted gallery image shows the query's individual."""
+    return np.array(
+        [[gallery[j].identity == q.identity for j in row] for q, row in zip(queries, idx, strict=True)]
+    )
+
+
 def _dump(path: str, sides: dict) -> None:
-    """Save each side's shortlists as arrays: ``{side}_cosine``, ``_inliers``, ``_correct``, ``_species``."""
+    """Save each side's shortlists (``{side: (queries, cosine, inliers, correct)}``) as arrays: ``{side}_cosine``,
+    ``_inliers``, ``_correct``, ``_species``."""
     arrays = {}
-    for side, (q, g, idx, cos, inl) in sides.items():
+    for side, (q, cos, inl, correct) in sides.items():
         arrays[f"{side}_cosine"], arrays[f"{side}_inliers"] = np.asarray(cos), np.asarray(inl)
-        arrays[f"{side}_correct"] = np.array(
-            [[g[j].identity == a.identity for j in row] for a, row in zip(q, idx, strict=True)]
-        )
+        arrays[f"{side}_correct"] = np.asarray(correct, dtype=bool)
         arrays[f"{side}_species"] = np.array([a.species for a in q], dtype=str)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)
@@ -388,9 +394,7 @@ def main(argv=None) -> dict:
     v_full, v_idx, v_cos = shortlist(v_emb, tr_emb, va, tr, args.k, loo)
     t0 = time.perf_counter()
     v_inl, v_stats = rr.verify(va, tr, v_idx)
-    v_correct = np.array(
-        [[tr[g].identity == q.identity for g in row] for q, row in zip(va, v_idx, strict=True)]
-    )
+    v_correct = _correct(va, tr, v_idx)
     fusion = fit_fusion(v_cos, v_inl, v_correct, [q.species for q in va], feature_config=config.to_dict(),
                         shortlist_k=args.k, significance=args.significance)  # fmt: skip
     t_fit = time.perf_counter() - t0
@@ -411,7 +415,10 @@ def main(argv=None) -> dict:
     if args.dump_shortlists:
         _dump(
             args.dump_shortlists,
-            {"val": (va, tr, v_idx, v_cos, v_inl), "test": (te, g_items, t_idx, t_cos, out.inliers)},
+            {
+                "val": (va, v_cos, v_inl, v_correct),
+                "test": (te, t_cos, out.inliers, _correct(te, g_items, t_idx)),
+            },
         )
     fused_full = full.copy()
     np.put_along_axis(fused_full, t_idx, out.scores, 1)

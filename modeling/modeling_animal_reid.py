@@ -243,7 +243,7 @@ class _ThreadPrefetch:
 
         starts = list(range(0, self.n, self.batch_size))
         if len(starts) == 1 and self.threads == 1:  # nothing to overlap: no pool (a thread start per call)
-            yield from self._inline(starts[0])
+            yield self._inline(starts[0])
             return
         # torch_threads: intra-op threads for torch work (resize, normalisation) inside each thread, so N threads
         # do not each fan out over every core. torch.set_num_threads also sets the default that threads started
@@ -265,16 +265,15 @@ class _ThreadPrefetch:
             if self.torch_threads:
                 torch.set_num_threads(saved)
 
-    def _inline(self, start: int):
+    def _inline(self, start: int) -> torch.Tensor:
         saved = torch.get_num_threads()
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
         try:
-            batch = self._load(start)
+            return self._load(start)
         finally:
             if self.torch_threads:
                 torch.set_num_threads(saved)
-        yield batch
 
 
 class GeM(nn.Module):

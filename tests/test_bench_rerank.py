@@ -87,11 +87,13 @@ def test_dumped_shortlists_refit_to_the_same_fusion(tmp_path):
     _, idx, cos = bench_rerank.shortlist(emb, emb, items, items, 5, True)
     rng = np.random.default_rng(1)
     inl = rng.integers(-1, 40, size=idx.shape)
-    bench_rerank._dump(str(tmp_path / "s.npz"), {"val": (items, items, idx, cos, inl)})
-    z = np.load(tmp_path / "s.npz")
     correct = np.array(
         [[items[g].identity == q.identity for g in row] for q, row in zip(items, idx, strict=True)]
     )
+    bench_rerank._dump(
+        str(tmp_path / "s.npz"), {"val": (items, cos, inl, bench_rerank._correct(items, items, idx))}
+    )
+    z = np.load(tmp_path / "s.npz")
     assert (z["val_correct"] == correct).all() and (z["val_inliers"] == inl).all()
     assert z["val_species"].tolist() == [q.species for q in items]
     again = fit_fusion(z["val_cosine"], z["val_inliers"], z["val_correct"], z["val_species"].tolist())
