@@ -42,6 +42,7 @@ __all__ = ["GalleryIndex", "METHODS", "DTYPES", "AUTO_EXACT_MAX", "faiss_availab
 METHODS = ("exact", "ivf", "hnsw", "auto")
 DTYPES = ("float32", "float16")
 AUTO_EXACT_MAX = 200_000
+SMALL_SEARCH_MAX = 1 << 18  # query x gallery pairs up to which exact search on the CPU runs in numpy, not torch
 INDEX_FILE = "gallery_index.json"
 FORMAT_VERSION = 1
 
@@ -248,9 +249,35 @@ class GalleryIndex:
         return self._search_exact(q, k)
 
     def _search_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._small_on_cpu(q.shape[0]):
+            return self._search_small(q, k)
         torch = _torch()
         with torch.inference_mode():
             return self._search_exact_impl(torch, q, k)
+
+    def _small_on_cpu(self, nq: int) -> bool:
+        """float32 rows on the CPU whose whole score block is small and within the memory budget."""
+        n = len(self)
+        block = 4 * nq * n
+        return (
+            0 < n and 0 < nq and nq * n <= SMALL_SEARCH_MAX and block <= self.memory_budget_bytes
+            and all(c.device.type == "cpu" and c.dtype == _torch().float32 for c in self._chunks)
+        )  # fmt: skip
+
+    def _search_small(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """One numpy product and a stable sort (descending score, ties by gallery index, as the chunked path).
+        For a block this small, torch's per-op dispatch costs more than the work: a service searches one query
+        at a time against a few thousand sightings (BENCHMARKS.md §10)."""
+        rows = [c.numpy() for c in self._chunks]
+        g = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        s = q @ g.T
+        kk = min(k, g.shape[0])
+        order = np.argsort(-s, axis=1, kind="stable")[:, :kk]
+        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        indices = np.full((q.shape[0], k), -1, dtype=np.int64)
+        scores[:, :kk] = np.take_along_axis(s, order, 1)
+        indices[:, :kk] = order
+        return scores, indices
 
     def _search_exact_impl(self, torch, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         nq = q.shape[0]

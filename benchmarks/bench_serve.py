@@ -142,13 +142,16 @@ def _load(
     return len(images) / (time.perf_counter() - t0), latencies, errors[0]
 
 
-def _serve(model_dir: Path, db: Path, port: int, max_batch: int, workers: int | None) -> subprocess.Popen:
+def _serve(
+    model_dir: Path, db: Path, port: int, max_batch: int, workers: int | None, max_wait_ms: float | None = None
+) -> subprocess.Popen:
     from animal_reid.serve.testing import wait_http
 
     env = {**os.environ, "ANIMAL_REID_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "animal_reid.serve.cli", "serve", "--model", str(model_dir), "--catalogue",
            f"sqlite:///{db}", "--port", str(port), "--max-batch", str(max_batch)]  # fmt: skip
     cmd += ["--workers", str(workers)] if workers else []
+    cmd += ["--max-wait-ms", str(max_wait_ms)] if max_wait_ms is not None else []
     proc = subprocess.Popen(cmd, env=env, cwd=REPO)
     wait_http(f"http://127.0.0.1:{port}/ready", timeout_s=120, proc=proc)
     return proc
@@ -174,6 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--workers", type=int, default=None, help="the server's batching threads (default: one per core)"
     )
+    p.add_argument(
+        "--max-wait-ms", type=float, default=None, help="how long a batch waits for more (default: the server's)"
+    )
     p.add_argument("--imagenet", action="store_true", help="load the local ImageNet weights (else random)")
     p.add_argument(
         "--client", default="raw", choices=("raw", "httpx"),
@@ -189,7 +195,9 @@ def main(argv: list[str] | None = None) -> dict:
         encode_rate = _encode_rate(model, proc, images)
         del model
         port = free_port()
-        server = _serve(Path(tmp) / "model", Path(tmp) / "c.db", port, args.max_batch, args.workers)
+        server = _serve(
+            Path(tmp) / "model", Path(tmp) / "c.db", port, args.max_batch, args.workers, args.max_wait_ms
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             _seed_catalogue(base, _photos(8, args.photo_side))
@@ -202,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         "requests": args.requests, "clients": args.clients, "backbone": args.backbone,
         "image_size": args.image_size, "cpu_count": os.cpu_count(), "max_batch": args.max_batch,
         "workers": args.workers or "one per core", "client": args.client,
+        "max_wait_ms": args.max_wait_ms if args.max_wait_ms is not None else "server default",
         "encode_img_per_s": round(encode_rate, 1), "service_img_per_s": round(rate, 1),
         "ratio": round(rate / encode_rate, 3), "p50_ms": round(1000 * float(np.percentile(lat, 50)), 1),
         "p95_ms": round(1000 * float(np.percentile(lat, 95)), 1), "errors": errors,

@@ -213,8 +213,9 @@ class _ThreadPrefetch:
     cores). ``threads`` batches are decoded at once, one more is queued. With ``step``, each thread also
     runs ``step(batch)`` (the network) and the iterator yields its results: whole batches run start to finish
     on one thread each, ``threads`` at once ("streams"). An exception raised in a thread is raised again here,
-    at its batch; batches not yet started are then dropped. A single batch on one thread runs inline: there
-    is nothing to overlap, and a pool would start a thread for every call (the service's micro-batches).
+    at its batch; batches not yet started are then dropped. One thread with ``step`` (one stream), or a
+    single batch, runs inline on the caller's thread: there is nothing to overlap (the caller would only wait
+    for the pool's one thread), and a pool would start a thread for every call (the service's micro-batches).
     """
 
     def __init__(
@@ -242,8 +243,8 @@ class _ThreadPrefetch:
         from concurrent.futures import ThreadPoolExecutor
 
         starts = list(range(0, self.n, self.batch_size))
-        if len(starts) == 1 and self.threads == 1:  # nothing to overlap: no pool (a thread start per call)
-            yield self._inline(starts[0])
+        if self.threads == 1 and (self.step is not None or len(starts) == 1):  # nothing to overlap: no pool
+            yield from self._inline(starts)
             return
         # torch_threads: intra-op threads for torch work (resize, normalisation) inside each thread, so N threads
         # do not each fan out over every core. torch.set_num_threads also sets the default that threads started
@@ -265,15 +266,19 @@ class _ThreadPrefetch:
             if self.torch_threads:
                 torch.set_num_threads(saved)
 
-    def _inline(self, start: int) -> torch.Tensor:
+    def _inline(self, starts: list[int]):
+        """The batches at ``starts``, one after another on the caller's thread (its torch thread count put back
+        after each, so the caller's own work between batches runs with its own setting)."""
         saved = torch.get_num_threads()
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
-        try:
-            return self._load(start)
-        finally:
+        for start in starts:
             if self.torch_threads:
-                torch.set_num_threads(saved)
+                torch.set_num_threads(self.torch_threads)
+            try:
+                batch = self._load(start)
+            finally:
+                if self.torch_threads:
+                    torch.set_num_threads(saved)
+            yield batch
 
 
 class GeM(nn.Module):
@@ -673,8 +678,11 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
             from transformers.utils.logging import tqdm
 
             loader = tqdm(loader, desc="Embedding", unit="batch")
-        was_training = self.training
-        self.eval()
+        # the torch path runs in eval mode; the onnxruntime graph was exported in it, so it skips the two walks
+        # over every module (a tenth of a service micro-batch's fixed cost, holding the GIL)
+        was_training, switch = self.training, run_ort is None
+        if switch:
+            self.eval()
         out = []
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         try:
@@ -694,7 +702,8 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
                     emb = self._embed(batch)
                 out.append(F.normalize(emb.float(), dim=-1).cpu())
         finally:
-            self.train(was_training)
+            if switch:
+                self.train(was_training)
         result = torch.cat(out)
         return result.numpy() if convert_to_numpy else result
 

@@ -149,6 +149,18 @@ def test_a_single_batch_on_one_thread_runs_inline_with_its_thread_count_restored
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
+def test_one_stream_runs_every_batch_inline_in_order(model):
+    """One stream of several batches (a service micro-batch over encode's batch size) starts no pool thread:
+    the caller would only wait for it."""
+    pytest.importorskip("onnxruntime")
+    imgs = _images(5)
+    with _loads_seen(2) as seen:
+        got = model.encode(imgs, batch_size=2, streams=1, threads=1, engine="onnxruntime")
+        assert seen == [(threading.current_thread().name, 1)] * 3  # three batches, all on the caller's thread
+        assert torch.get_num_threads() == 2
+    np.testing.assert_allclose(got, model.encode(imgs, batch_size=1, engine="torch"), atol=1e-5)
+
+
 def test_export_follows_weight_changes(model):
     imgs = _images(2)
     before = model.encode(imgs, engine="onnxruntime")
@@ -259,3 +271,20 @@ def test_onnxruntime_engine_handles_transformer_backbones(kw):
     ref = m.encode(imgs, engine="torch", batch_size=4)
     for bs in (1, 3):
         np.testing.assert_allclose(m.encode(imgs, engine="onnxruntime", batch_size=bs), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_encode_in_training_mode_embeds_in_eval_mode_and_leaves_the_mode_alone(model, engine):
+    """BatchNorm uses its running statistics either way; the onnxruntime path, exported in eval mode, does not
+    switch modes at all (no walk over every module per call)."""
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    imgs = _images(3)
+    ref = model.eval().encode(imgs, engine="torch")
+    model.train()
+    try:
+        got = model.encode(imgs, engine=engine)
+        assert model.training and all(m.training for m in model.modules())
+    finally:
+        model.eval()
+    np.testing.assert_allclose(got, ref, atol=1e-5)

@@ -89,6 +89,26 @@ def test_ties_are_broken_by_gallery_order():
     assert i[0].tolist() == [0, 1, 2, 3]
 
 
+def test_small_cpu_searches_take_the_numpy_path_and_agree_with_the_chunked_one(monkeypatch):
+    rng = np.random.default_rng(3)
+    g, q = _clustered_pair(rng, 600, 4)
+    g[7] = g[3]  # an exact tie: broken by gallery order on both paths
+    q[0] = g[3]
+    small = GalleryIndex.build(g, method="exact")
+    calls = []
+    monkeypatch.setattr(GalleryIndex, "_search_exact_impl", lambda *a: calls.append(a) or (None, None))
+    s, i = small.search(q, 700)  # k beyond the gallery: padded as on the torch path
+    assert not calls  # numpy only
+    monkeypatch.undo()
+    chunked = GalleryIndex(g.shape[1], method="exact", memory_budget_bytes=4096)  # forces the torch path
+    chunked.add(g)
+    ref_s, ref_i = chunked.search(q, 700)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(s[:, :600], ref_s[:, :600], rtol=1e-5, atol=1e-6)
+    assert np.all(np.isneginf(s[:, 600:])) and np.all(i[:, 600:] == -1)
+    assert i[0, :2].tolist() == [3, 7]
+
+
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="method must be one of"):
         GalleryIndex(8, method="annoy")

@@ -254,3 +254,8 @@ def test_answers_read_names_and_photos_from_the_store_once_and_follow_merge_and_
         assert urls == [f"/v1/photos/{b['photo']}"] and all(c.get(u).status_code == 200 for u in urls)
     service.close()
     assert b["individual_id"] not in service._names and a["id"] not in service._photos
+    # the event loop's cache-only read answers None on a miss (then the route reads the store in a thread)
+    assert service.describe_cached([b["individual_id"]], []) is None
+    assert service.describe_cached([a["individual_id"]], [b["id"]]) == (
+        {a["individual_id"]: "Asha"}, {b["id"]: b["photo"]}
+    )

@@ -213,7 +213,11 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
         photo = await _read(file, service)
         emb = await _embed(service, photo, file.filename or "upload", parse_box(box), theta)
         found = service.index.search(emb, species, top_k)
-        return await to_thread.run_sync(_identify_answer, service, species, found)
+        ids = _answer_ids(found)
+        described = service.describe_cached(*ids)  # no thread hop when the answer needs no store read
+        if described is None:
+            described = await to_thread.run_sync(service.describe, *ids)
+        return _identify_answer(service, species, found, described)
 
     @app.get("/v1/individuals")
     async def list_individuals(species: Annotated[str | None, Query()] = None) -> list[dict]:
@@ -244,10 +248,13 @@ async def _check_species(service: Service, species: str) -> None:
         )
 
 
-def _identify_answer(service: Service, species: str, found: list[dict]) -> dict:
-    names, photos = service.describe(
-        [f["individual_id"] for f in found], [s["sighting_id"] for f in found for s in f["sightings"]]
-    )
+def _answer_ids(found: list[dict]) -> tuple[list[int], list[int]]:
+    """The individuals and sightings an identify answer names."""
+    return [f["individual_id"] for f in found], [s["sighting_id"] for f in found for s in f["sightings"]]
+
+
+def _identify_answer(service: Service, species: str, found: list[dict], described: tuple[dict, dict]) -> dict:
+    names, photos = described
     candidates = [
         {"rank": rank, "individual_id": f["individual_id"], "name": names.get(f["individual_id"]),
          "score": f["score"],

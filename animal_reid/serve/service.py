@@ -165,6 +165,14 @@ class Service:
                 self._names.pop(source_id, None)
             return out
 
+    def describe_cached(self, individual_ids: list[int], sighting_ids: list[int]) -> tuple[dict, dict] | None:
+        """What :meth:`describe` answers when every id is cached (no store read, so the event loop may call it);
+        None when one is not."""
+        with self._cache_lock:
+            if all(i in self._names for i in individual_ids) and all(i in self._photos for i in sighting_ids):
+                return {i: self._names[i] for i in individual_ids}, {i: self._photos[i] for i in sighting_ids}
+        return None
+
     def describe(self, individual_ids: list[int], sighting_ids: list[int]) -> tuple[dict, dict]:
         """``catalogue.describe`` through the cache: the store is read only for ids not seen before."""
         with self._cache_lock:
