@@ -725,7 +725,9 @@ def table1(bench: Bench) -> dict[str, Any]:
     specs = {"t1_ours": common} | ({"t1_arcface": {**common, **arcface}} if c.closed_plain_arcface else {})
     specs |= {f"t1_{name}": {**common, **over} for name, over in c.closed_variants.items()}
     if c.closed_parallel_runs > 1:
-        bench.train_parallel(corpus, specs, peer=("t1_peer", *_closed_images(bench, corpus, common)))
+        bench.train_parallel(
+            corpus, specs, peer=("t1_peer", *_closed_images(bench, corpus, common)), at_once=c.closed_parallel_runs
+        )
     trained = {name: bench.train(name, corpus, **over) for name, over in specs.items()}
     ours = trained["t1_ours"]
     runs = {f"ours ({_recipe_label(ours)})": ours}

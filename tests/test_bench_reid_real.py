@@ -241,9 +241,12 @@ def test_smoke_table1_has_the_peer_arm_with_the_same_image_count(tmp_path):
     shutil.copytree(corpora / "closed", corpora / "open")  # present, unused by table 1
     results = tmp_path / "res" / "smoke"
     argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(tmp_path / "work")]
-    argv += ["--results", str(results), "--set", "tables=[1]", "closed_parallel_runs=3"]
+    argv += ["--results", str(results), "--set", "tables=[1]", "closed_parallel_runs=2"]
     res = reid_real.main(argv)
     assert res["skipped"] == []
+    for name in ("t1_ours", "t1_arcface", "t1_peer"):  # three runs, two at a time (not all at once)
+        saved = json.loads((tmp_path / "work" / "runs" / name / "results.json").read_text())
+        assert saved["parallel_runs"] == 2, name
     t1 = res["tables"]["1"]
     assert len(t1["rows"]) == 4 and any(k.startswith("peer recipe") for k in t1["rows"])
     seen = {k: v["train_images_seen"] for k, v in t1["runs"].items()}
