@@ -85,6 +85,11 @@ def _as_float32_rows(x, dim: int | None, what: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def _padding(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A search result with no hits yet: scores -inf, indices -1 (what ranks beyond the gallery keep)."""
+    return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
+
+
 def _normalized(x: np.ndarray, tol: float = 1e-3) -> np.ndarray:
     """Unit rows; returns ``x`` itself (no copy) when it already is."""
     # row norms chunk by chunk: np.linalg.norm(x, axis=1) would materialise x * x, a full-size temporary
@@ -273,16 +278,14 @@ class GalleryIndex:
         s = q @ g.T
         kk = min(k, g.shape[0])
         order = np.argsort(-s, axis=1, kind="stable")[:, :kk]
-        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
-        indices = np.full((q.shape[0], k), -1, dtype=np.int64)
+        scores, indices = _padding(q.shape[0], k)
         scores[:, :kk] = np.take_along_axis(s, order, 1)
         indices[:, :kk] = order
         return scores, indices
 
     def _search_exact_impl(self, torch, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         nq = q.shape[0]
-        scores = np.full((nq, k), -np.inf, dtype=np.float32)
-        indices = np.full((nq, k), -1, dtype=np.int64)
+        scores, indices = _padding(nq, k)
         n = len(self)
         if n == 0 or nq == 0:
             return scores, indices
@@ -320,9 +323,7 @@ class GalleryIndex:
 
     def _search_faiss(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._faiss is None or len(self) == 0:
-            return np.full((q.shape[0], k), -np.inf, dtype=np.float32), np.full(
-                (q.shape[0], k), -1, dtype=np.int64
-            )
+            return _padding(q.shape[0], k)
         if self.method == "ivf":
             self._faiss.nprobe = min(self.nprobe, self._faiss.nlist)
         else:
