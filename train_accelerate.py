@@ -25,6 +25,9 @@ import math
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,7 @@ from animal_reid.training.data import (
     release_workers,
     split_metadata,
 )
+from animal_reid.training.ema import WeightEMA
 from animal_reid.training.interpolate import (
     choose_alpha,
     interpolate_state,
@@ -304,7 +308,9 @@ class Evaluator:
     images query the train images; test images query train + validation (closed set, MegaDescriptor's).
     """
 
-    def __init__(self, accelerator, processor, loaders: dict[str, DataLoader], metas: dict[str, dict], protocol):
+    def __init__(
+        self, accelerator, processor, loaders: dict[str, DataLoader], metas: dict[str, dict], protocol
+    ):
         self.accelerator, self.processor = accelerator, processor
         self.loaders, self.metas, self.protocol = loaders, metas, protocol
 
@@ -408,7 +414,9 @@ def start_model(config, accelerator, model, processor, evaluator, corpus, calibr
     return baseline
 
 
-def keep_start_weights(config, accelerator, unwrapped, path: Path, fresh: bool) -> dict[str, torch.Tensor] | None:
+def keep_start_weights(
+    config, accelerator, unwrapped, path: Path, fresh: bool
+) -> dict[str, torch.Tensor] | None:
     """The starting weights for ``interpolate_alphas``: taken before the first step and saved beside the
     checkpoints, or read back when a run resumes (None if a resumed run never saved them)."""
     if not config.train.interpolate_alphas:
@@ -431,7 +439,9 @@ def interpolate_best(config, accelerator, model, evaluator, start, val_best) -> 
     if not alphas:
         return None
     if start is None or val_best is None:
-        logger.warning("interpolate_alphas: no starting weights or no scored epoch; exporting the trained model")
+        logger.warning(
+            "interpolate_alphas: no starting weights or no scored epoch; exporting the trained model"
+        )
         return None
     unwrapped = accelerator.unwrap_model(model)
     trained = snapshot(unwrapped)
@@ -458,9 +468,27 @@ def interpolate_best(config, accelerator, model, evaluator, start, val_best) -> 
 def config_summary(config: TrainConfig) -> dict[str, Any]:
     """The recipe choices a reader of results.json needs to tell runs apart."""
     m, t = config.model, config.train
-    keys_m = ("backbone", "image_size", "embedding_dim", "pooling", "neck_bn", "head_init", "subcenters", "scale")
+    keys_m = (
+        "backbone",
+        "image_size",
+        "embedding_dim",
+        "pooling",
+        "neck_bn",
+        "head_init",
+        "subcenters",
+        "scale",
+    )
     keys_m += ("margin_min", "margin_max", "dynamic_margins")
-    keys_t = ("optimizer", "lr_backbone", "lr_head", "sampler", "augment", "epochs", "mixed_precision")
+    keys_t = (
+        "optimizer",
+        "lr_backbone",
+        "lr_head",
+        "sampler",
+        "augment",
+        "epochs",
+        "mixed_precision",
+        "ema_decay",
+    )
     return {k: getattr(m, k) for k in keys_m} | {k: getattr(t, k) for k in keys_t}
 
 
@@ -598,6 +626,89 @@ def run(config: TrainConfig) -> dict[str, Any]:
         _restore_logging(handler, previous_level)
 
 
+class EvalSets:
+    """Un-augmented datasets and loaders of the corpus splits, for scoring; ``train`` shares the training cache."""
+
+    def __init__(self, config: TrainConfig, corpus, processor, train_ds: ReIDImageDataset, pin: bool) -> None:
+        self.config, self.corpus, self.processor, self.train_ds, self.pin = (
+            config,
+            corpus,
+            processor,
+            train_ds,
+            pin,
+        )
+        self.sets: dict[str, ReIDImageDataset] = {}
+
+    def dataset(self, split: str) -> ReIDImageDataset:
+        if split not in self.sets:
+            ds = ReIDImageDataset(
+                self.corpus.splits[split],
+                self.processor,
+                self.corpus.label_of,
+                None,
+                self.config.data.use_boxes,
+            )
+            if split == "train" and self.train_ds.cache is not None:
+                ds.cache = self.train_ds.cache  # same rows, same preprocessing
+            self.sets[split] = ds
+        return self.sets[split]
+
+    def loader(self, split: str) -> DataLoader:
+        # Evaluation workers live only while an evaluation runs, and none are started when the images are cached
+        # (a batch is then an index into shared memory). Persistent ones sat idle between evaluations, each
+        # holding its copy of the trainer's heap (about 3 GB at 224 px): two 224-px runs at once ran out of 24 GB.
+        ds = self.dataset(split)
+        workers = 0 if ds.cache is not None else self.config.data.num_workers
+        return DataLoader(
+            ds,
+            batch_size=self.config.train.eval_batch_size,
+            shuffle=False,
+            **dataloader_kwargs(workers, pin_memory=self.pin, persistent_workers=False),
+        )
+
+
+@dataclass
+class RunParts:
+    """Everything one training run builds before its first step, shared by the steps of `_run`."""
+
+    config: TrainConfig
+    accelerator: Accelerator
+    run_dir: Path
+    corpus: Any
+    model: Any  # as prepared by accelerate (DDP-wrapped with several processes)
+    processor: AnimalReIDImageProcessor
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    evaluator: Evaluator
+    train_loader: DataLoader
+    updates_per_epoch: int
+    calibrate: bool
+    state: TrainingState = field(default_factory=TrainingState)
+    ema: WeightEMA | None = None
+    start_weights: dict[str, torch.Tensor] | None = None
+
+    @property
+    def unwrapped(self) -> AnimalReIDForMetricLearning:
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def batches_this_epoch(self) -> int:
+        return self.updates_per_epoch * self.config.train.gradient_accumulation_steps
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.config.train.channels_last else torch.contiguous_format
+
+    @contextmanager
+    def scored_weights(self) -> Iterator[None]:
+        """The weights that are scored, kept and exported: the moving average with ``ema_decay``, else the live ones."""
+        if self.ema is None:
+            yield
+        else:
+            with self.ema.applied(self.unwrapped):
+                yield
+
+
 def _run(
     config: TrainConfig,
     accelerator: Accelerator,
@@ -607,22 +718,41 @@ def _run(
     t_start: float,
     loaders: list[DataLoader],
 ) -> dict[str, Any]:
-    tc, dc = config.train, config.data
+    tc = config.train
     logger.info("%s", accelerator.state, main_process_only=True)
     if accelerator.is_main_process:
         save_config(config, run_dir / "config.yaml")
     if tc.cpu_threads is not None and accelerator.device.type == "cpu":
         torch.set_num_threads(tc.cpu_threads)
     set_seed(tc.seed)
-
-    # ---- data
+    corpus = _load_corpus(config, accelerator)
+    model, processor = _training_model(config, corpus)
+    run = _prepare_run(config, accelerator, run_dir, corpus, model, processor, loaders)
+    _resume_or_start(run, ckpt_dir, resuming)
+    for epoch in range(run.state.epochs_done, tc.epochs):
+        fit = _fit_epoch(run, epoch)
+        _close_epoch(run, epoch, fit)
+    accelerator.wait_for_everyone()
+    _load_best(run)
+    results = _final_results(run)
     if accelerator.is_main_process:
-        ensure_corpus(dc, is_main_process=True)
+        _export(run, results, t_start)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def _load_corpus(config: TrainConfig, accelerator: Accelerator):
+    """Build the corpus if it is missing (main process), then load it in every process."""
+    if accelerator.is_main_process:
+        ensure_corpus(config.data, is_main_process=True)
     accelerator.wait_for_everyone()
     with accelerator.main_process_first():
-        corpus = load_corpus(dc, seed=tc.seed)
+        return load_corpus(config.data, seed=config.train.seed)
 
-    # ---- model
+
+def _training_model(
+    config: TrainConfig, corpus
+) -> tuple[AnimalReIDForMetricLearning, AnimalReIDImageProcessor]:
     model, processor = build_model(config, corpus.num_classes)
     margins = model.set_margins_from_counts(corpus.train_counts)
     logger.info(
@@ -634,360 +764,381 @@ def _run(
         sum(p.numel() for p in model.parameters()) / 1e6,
         main_process_only=True,
     )
+    return model, processor
 
+
+def _train_loader(config: TrainConfig, accelerator: Accelerator, corpus, processor):
+    """``(dataset, sampler, loader)`` of the augmented training images."""
+    tc, dc = config.train, config.data
     train_split = corpus.splits["train"]
-    train_meta = split_metadata(train_split)
     train_ds = ReIDImageDataset(
         train_split, processor, corpus.label_of, build_augment(tc, processor), dc.use_boxes
     )
-    sampler = build_sampler(tc, train_meta, corpus.label_of, accelerator)
+    sampler = build_sampler(tc, split_metadata(train_split), corpus.label_of, accelerator)
     # The sampler shards whole P x K batches across processes itself, so this loader is NOT passed to
-    # accelerator.prepare (which would shard it again); batches are moved to the device below. Workers
+    # accelerator.prepare (which would shard it again); batches are moved to the device in `_fit_epoch`. Workers
     # decode and augment into uint8 batches and stay alive across epochs (dataloader_kwargs); the sampler
     # runs here, in the main process, so set_epoch reaches it.
-    pin = accelerator.device.type == "cuda"
-    train_loader = DataLoader(
+    loader = DataLoader(
         train_ds,
         batch_sampler=SeededBatches(sampler, tc.seed),
         # 4 uint8 batches ready per worker: half the shared memory of the former 2 float32 ones.
-        **dataloader_kwargs(dc.num_workers, seed=tc.seed, pin_memory=pin, prefetch_factor=4),
+        **dataloader_kwargs(
+            dc.num_workers, seed=tc.seed, pin_memory=accelerator.device.type == "cuda", prefetch_factor=4
+        ),
     )
-    loaders.append(train_loader)
+    return train_ds, sampler, loader
 
-    def eval_loader(split: str) -> DataLoader:
-        # Evaluation workers live only while an evaluation runs, and none are started when the images are cached
-        # (a batch is then an index into shared memory). Persistent ones sat idle between evaluations, each
-        # holding its copy of the trainer's heap (about 3 GB at 224 px): two 224-px runs at once ran out of 24 GB.
-        ds = eval_dataset(split)
-        workers = 0 if ds.cache is not None else dc.num_workers
-        return DataLoader(
-            ds,
-            batch_size=tc.eval_batch_size,
-            shuffle=False,
-            **dataloader_kwargs(workers, pin_memory=pin, persistent_workers=False),
+
+def _cache_decoded(config: TrainConfig, datasets: list[ReIDImageDataset]) -> None:
+    """``cache_images``: decode every image once into shared memory, when asked and when it fits."""
+    dc = config.data
+    if not dc.cache_images:
+        return
+    report = cache_images(datasets, dc.num_workers, dc.cache_max_gb * 2**30)
+    if report["cached"]:
+        logger.info(
+            "image cache: %d images, %.2f GiB, decoded in %.1f s",
+            report["images"],
+            report["bytes"] / 2**30,
+            report["seconds"],
+            main_process_only=True,
         )
+    else:
+        logger.warning("image cache skipped: %s", report["reason"], main_process_only=True)
 
-    eval_sets: dict[str, ReIDImageDataset] = {}
 
-    def eval_dataset(split: str) -> ReIDImageDataset:
-        if split not in eval_sets:
-            eval_sets[split] = ReIDImageDataset(
-                corpus.splits[split], processor, corpus.label_of, None, dc.use_boxes
-            )
-            if split == "train" and train_ds.cache is not None:
-                eval_sets[split].cache = train_ds.cache  # same rows, same preprocessing
-        return eval_sets[split]
-
-    if dc.cache_images:
-        splits = [s for s in ("validation", "test") if s in corpus.splits]
-        report = cache_images(
-            [train_ds] + [eval_dataset(s) for s in splits], dc.num_workers, dc.cache_max_gb * 2**30
-        )
-        if report["cached"]:
-            logger.info(
-                "image cache: %d images, %.2f GiB, decoded in %.1f s",
-                report["images"],
-                report["bytes"] / 2**30,
-                report["seconds"],
-                main_process_only=True,
-            )
-        else:
-            logger.warning("image cache skipped: %s", report["reason"], main_process_only=True)
-
-    val_meta = split_metadata(corpus.splits["validation"])
-    if tc.eval_protocol == "auto":
-        tc.eval_protocol = resolve_protocol(val_meta["identity"], corpus.label_of)
-        logger.info("eval_protocol auto: %s", tc.eval_protocol, main_process_only=True)
-    test_meta = split_metadata(corpus.splits["test"])
-
-    # ---- optimiser and schedule, counted in optimiser steps
-    optimizer = build_optimizer(model, config)
+def _schedule(config: TrainConfig, accelerator: Accelerator, optimizer, sampler) -> tuple[Any, int]:
+    """``(scheduler, optimiser updates per epoch)``, the warm-up + cosine curve counted in optimiser steps."""
+    tc = config.train
     updates_per_epoch = len(sampler) // tc.gradient_accumulation_steps
     if updates_per_epoch < 1:
         raise ValueError(
             f"{len(sampler)} batches per process per epoch is fewer than gradient_accumulation_steps="
             f"{tc.gradient_accumulation_steps}; raise batches_per_epoch"
         )
-    batches_this_epoch = updates_per_epoch * tc.gradient_accumulation_steps
     # A prepared scheduler steps once per process at each optimiser step (accelerate's convention when
     # batches are not split), so the curve is laid out over updates of all processes together.
     sched_steps_per_epoch = updates_per_epoch * accelerator.num_processes
     total_steps = sched_steps_per_epoch * tc.epochs
     warmup_steps = min(total_steps, round(tc.warmup_epochs * sched_steps_per_epoch))
-    scheduler = build_scheduler(optimizer, warmup_steps, total_steps, tc.min_lr_ratio)
+    return build_scheduler(optimizer, warmup_steps, total_steps, tc.min_lr_ratio), updates_per_epoch
 
+
+def _prepare_run(config, accelerator, run_dir, corpus, model, processor, loaders) -> RunParts:
+    """Data, optimiser, schedule and evaluator of a run, prepared by accelerate; loaders are added to ``loaders``."""
+    tc = config.train
+    train_ds, sampler, train_loader = _train_loader(config, accelerator, corpus, processor)
+    loaders.append(train_loader)
+    sets = EvalSets(config, corpus, processor, train_ds, pin=accelerator.device.type == "cuda")
+    _cache_decoded(
+        config, [train_ds] + [sets.dataset(s) for s in ("validation", "test") if s in corpus.splits]
+    )
+    metas = {s: split_metadata(corpus.splits[s]) for s in ("train", "validation", "test")}
+    if tc.eval_protocol == "auto":
+        tc.eval_protocol = resolve_protocol(metas["validation"]["identity"], corpus.label_of)
+        logger.info("eval_protocol auto: %s", tc.eval_protocol, main_process_only=True)
+
+    optimizer = build_optimizer(model, config)
+    scheduler, updates_per_epoch = _schedule(config, accelerator, optimizer, sampler)
     calibrate = model.neck_bn is not None and not config.model.init_from  # see calibrate_neck
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
-    val_loader, test_loader = eval_loader("validation"), eval_loader("test")
     model, optimizer, scheduler, val_loader, test_loader = accelerator.prepare(
-        model, optimizer, scheduler, val_loader, test_loader
+        model, optimizer, scheduler, sets.loader("validation"), sets.loader("test")
     )
     eval_loaders = {"validation": val_loader, "test": test_loader}
     if tc.eval_protocol == "query_gallery" or config.model.head_init == "mean" or calibrate:
-        eval_loaders["train"] = accelerator.prepare(eval_loader("train"))
+        eval_loaders["train"] = accelerator.prepare(sets.loader("train"))
     loaders += list(eval_loaders.values())
-    evaluator = Evaluator(
-        accelerator,
-        processor,
-        eval_loaders,
-        {"train": train_meta, "validation": val_meta, "test": test_meta},
-        tc.eval_protocol,
-    )
-    state = TrainingState()
-    accelerator.register_for_checkpointing(state)
+    evaluator = Evaluator(accelerator, processor, eval_loaders, metas, tc.eval_protocol)
+    ema = WeightEMA(tc.ema_decay) if tc.ema_decay > 0 else None
+    return RunParts(
+        config, accelerator, run_dir, corpus, model, processor, optimizer, scheduler, evaluator, train_loader,
+        updates_per_epoch, calibrate, ema=ema,
+    )  # fmt: skip
 
+
+def _resume_or_start(run: RunParts, ckpt_dir: Path, resuming: bool) -> None:
+    """Load the last checkpoint, or score the starting model and initialise the head; keep the start weights."""
+    accelerator, tc = run.accelerator, run.config.train
+    accelerator.register_for_checkpointing(run.state)
+    if run.ema is not None:
+        accelerator.register_for_checkpointing(run.ema)
     if resuming:
         accelerator.load_state()  # the latest checkpoints/checkpoint_<n>
         last = _last_checkpoint_index(ckpt_dir)
         # accelerate names the next save checkpoint_<iteration>; it starts at 0 in a new process (HF_NOTES).
         accelerator.project_configuration.iteration = last + 1
         logger.info(
-            "resumed from checkpoint_%d after epoch %d", last, state.epochs_done, main_process_only=True
+            "resumed from checkpoint_%d after epoch %d", last, run.state.epochs_done, main_process_only=True
         )
     elif tc.resume:
         logger.info(
             "--resume given but %s holds no checkpoint: starting a new run", ckpt_dir, main_process_only=True
         )
     if accelerator.is_main_process:
-        _write_history(run_dir, state.history)
-
-    unwrapped = accelerator.unwrap_model(model)
-    fresh = state.baseline is None
+        _write_history(run.run_dir, run.state.history)
+    fresh = run.state.baseline is None
     if fresh:
-        state.baseline = start_model(config, accelerator, model, processor, evaluator, corpus, calibrate)
-    start_file = run_dir / "start" / "model.safetensors"
-    start_weights = keep_start_weights(config, accelerator, unwrapped, start_file, fresh)
-    metric_key = tc.metric_for_best
+        run.state.baseline = start_model(
+            run.config, accelerator, run.model, run.processor, run.evaluator, run.corpus, run.calibrate
+        )
+    start_file = run.run_dir / "start" / "model.safetensors"
+    run.start_weights = keep_start_weights(run.config, accelerator, run.unwrapped, start_file, fresh)
     logger.info(
-        "training %d epochs x %d batches/process (%d processes, P=%d x K=%d, accumulation %d): %d optimiser steps",
+        "training %d epochs x %d batches/process (%d processes, P=%d x K=%d, accumulation %d): %d optimiser steps%s",
         tc.epochs,
-        batches_this_epoch,
+        run.batches_this_epoch,
         accelerator.num_processes,
         tc.identities_per_batch,
         tc.images_per_identity,
         tc.gradient_accumulation_steps,
-        updates_per_epoch * tc.epochs,
+        run.updates_per_epoch * tc.epochs,
+        f"; weight EMA, decay {tc.ema_decay:g}" if run.ema is not None else "",
         main_process_only=True,
     )
 
-    for epoch in range(state.epochs_done, tc.epochs):
-        # Every epoch is a function of (seed, epoch): the batches, the augmentations and the torch RNG,
-        # so a run resumed at an epoch boundary continues exactly as an uninterrupted one.
-        set_seed(tc.seed + epoch, device_specific=True)
-        train_loader.batch_sampler.set_epoch(epoch)
-        model.train()
-        frozen = epoch < tc.freeze_backbone_epochs
-        set_backbone_frozen(unwrapped, frozen)
-        if frozen:
+
+def _fit_epoch(run: RunParts, epoch: int) -> dict[str, Any]:
+    """One pass of optimiser steps; returns the epoch's mean loss, images/s, time and whether it was head-only."""
+    accelerator, tc = run.accelerator, run.config.train
+    # Every epoch is a function of (seed, epoch): the batches, the augmentations and the torch RNG,
+    # so a run resumed at an epoch boundary continues exactly as an uninterrupted one.
+    set_seed(tc.seed + epoch, device_specific=True)
+    run.train_loader.batch_sampler.set_epoch(epoch)
+    run.model.train()
+    frozen = epoch < tc.freeze_backbone_epochs
+    set_backbone_frozen(run.unwrapped, frozen)
+    if frozen:
+        logger.info(
+            "epoch %d: head-only warm-up (backbone frozen, BatchNorm statistics kept)",
+            epoch + 1,
+            main_process_only=True,
+        )
+    t0 = time.time()
+    losses, n_images = _steps(run, epoch)
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize(accelerator.device)  # the epoch's queued GPU work belongs to its time
+    train_time = time.time() - t0
+    # Mean loss and image count over all processes.
+    loss_sum = torch.stack(losses).double().sum() if losses else torch.zeros((), dtype=torch.float64)
+    counts = [loss_sum.to(accelerator.device)]
+    counts += [
+        torch.tensor(float(n), dtype=torch.float64, device=accelerator.device)
+        for n in (len(losses), n_images)
+    ]
+    totals = accelerator.reduce(torch.stack(counts), reduction="sum")
+    return {
+        "train_loss": float(totals[0] / totals[1]),
+        "images_per_s": float(totals[2]) / train_time,
+        "train_time_s": train_time,
+        "backbone_frozen": frozen,
+    }
+
+
+def _steps(run: RunParts, epoch: int) -> tuple[list[torch.Tensor], int]:
+    """The epoch's batches: forward, backward, optimiser and EMA steps; the detached losses and the image count.
+
+    Detached losses stay on the device: reading one back every step would make the host wait for the GPU each
+    step, so the next batch's copy and kernel launches could not overlap the current step. They are read back
+    at logging steps and at the end of the epoch.
+    """
+    accelerator, tc, model = run.accelerator, run.config.train, run.model
+    losses: list[torch.Tensor] = []
+    n_images = 0
+    total = run.batches_this_epoch
+    bar = tqdm(
+        total=total,
+        desc=f"epoch {epoch + 1}/{tc.epochs}",
+        disable=not accelerator.is_local_main_process,
+        leave=False,
+    )
+    for step, batch in enumerate(run.train_loader):
+        if step >= total:
+            break
+        # uint8 from the workers (pinned on CUDA), normalised on the device.
+        pixel_values = run.processor.normalize_uint8(
+            batch["pixel_values"].to(accelerator.device, non_blocking=True)
+        ).contiguous(memory_format=run.memory_format)
+        labels = batch["labels"].to(accelerator.device, non_blocking=True)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss = model(pixel_values=pixel_values, labels=labels).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and tc.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        if run.ema is not None and accelerator.sync_gradients:
+            run.ema.update(run.unwrapped)
+        losses.append(loss.detach().float())
+        n_images += pixel_values.shape[0]
+        bar.update(1)
+        if accelerator.sync_gradients and (step + 1) // tc.gradient_accumulation_steps % tc.log_every == 0:
+            recent = float(torch.stack(losses[-tc.log_every * tc.gradient_accumulation_steps :]).mean())
+            bar.set_postfix(loss=f"{recent:.3f}")
+            lr = run.scheduler.get_last_lr()[0]
             logger.info(
-                "epoch %d: head-only warm-up (backbone frozen, BatchNorm statistics kept)",
+                "epoch %d step %d/%d loss %.4f lr %.2e",
                 epoch + 1,
+                step + 1,
+                total,
+                recent,
+                lr,
                 main_process_only=True,
             )
+    bar.close()
+    return losses, n_images
 
-        # Detached losses stay on the device: reading one back every step would make the host wait for the GPU
-        # each step, so the next batch's copy and kernel launches could not overlap the current step. They are
-        # read back at logging steps and at the end of the epoch.
-        losses: list[torch.Tensor] = []
-        n_images = 0
-        t0 = time.time()
-        bar = tqdm(
-            total=batches_this_epoch,
-            desc=f"epoch {epoch + 1}/{tc.epochs}",
-            disable=not accelerator.is_local_main_process,
-            leave=False,
-        )
-        for step, batch in enumerate(train_loader):
-            if step >= batches_this_epoch:
-                break
-            # uint8 from the workers (pinned on CUDA), normalised on the device.
-            pixel_values = processor.normalize_uint8(
-                batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            ).contiguous(memory_format=memory_format)
-            labels = batch["labels"].to(accelerator.device, non_blocking=True)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    out = model(pixel_values=pixel_values, labels=labels)
-                loss = out.loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and tc.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach().float())
-            n_images += pixel_values.shape[0]
-            bar.update(1)
-            if (
-                accelerator.sync_gradients
-                and (step + 1) // tc.gradient_accumulation_steps % tc.log_every == 0
-            ):
-                recent = float(torch.stack(losses[-tc.log_every * tc.gradient_accumulation_steps :]).mean())
-                bar.set_postfix(loss=f"{recent:.3f}")
-                logger.info(
-                    "epoch %d step %d/%d loss %.4f lr %.2e",
-                    epoch + 1,
-                    step + 1,
-                    batches_this_epoch,
-                    recent,
-                    scheduler.get_last_lr()[0],
-                    main_process_only=True,
-                )
-        bar.close()
-        if accelerator.device.type == "cuda":
-            torch.cuda.synchronize(accelerator.device)  # the epoch's queued GPU work belongs to its time
-        train_time = time.time() - t0
-        # Mean loss and image count over all processes.
-        loss_sum = torch.stack(losses).double().sum() if losses else torch.zeros((), dtype=torch.float64)
-        totals = accelerator.reduce(
-            torch.stack(
-                [
-                    loss_sum.to(accelerator.device),
-                    torch.tensor(float(len(losses)), dtype=torch.float64, device=accelerator.device),
-                    torch.tensor(float(n_images), dtype=torch.float64, device=accelerator.device),
-                ]
-            ),
-            reduction="sum",
-        )
-        epoch_loss = float(totals[0] / totals[1])
-        images_per_s = float(totals[2]) / train_time
 
-        t_eval = time.time()
-        scored = (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs
-        val = evaluator.validation(model) if scored else {}
+def _close_epoch(run: RunParts, epoch: int, fit: dict[str, Any]) -> None:
+    """Score validation (on the epochs due), keep the best weights, log, checkpoint and write the history."""
+    accelerator, tc, state = run.accelerator, run.config.train, run.state
+    t_eval = time.time()
+    scored = (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs
+    with run.scored_weights():
+        val = run.evaluator.validation(run.model) if scored else {}
         record = {
             "epoch": epoch + 1,
-            "step": (epoch + 1) * updates_per_epoch,
-            "train_loss": epoch_loss,
-            "lr_backbone": _group_lr(optimizer, "backbone"),
-            "lr_head": _group_lr(optimizer, "head"),
-            "images_per_s": images_per_s,
-            "train_time_s": train_time,
-            "eval_time_s": time.time() - t_eval,
-            "backbone_frozen": frozen,
-            "val": summary_metrics(val),
+            "step": (epoch + 1) * run.updates_per_epoch,
+            "train_loss": fit["train_loss"],
         }
-        score = record["val"][metric_key]
+        record |= {
+            "lr_backbone": _group_lr(run.optimizer, "backbone"),
+            "lr_head": _group_lr(run.optimizer, "head"),
+        }
+        record |= {k: fit[k] for k in ("images_per_s", "train_time_s")}
+        record |= {"eval_time_s": time.time() - t_eval, "backbone_frozen": fit["backbone_frozen"]}
+        record["val"] = summary_metrics(val)
+        score = record["val"][tc.metric_for_best]
         improved = score is not None and (state.best_score is None or score > state.best_score)
         if improved:
             state.best_score, state.best_epoch = float(score), epoch + 1
             # One folder per best epoch, pruned only after the checkpoint that names it is saved: a run killed
             # in between resumes with a state whose best epoch still has its weights on disk.
-            accelerator.save_model(model, _best_dir(run_dir, epoch + 1))
-        record["best_epoch"] = state.best_epoch
-        state.history.append(record)
-        state.epochs_done = epoch + 1
-        logger.info(
-            "epoch %d: loss %.4f, %.1f images/s, val top-1 %s top-5 %s mAP %s%s",
-            epoch + 1,
-            epoch_loss,
-            images_per_s,
-            _fmt(record["val"]["top1"]),
-            _fmt(record["val"]["top5"]),
-            _fmt(record["val"]["mAP"]),
-            " (best)" if improved else "",
-            main_process_only=True,
-        )
-        accelerator.save_state()
-        if accelerator.is_main_process:
-            _prune_best(run_dir, state.best_epoch)
-            _write_history(run_dir, state.history)
-            plot_history(state.history, run_dir)
+            accelerator.save_model(run.model, _best_dir(run.run_dir, epoch + 1))
+    record["best_epoch"] = state.best_epoch
+    state.history.append(record)
+    state.epochs_done = epoch + 1
+    logger.info(
+        "epoch %d: loss %.4f, %.1f images/s, val top-1 %s top-5 %s mAP %s%s",
+        epoch + 1,
+        record["train_loss"],
+        record["images_per_s"],
+        _fmt(record["val"]["top1"]),
+        _fmt(record["val"]["top5"]),
+        _fmt(record["val"]["mAP"]),
+        " (best)" if improved else "",
+        main_process_only=True,
+    )
+    accelerator.save_state()
+    if accelerator.is_main_process:
+        _prune_best(run.run_dir, state.best_epoch)
+        _write_history(run.run_dir, state.history)
+        plot_history(state.history, run.run_dir)
 
-    # ---- final: best model on test, export, card
-    accelerator.wait_for_everyone()
-    if state.best_epoch is not None:
-        from safetensors.torch import load_file
 
-        best_file = _best_dir(run_dir, state.best_epoch) / "model.safetensors"
-        if not best_file.is_file():
-            raise FileNotFoundError(
-                f"the weights of the best epoch ({state.best_epoch}) are missing: {best_file}"
-            )
-
-        unwrapped.load_state_dict(load_file(str(best_file)))
-        logger.info(
-            "loaded the best epoch (%d, val %s %.4f)",
-            state.best_epoch,
-            metric_key,
-            state.best_score,
-            main_process_only=True,
-        )
-    else:
+def _load_best(run: RunParts) -> None:
+    """Put the best validation epoch's weights into the model (or, with none scored, the last epoch's)."""
+    state = run.state
+    if state.best_epoch is None:
         logger.warning(
             "no validation query had a true match in any epoch (with a closed-set split, the matches of the "
             "validation images are in train: use eval_protocol=query_gallery); exporting the last epoch",
             main_process_only=True,
         )
+        if run.ema is not None and run.ema.shadow:
+            run.unwrapped.load_state_dict(run.ema.shadow)
+        return
+    from safetensors.torch import load_file
+
+    best_file = _best_dir(run.run_dir, state.best_epoch) / "model.safetensors"
+    if not best_file.is_file():
+        raise FileNotFoundError(
+            f"the weights of the best epoch ({state.best_epoch}) are missing: {best_file}"
+        )
+    run.unwrapped.load_state_dict(load_file(str(best_file)))
+    logger.info(
+        "loaded the best epoch (%d, val %s %.4f)",
+        state.best_epoch,
+        run.config.train.metric_for_best,
+        state.best_score,
+        main_process_only=True,
+    )
+
+
+def _final_results(run: RunParts) -> dict[str, Any]:
+    """results.json's dict: the start, the chosen epoch on validation, test, the interpolation and the budget."""
+    config, tc, state, accelerator = run.config, run.config.train, run.state, run.accelerator
     val_best = state.history[state.best_epoch - 1]["val"] if state.best_epoch else None
-    test = evaluator.test(model)
-    interpolation = interpolate_best(config, accelerator, model, evaluator, start_weights, val_best)
+    test = run.evaluator.test(run.model)
+    interpolation = interpolate_best(
+        config, accelerator, run.model, run.evaluator, run.start_weights, val_best
+    )
     if interpolation is not None:
         val_best = interpolation["val"][f"{interpolation['chosen_alpha']:g}"]
         # the trained model's test figures, for the report only (alpha was chosen on validation)
         interpolation["test_trained"] = summary_metrics(test)
         if interpolation["chosen_alpha"] != 1.0:
-            test = evaluator.test(model)
-
-    results: dict[str, Any] = {
+            test = run.evaluator.test(run.model)
+    speeds = [h["images_per_s"] for h in state.history]
+    return {
         "best_epoch": state.best_epoch,
-        "metric_for_best": metric_key,
+        "metric_for_best": tc.metric_for_best,
         "baseline": state.baseline,
         "val_best": val_best,
         "test": summary_metrics(test),
-        "beats_baseline": beats_baseline(state.baseline, val_best, metric_key),
+        "beats_baseline": beats_baseline(state.baseline, val_best, tc.metric_for_best),
         "interpolation": interpolation,
         "test_protocol": test.get("protocol"),
         "epochs": tc.epochs,
-        "train_images_seen": tc.epochs * batches_this_epoch * tc.batch_size * accelerator.num_processes,
+        "train_images_seen": tc.epochs * run.batches_this_epoch * tc.batch_size * accelerator.num_processes,
         "config_summary": config_summary(config),
-        "num_classes": corpus.num_classes,
+        "num_classes": run.corpus.num_classes,
         "num_processes": accelerator.num_processes,
         "mixed_precision": tc.mixed_precision,
-        "train_images_per_s": float(np.mean([h["images_per_s"] for h in state.history]))
-        if state.history
-        else None,
+        "train_images_per_s": float(np.mean(speeds)) if speeds else None,
         "wall_time_s": None,
-        "export_dir": str(run_dir / "export"),
+        "export_dir": str(run.run_dir / "export"),
     }
-    export_dir = run_dir / "export"
-    if accelerator.is_main_process:
-        fe = unwrapped.export_feature_extractor()
-        fe.save_pretrained(export_dir, safe_serialization=True)
-        processor.save_pretrained(export_dir)
-        from animal_reid.serve.handler import write_handler  # stdlib only: no service dependencies
 
-        write_handler(export_dir)  # Inference Endpoints custom handler (docs/serve.md)
-        results["wall_time_s"] = time.time() - t_start
-        card = render_model_card(
-            widget=write_widget_examples(corpus, export_dir, tc.push_to_hub)
-            if not tc.widget_images
-            else None,
-            config=config,
-            model_config=fe.config,
-            results=results,
-            history=state.history,
-            corpus_info=corpus.card_info(),
-            train_counts={"images": len(train_split), "identities": corpus.num_classes},
-            num_parameters=sum(p.numel() for p in fe.parameters()),
-        )
-        card.save(export_dir / "README.md")
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        log_against_start(results)
-        logger.info(
-            "test (%s): top-1 %s, top-5 %s, mAP %s; exported to %s",
-            results["test_protocol"],
-            _fmt(results["test"]["top1"]),
-            _fmt(results["test"]["top5"]),
-            _fmt(results["test"]["mAP"]),
-            export_dir,
-        )
-        if tc.push_to_hub:
-            push_export(export_dir, tc.push_to_hub, private=tc.hub_private)
-    accelerator.wait_for_everyone()
-    return results
+
+def _export(run: RunParts, results: dict[str, Any], t_start: float) -> None:
+    """Main process: the feature extractor, processor, handler and model card; results.json; the Hub push."""
+    tc, corpus = run.config.train, run.corpus
+    export_dir = run.run_dir / "export"
+    fe = run.unwrapped.export_feature_extractor()
+    fe.save_pretrained(export_dir, safe_serialization=True)
+    run.processor.save_pretrained(export_dir)
+    from animal_reid.serve.handler import write_handler  # stdlib only: no service dependencies
+
+    write_handler(export_dir)  # Inference Endpoints custom handler (docs/serve.md)
+    results["wall_time_s"] = time.time() - t_start
+    card = render_model_card(
+        widget=write_widget_examples(corpus, export_dir, tc.push_to_hub) if not tc.widget_images else None,
+        config=run.config,
+        model_config=fe.config,
+        results=results,
+        history=run.state.history,
+        corpus_info=corpus.card_info(),
+        train_counts={"images": len(corpus.splits["train"]), "identities": corpus.num_classes},
+        num_parameters=sum(p.numel() for p in fe.parameters()),
+    )
+    card.save(export_dir / "README.md")
+    (run.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    log_against_start(results)
+    logger.info(
+        "test (%s): top-1 %s, top-5 %s, mAP %s; exported to %s",
+        results["test_protocol"],
+        _fmt(results["test"]["top1"]),
+        _fmt(results["test"]["top5"]),
+        _fmt(results["test"]["mAP"]),
+        export_dir,
+    )
+    if tc.push_to_hub:
+        push_export(export_dir, tc.push_to_hub, private=tc.hub_private)
 
 
 def write_widget_examples(

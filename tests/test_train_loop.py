@@ -434,3 +434,33 @@ def test_run_exports_the_interpolation_chosen_on_validation(corpus, tmp_path, mo
 def test_interpolate_alphas_must_lie_strictly_between_0_and_1(corpus, tmp_path):
     with pytest.raises(ValueError, match="interpolate_alphas"):
         train_accelerate.main(tiny_args(corpus, tmp_path / "bad", "--interpolate_alphas", "1.0"))
+
+
+def test_ema_run_trains_the_same_steps_and_keeps_the_averaged_weights(
+    base_run, corpus, tmp_path, monkeypatch
+):
+    """``ema_decay``: the optimiser steps are the base run's, validation and the export use the moving average,
+    and a run killed after epoch 1 and resumed ends with the same average."""
+    run_dir = tmp_path / "ema"
+    results = train_accelerate.main(tiny_args(corpus, run_dir, "--ema_decay", "0.5"))
+    base_dir, _ = base_run
+    ema_hist, base_hist = _history(run_dir), _history(base_dir)
+    assert [h["train_loss"] for h in ema_hist] == [h["train_loss"] for h in base_hist]
+    assert results["config_summary"]["ema_decay"] == 0.5
+    assert "Weight average" in (run_dir / "export" / "README.md").read_text()
+    assert "Weight average" not in (base_dir / "export" / "README.md").read_text()
+
+    # the checkpoint of the best epoch holds the live weights (model.safetensors) and the average (custom 1)
+    ckpt = run_dir / "checkpoints" / f"checkpoint_{results['best_epoch'] - 1}"
+    average = torch.load(ckpt / "custom_checkpoint_1.pkl", weights_only=False)["shadow"]
+    live = load_file(str(ckpt / "model.safetensors"))
+    exported = load_file(str(run_dir / "export" / "model.safetensors"))
+    for key, value in exported.items():
+        torch.testing.assert_close(value, average[key].to(value.dtype), rtol=0, atol=0)
+    assert any(not torch.equal(v, live[k]) for k, v in exported.items() if v.is_floating_point())
+
+    again = tmp_path / "ema_resumed"
+    argv = tiny_args(corpus, again, "--ema_decay", "0.5")
+    _kill_after_first_checkpoint(monkeypatch, argv)
+    resumed = train_accelerate.main([*argv, "--resume"])
+    _same_run(again, resumed, run_dir, results)

@@ -281,6 +281,13 @@ class TrainArguments:
     widget_images: list[str] | None = field(
         default=None, metadata={"help": "Image URLs shown as widget examples on the model card."}
     )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep an exponential moving average of the weights with this decay (e.g. 0.99; 0: off) and "
+            "use it for validation, the best epoch and the export (the rate warms up as (1 + t) / (10 + t))."
+        },
+    )
     interpolate_alphas: list[float] | None = field(
         default=None,
         metadata={
@@ -326,6 +333,8 @@ class TrainArguments:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         for alpha in self.interpolate_alphas or []:
             if not 0 < alpha < 1:
                 raise ValueError(f"interpolate_alphas must lie in (0, 1), got {alpha}")

@@ -278,6 +278,7 @@ def render_model_card(
         images_per_s=f"{results['train_images_per_s']:.1f}" if results.get("train_images_per_s") else "n/a",
         config_yaml=yaml.safe_dump(config.to_flat_dict(), sort_keys=False).rstrip(),
         hflip=t.hflip,
+        ema_decay=t.ema_decay,
         paper_citation=PAPER_CITATION,
         synthetic=all(sp.startswith("synth_") for sp in species) and bool(species),
     )
