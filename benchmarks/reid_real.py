@@ -726,7 +726,10 @@ def table1(bench: Bench) -> dict[str, Any]:
     specs |= {f"t1_{name}": {**common, **over} for name, over in c.closed_variants.items()}
     if c.closed_parallel_runs > 1:
         bench.train_parallel(
-            corpus, specs, peer=("t1_peer", *_closed_images(bench, corpus, common)), at_once=c.closed_parallel_runs
+            corpus,
+            specs,
+            peer=("t1_peer", *_closed_images(bench, corpus, common)),
+            at_once=c.closed_parallel_runs,
         )
     trained = {name: bench.train(name, corpus, **over) for name, over in specs.items()}
     ours = trained["t1_ours"]
@@ -1498,4 +1501,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from animal_reid.fastmalloc import reexec_with_fast_malloc
+
+    # runs trained in this process (closed_parallel_runs / parallel_runs 1) get the allocator that
+    # train_accelerate.py and the parallel runs get: jemalloc, else glibc huge pages (BENCHMARKS.md §2c)
+    reexec_with_fast_malloc()
     main()
