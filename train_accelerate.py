@@ -767,14 +767,15 @@ def _training_model(
     return model, processor
 
 
-def _train_loader(config: TrainConfig, accelerator: Accelerator, corpus, processor):
+def _train_loader(
+    config: TrainConfig, accelerator: Accelerator, corpus, processor, train_meta: dict[str, list]
+):
     """``(dataset, sampler, loader)`` of the augmented training images."""
     tc, dc = config.train, config.data
-    train_split = corpus.splits["train"]
     train_ds = ReIDImageDataset(
-        train_split, processor, corpus.label_of, build_augment(tc, processor), dc.use_boxes
+        corpus.splits["train"], processor, corpus.label_of, build_augment(tc, processor), dc.use_boxes
     )
-    sampler = build_sampler(tc, split_metadata(train_split), corpus.label_of, accelerator)
+    sampler = build_sampler(tc, train_meta, corpus.label_of, accelerator)
     # The sampler shards whole P x K batches across processes itself, so this loader is NOT passed to
     # accelerator.prepare (which would shard it again); batches are moved to the device in `_fit_epoch`. Workers
     # decode and augment into uint8 batches and stay alive across epochs (dataloader_kwargs); the sampler
@@ -828,13 +829,13 @@ def _schedule(config: TrainConfig, accelerator: Accelerator, optimizer, sampler)
 def _prepare_run(config, accelerator, run_dir, corpus, model, processor, loaders) -> RunParts:
     """Data, optimiser, schedule and evaluator of a run, prepared by accelerate; loaders are added to ``loaders``."""
     tc = config.train
-    train_ds, sampler, train_loader = _train_loader(config, accelerator, corpus, processor)
+    metas = {s: split_metadata(corpus.splits[s]) for s in ("train", "validation", "test")}
+    train_ds, sampler, train_loader = _train_loader(config, accelerator, corpus, processor, metas["train"])
     loaders.append(train_loader)
     sets = EvalSets(config, corpus, processor, train_ds, pin=accelerator.device.type == "cuda")
     _cache_decoded(
         config, [train_ds] + [sets.dataset(s) for s in ("validation", "test") if s in corpus.splits]
     )
-    metas = {s: split_metadata(corpus.splits[s]) for s in ("train", "validation", "test")}
     if tc.eval_protocol == "auto":
         tc.eval_protocol = resolve_protocol(metas["validation"]["identity"], corpus.label_of)
         logger.info("eval_protocol auto: %s", tc.eval_protocol, main_process_only=True)
@@ -998,27 +999,29 @@ def _close_epoch(run: RunParts, epoch: int, fit: dict[str, Any]) -> None:
     accelerator, tc, state = run.accelerator, run.config.train, run.state
     t_eval = time.time()
     scored = (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs
-    with run.scored_weights():
-        val = run.evaluator.validation(run.model) if scored else {}
-        record = {
-            "epoch": epoch + 1,
-            "step": (epoch + 1) * run.updates_per_epoch,
-            "train_loss": fit["train_loss"],
-        }
-        record |= {
-            "lr_backbone": _group_lr(run.optimizer, "backbone"),
-            "lr_head": _group_lr(run.optimizer, "head"),
-        }
-        record |= {k: fit[k] for k in ("images_per_s", "train_time_s")}
-        record |= {"eval_time_s": time.time() - t_eval, "backbone_frozen": fit["backbone_frozen"]}
-        record["val"] = summary_metrics(val)
-        score = record["val"][tc.metric_for_best]
-        improved = score is not None and (state.best_score is None or score > state.best_score)
-        if improved:
-            state.best_score, state.best_epoch = float(score), epoch + 1
-            # One folder per best epoch, pruned only after the checkpoint that names it is saved: a run killed
-            # in between resumes with a state whose best epoch still has its weights on disk.
-            accelerator.save_model(run.model, _best_dir(run.run_dir, epoch + 1))
+    val, improved = summary_metrics({}), False
+    if scored:  # the moving average is swapped in only to be scored and kept
+        with run.scored_weights():
+            val = summary_metrics(run.evaluator.validation(run.model))
+            score = val[tc.metric_for_best]
+            improved = score is not None and (state.best_score is None or score > state.best_score)
+            if improved:
+                state.best_score, state.best_epoch = float(score), epoch + 1
+                # One folder per best epoch, pruned only after the checkpoint that names it is saved: a run killed
+                # in between resumes with a state whose best epoch still has its weights on disk.
+                accelerator.save_model(run.model, _best_dir(run.run_dir, epoch + 1))
+    record = {
+        "epoch": epoch + 1,
+        "step": (epoch + 1) * run.updates_per_epoch,
+        "train_loss": fit["train_loss"],
+    }
+    record |= {
+        "lr_backbone": _group_lr(run.optimizer, "backbone"),
+        "lr_head": _group_lr(run.optimizer, "head"),
+    }
+    record |= {k: fit[k] for k in ("images_per_s", "train_time_s")}
+    record |= {"eval_time_s": time.time() - t_eval, "backbone_frozen": fit["backbone_frozen"]}
+    record["val"] = val
     record["best_epoch"] = state.best_epoch
     state.history.append(record)
     state.epochs_done = epoch + 1
