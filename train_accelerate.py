@@ -306,13 +306,21 @@ class Evaluator:
 
     ``leave_one_out``: every evaluation image queries the others of its split. ``query_gallery``: validation
     images query the train images; test images query train + validation (closed set, MegaDescriptor's).
+    ``refit`` (``train_on_validation``): the train split holds the validation images, so validation is not
+    scored (an empty result) and test queries the train split alone, the same gallery without duplicates.
     """
 
     def __init__(
-        self, accelerator, processor, loaders: dict[str, DataLoader], metas: dict[str, dict], protocol
+        self,
+        accelerator,
+        processor,
+        loaders: dict[str, DataLoader],
+        metas: dict[str, dict],
+        protocol,
+        refit: bool = False,
     ):
         self.accelerator, self.processor = accelerator, processor
-        self.loaders, self.metas, self.protocol = loaders, metas, protocol
+        self.loaders, self.metas, self.protocol, self.refit = loaders, metas, protocol, refit
 
     def embeddings(self, model, split: str) -> tuple[np.ndarray, dict[str, list]]:
         """``(embeddings, metadata)`` of a split in row order (un-augmented, eval mode)."""
@@ -321,6 +329,8 @@ class Evaluator:
         return emb[order], {k: [v[i] for i in idx[order]] for k, v in self.metas[split].items()}
 
     def validation(self, model, train: tuple | None = None) -> dict[str, Any]:
+        if self.refit:
+            return {}
         gallery = None
         if self.protocol == "query_gallery":
             gallery = train or self.embeddings(model, "train")
@@ -328,7 +338,9 @@ class Evaluator:
 
     def test(self, model, train: tuple | None = None) -> dict[str, Any]:
         gallery = None
-        if self.protocol == "query_gallery":
+        if self.protocol == "query_gallery" and self.refit:
+            gallery = train or self.embeddings(model, "train")
+        elif self.protocol == "query_gallery":
             g_emb, g_meta = train or self.embeddings(model, "train")
             v_emb, v_meta = self.embeddings(model, "validation")
             gallery = (np.concatenate([g_emb, v_emb]), {k: g_meta[k] + v_meta[k] for k in g_meta})
@@ -834,10 +846,11 @@ def _prepare_run(config, accelerator, run_dir, corpus, model, processor, loaders
     loaders.append(train_loader)
     sets = EvalSets(config, corpus, processor, train_ds, pin=accelerator.device.type == "cuda")
     _cache_decoded(
-        config, [train_ds] + [sets.dataset(s) for s in ("validation", "test") if s in corpus.splits]
-    )
-    if tc.eval_protocol == "auto":
-        tc.eval_protocol = resolve_protocol(metas["validation"]["identity"], corpus.label_of)
+        config, [train_ds] + [sets.dataset(s) for s in ("validation", "test")[corpus.refit :] if s in corpus.splits]
+    )  # a refit trains on the validation images: the train cache holds them
+    if tc.eval_protocol == "auto":  # a refit has trained on validation: test tells closed from open then
+        held_out = metas["test" if corpus.refit else "validation"]["identity"]
+        tc.eval_protocol = resolve_protocol(held_out, corpus.label_of)
         logger.info("eval_protocol auto: %s", tc.eval_protocol, main_process_only=True)
 
     optimizer = build_optimizer(model, config)
@@ -852,7 +865,7 @@ def _prepare_run(config, accelerator, run_dir, corpus, model, processor, loaders
     if tc.eval_protocol == "query_gallery" or config.model.head_init == "mean" or calibrate:
         eval_loaders["train"] = accelerator.prepare(sets.loader("train"))
     loaders += list(eval_loaders.values())
-    evaluator = Evaluator(accelerator, processor, eval_loaders, metas, tc.eval_protocol)
+    evaluator = Evaluator(accelerator, processor, eval_loaders, metas, tc.eval_protocol, corpus.refit)
     ema = WeightEMA(tc.ema_decay) if tc.ema_decay > 0 else None
     return RunParts(
         config, accelerator, run_dir, corpus, model, processor, optimizer, scheduler, evaluator, train_loader,
@@ -998,7 +1011,7 @@ def _close_epoch(run: RunParts, epoch: int, fit: dict[str, Any]) -> None:
     """Score validation (on the epochs due), keep the best weights, log, checkpoint and write the history."""
     accelerator, tc, state = run.accelerator, run.config.train, run.state
     t_eval = time.time()
-    scored = (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs
+    scored = not run.corpus.refit and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs)
     val, improved = summary_metrics({}), False
     if scored:  # the moving average is swapped in only to be scored and kept
         with run.scored_weights():
@@ -1046,12 +1059,15 @@ def _close_epoch(run: RunParts, epoch: int, fit: dict[str, Any]) -> None:
 def _load_best(run: RunParts) -> None:
     """Put the best validation epoch's weights into the model (or, with none scored, the last epoch's)."""
     state = run.state
-    if state.best_epoch is None:
+    if state.best_epoch is None and run.corpus.refit:
+        logger.info("refit (train_on_validation): exporting the last epoch", main_process_only=True)
+    elif state.best_epoch is None:
         logger.warning(
             "no validation query had a true match in any epoch (with a closed-set split, the matches of the "
             "validation images are in train: use eval_protocol=query_gallery); exporting the last epoch",
             main_process_only=True,
         )
+    if state.best_epoch is None:
         if run.ema is not None and run.ema.shadow:
             run.unwrapped.load_state_dict(run.ema.shadow)
         return

@@ -72,12 +72,14 @@ def train(
     backbone: str = "efficientnet_lite0",
     init_weights: str = "imagenet",
     precision: str = "bf16",
+    splits: tuple[str, ...] = ("train",),
 ) -> dict:
     """Train on the corpus's train split for ``images`` training images; save the export in ``out/export``.
 
     ``backbone`` / ``init_weights`` other than Lite0 / ImageNet are for smoke tests (``init_weights="none"``).
     ``precision``: ``"bf16"`` (the script's autocast) or ``"fp32"`` (what table 1 gives every arm on the CPU, where
-    bf16 steps were several times slower on the 2-core machine; BENCHMARKS.md §8).
+    bf16 steps were several times slower on the 2-core machine; BENCHMARKS.md §8). ``splits``: the corpus splits
+    trained on (``("train", "validation")`` for a refit, as ``train_on_validation`` does for our trainer).
     """
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
@@ -93,7 +95,7 @@ def train(
     if init_weights == "imagenet":
         load_imagenet_backbone(model)
     processor = AnimalReIDImageProcessor.from_model_config(model.config)
-    split = load_dataset(corpus, "all", split="train")
+    split = load_dataset(corpus, "all", split="+".join(splits))
     names = sorted(set(split["identity"]))
     labels = torch.tensor([names.index(i) for i in split["identity"]])
     t0 = time.time()
@@ -122,7 +124,7 @@ def train(
     model.eval().save_pretrained(export)
     processor.save_pretrained(export)
     res = {"export_dir": str(export), "train_images": steps * batch, "steps": steps, "wall_s": time.time() - t0,
-           "precision": precision}  # fmt: skip
+           "precision": precision, "splits": list(splits)}  # fmt: skip
     (Path(out) / "results.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     return res
 
@@ -139,11 +141,13 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--init_weights", default="imagenet", choices=("imagenet", "none"))
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="bf16 autocast or plain fp32")
+    p.add_argument("--splits", nargs="+", default=["train"], choices=("train", "validation"),
+                   help="corpus splits to train on (train validation: a refit)")  # fmt: skip
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     res = train(args.corpus, args.out, args.images, args.seed, args.batch, size=args.size, backbone=args.backbone,
-                init_weights=args.init_weights, precision=args.precision)  # fmt: skip
+                init_weights=args.init_weights, precision=args.precision, splits=tuple(args.splits))  # fmt: skip
     print(json.dumps(res))
     return 0
 

@@ -114,6 +114,9 @@ class BenchConfig:
     # beside "ours" with their validation scores, which is what picks between them (never test)
     closed_variants: dict[str, dict] = field(default_factory=dict)
     closed_plain_arcface: bool = True  # the "ours with a plain ArcFace head" arm
+    # refit arms: ours and the peer again on train + validation (train_on_validation), with ours's schedule and
+    # image count; the schedule is the one the non-refit run's validation curve supports (reported beside it)
+    closed_refit: bool = False
     # tables 2-4: train their runs (multispecies, per species, without a species) this many at a time before the
     # tables read them, each on cores // n threads (CPU); 1 trains them one after another inside the tables
     parallel_runs: int = 1
@@ -482,24 +485,22 @@ class Bench:
         self,
         corpus: Path,
         specs: dict[str, dict],
-        peer: tuple[str, int, int] | None = None,
+        peers: list[tuple[str, int, int, tuple[str, ...]]] | None = None,
         at_once: int | None = None,
     ) -> None:
         """Train several runs as subprocesses, ``at_once`` at a time (all when None) on ``cores // at_once``
         threads each, in the order given; a new one starts as soon as one finishes (finished runs are skipped).
 
-        `train` / `peer` then find their ``results.json`` and reuse them; each gets ``bench_wall_s``.
+        ``peers``: ``(name, images, batch, splits)`` of peer-recipe runs. `train` / `peer` then find their
+        ``results.json`` and reuse them; each gets ``bench_wall_s``.
         """
         jobs: dict[str, list[str]] = {}
         for name, over in specs.items():
             if not (self.work / "runs" / name / "results.json").is_file():
                 jobs[name] = [str(REPO / "train_accelerate.py"), *self.train_argv(name, corpus, **over)]
-        if peer and not (self.work / "runs" / peer[0] / "results.json").is_file():
-            c = self.cfg
-            jobs[peer[0]] = [str(REPO / "benchmarks" / "peer_arcface.py"), "--corpus", str(corpus), "--out",
-                             str(self.work / "runs" / peer[0]), "--images", str(peer[1]), "--batch", str(peer[2]), "--seed", str(c.seed),
-                             "--size", str(c.image_size), "--backbone", c.backbone, "--init_weights", c.init_weights,
-                             "--precision", _peer_precision(c)]  # fmt: skip
+        for name, images, batch, splits in peers or []:
+            if not (self.work / "runs" / name / "results.json").is_file():
+                jobs[name] = self._peer_argv(name, corpus, images, batch, splits)
         if not jobs:
             return
         if not self.deadline.allows_run():
@@ -511,7 +512,7 @@ class Bench:
             while waiting or running:
                 while waiting and len(running) < width:
                     name, argv = waiting.pop(0)
-                    running[name] = self._start_run(name, argv, threads, peer)
+                    running[name] = self._start_run(name, argv, threads)
                 name = self._wait_any(running)
                 proc, log, argv, started = running.pop(name)
                 log.close()
@@ -528,12 +529,19 @@ class Bench:
                 proc.wait()
                 log.close()
 
-    def _start_run(self, name: str, argv: list[str], threads: str, peer) -> tuple:
+    def _peer_argv(self, name: str, corpus: Path, images: int, batch: int, splits: tuple[str, ...]) -> list[str]:
+        c = self.cfg
+        return [str(REPO / "benchmarks" / "peer_arcface.py"), "--corpus", str(corpus), "--out",
+                str(self.work / "runs" / name), "--images", str(images), "--batch", str(batch), "--seed", str(c.seed),
+                "--size", str(c.image_size), "--backbone", c.backbone, "--init_weights", c.init_weights,
+                "--precision", _peer_precision(c), "--splits", *splits]  # fmt: skip
+
+    def _start_run(self, name: str, argv: list[str], threads: str) -> tuple:
         run_dir = self.work / "runs" / name
         if run_dir.exists():
             shutil.rmtree(run_dir)  # an unfinished run
         run_dir.mkdir(parents=True)
-        flag = "--threads" if name == (peer or ("",))[0] else "--cpu_threads"
+        flag = "--threads" if argv[0].endswith("peer_arcface.py") else "--cpu_threads"
         log = open(self.work / "runs" / f"{name}.log", "w", encoding="utf-8")
         proc = subprocess.Popen(
             [sys.executable, *argv, flag, threads], stdout=log, stderr=log, env=fast_malloc_env()
@@ -559,7 +567,9 @@ class Bench:
         self.run_times[name] = res["bench_wall_s"]
         done.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
 
-    def peer(self, name: str, corpus: Path, images: int, batch: int = 64) -> dict[str, Any]:
+    def peer(
+        self, name: str, corpus: Path, images: int, batch: int = 64, splits: tuple[str, ...] = ("train",)
+    ) -> dict[str, Any]:
         """The peer recipe (benchmarks/peer_arcface.py) on ``images`` training images; reused like `train`."""
         import peer_arcface
 
@@ -576,7 +586,7 @@ class Bench:
         t0 = time.time()
         res = peer_arcface.train(
             str(corpus), str(run_dir), images, seed=c.seed, batch=batch, size=c.image_size, backbone=c.backbone,
-            init_weights=c.init_weights, precision=_peer_precision(c),
+            init_weights=c.init_weights, precision=_peer_precision(c), splits=splits,
         )  # fmt: skip
         res["bench_wall_s"] = self.run_times[name] = self.used_runs[name] = time.time() - t0
         res["train_images_seen"] = res["train_images"]
@@ -724,13 +734,14 @@ def table1(bench: Bench) -> dict[str, Any]:
     }
     specs = {"t1_ours": common} | ({"t1_arcface": {**common, **arcface}} if c.closed_plain_arcface else {})
     specs |= {f"t1_{name}": {**common, **over} for name, over in c.closed_variants.items()}
+    images, batch = _closed_images(bench, corpus, common)
+    peers = [("t1_peer", images, batch, ("train",))]
+    if c.closed_refit:  # the same schedule and image count, drawn from train + validation
+        epochs = common["epochs"]
+        specs["t1_ours_refit"] = {**common, "train_on_validation": True, "batches_per_epoch": images // batch // epochs}
+        peers.append(("t1_peer_refit", images, batch, ("train", "validation")))
     if c.closed_parallel_runs > 1:
-        bench.train_parallel(
-            corpus,
-            specs,
-            peer=("t1_peer", *_closed_images(bench, corpus, common)),
-            at_once=c.closed_parallel_runs,
-        )
+        bench.train_parallel(corpus, specs, peers=peers, at_once=c.closed_parallel_runs)
     trained = {name: bench.train(name, corpus, **over) for name, over in specs.items()}
     ours = trained["t1_ours"]
     runs = {f"ours ({_recipe_label(ours)})": ours}
@@ -740,9 +751,12 @@ def table1(bench: Bench) -> dict[str, Any]:
     for name, over in c.closed_variants.items():
         runs[f"ours, {name} ({', '.join(f'{k}={v}' for k, v in over.items())})"] = trained[f"t1_{name}"]
     # the peer recipe (benchmarks/peer_arcface.py), trained on as many images as ours
-    runs["peer recipe (plain-ArcFace script, issue 12)"] = bench.peer(
-        "t1_peer", corpus, ours["train_images_seen"], _closed_images(bench, corpus, common)[1]
-    )
+    runs["peer recipe (plain-ArcFace script, issue 12)"] = bench.peer("t1_peer", corpus, images, batch)
+    if c.closed_refit:
+        runs["ours, refit on train + validation (the same schedule, last epoch)"] = trained["t1_ours_refit"]
+        runs["peer recipe, refit on train + validation"] = bench.peer(
+            "t1_peer_refit", corpus, images, batch, ("train", "validation")
+        )
     models = {floor_label(c): "imagenet"}
     models.update({k: v["export_dir"] for k, v in runs.items()})
     rows: dict[str, Any] = {}

@@ -227,9 +227,8 @@ def test_smoke_all_tables_and_gpu_script_on_cpu(tmp_path):
     assert (out / "extras.tar.gz").stat().st_size > 0
 
 
-def test_smoke_table1_has_the_peer_arm_with_the_same_image_count(tmp_path):
-    """Table 1 on a tiny closed-set synthetic corpus: ImageNet floor, ours, ours with plain ArcFace and the peer
-    recipe (benchmarks/peer_arcface.py), the peer trained on as many images as ours; top-1 and mAP reported."""
+def _closed_corpora(tmp_path: Path) -> Path:
+    """A tiny closed-set synthetic corpus, compacted as the benchmark does (``open`` a copy, unused by table 1)."""
     src = tmp_path / "closed_src"
     cmd = [sys.executable, "-m", "data_scripts.build", "--sources", "synthetic", "--split", "closed"]
     cmd += ["--out", str(src), "--no-progress", "--synthetic-patterns", "stripes", "spots"]
@@ -238,7 +237,14 @@ def test_smoke_table1_has_the_peer_arm_with_the_same_image_count(tmp_path):
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
     corpora = tmp_path / "corpora"
     reid_real.compact_corpus(src, corpora / "closed", size=32, seed=0)
-    shutil.copytree(corpora / "closed", corpora / "open")  # present, unused by table 1
+    shutil.copytree(corpora / "closed", corpora / "open")
+    return corpora
+
+
+def test_smoke_table1_has_the_peer_arm_with_the_same_image_count(tmp_path):
+    """Table 1 on a tiny closed-set synthetic corpus: ImageNet floor, ours, ours with plain ArcFace and the peer
+    recipe (benchmarks/peer_arcface.py), the peer trained on as many images as ours; top-1 and mAP reported."""
+    corpora = _closed_corpora(tmp_path)
     results = tmp_path / "res" / "smoke"
     argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(tmp_path / "work")]
     argv += ["--results", str(results), "--set", "tables=[1]", "closed_parallel_runs=2"]
@@ -257,6 +263,27 @@ def test_smoke_table1_has_the_peer_arm_with_the_same_image_count(tmp_path):
             assert 0.0 <= m["top1"] <= 1.0 and 0.0 <= m["mAP"] <= 1.0 and m["n_queries"] > 0
     md = results.with_suffix(".md").read_text()
     assert "mAP" in md and "1 query =" in md
+
+
+def test_table1_refit_arms_train_on_train_and_validation_with_the_same_schedule(tmp_path):
+    """closed_refit: ours and the peer again on train + validation, with ours's image count and schedule."""
+    corpora = _closed_corpora(tmp_path)
+    work = tmp_path / "work"
+    argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(work), "--results", str(tmp_path / "r")]
+    argv += ["--set", "tables=[1]", "closed_plain_arcface=false", "closed_refit=true", "closed_parallel_runs=2"]
+    res = reid_real.main(argv)
+    assert res["skipped"] == []
+    runs = work / "runs"
+    ours, refit = (json.loads((runs / n / "results.json").read_text()) for n in ("t1_ours", "t1_ours_refit"))
+    assert refit["train_images_seen"] == ours["train_images_seen"] and refit["epochs"] == ours["epochs"]
+    assert refit["best_epoch"] is None and ours["best_epoch"] is not None  # the refit scores no validation
+    assert "--train_on_validation" in refit["argv"]
+    peer_refit = json.loads((runs / "t1_peer_refit" / "results.json").read_text())
+    assert peer_refit["splits"] == ["train", "validation"] and peer_refit["train_images"] == ours["train_images_seen"]
+    assert json.loads((runs / "t1_peer" / "results.json").read_text())["splits"] == ["train"]
+    labels = list(res["tables"]["1"]["rows"])
+    assert any("refit" in k and k.startswith("ours") for k in labels)
+    assert any("refit" in k and k.startswith("peer") for k in labels)
 
 
 def test_open_runs_train_two_at_a_time_then_the_tables_reuse_them(tiny_corpus, tmp_path):

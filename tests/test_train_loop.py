@@ -402,6 +402,50 @@ def test_query_gallery_protocol_on_a_closed_split(tmp_path):
     assert 0.0 <= results["test"]["top1"] <= 1.0
 
 
+def test_refit_trains_on_validation_scores_none_and_exports_the_last_epoch(tmp_path):
+    """train_on_validation: the validation images join training, no epoch is scored on them, the last epoch is
+    exported, and the closed-set test queries the train split (which holds validation) without duplicates."""
+    from animal_reid.training.data import load_corpus
+    from data_scripts.build import main as build_main
+
+    closed = tmp_path / "closed"
+    build_main(
+        ["--sources", "synthetic", "--out", str(closed), "--split", "closed", "--synthetic-identities", "6",
+         "--synthetic-images", "6", "--synthetic-size", "48", "--synthetic-patterns", "spots", "--no-progress"]
+    )  # fmt: skip
+    plain = load_corpus(parse_config(["--corpus", str(closed)]).data, seed=0)
+    refit = load_corpus(parse_config(["--corpus", str(closed), "--train_on_validation", "true"]).data, seed=0)
+    assert refit.refit and not plain.refit
+    assert len(refit.splits["train"]) == len(plain.splits["train"]) + len(plain.splits["validation"])
+    assert sorted(refit.splits["train"]["image_id"]) == sorted(
+        list(plain.splits["train"]["image_id"]) + list(plain.splits["validation"]["image_id"])
+    )
+    assert refit.train_counts != plain.train_counts and sum(refit.train_counts) == len(refit.splits["train"])
+
+    run_dir = tmp_path / "run"
+    results = train_accelerate.main(
+        tiny_args(closed, run_dir, "--epochs", "2", "--eval_protocol", "auto", "--train_on_validation", "true")
+    )
+    assert results["best_epoch"] is None and results["val_best"] is None
+    assert results["baseline"]["val"]["top1"] is None and results["beats_baseline"] is None
+    assert all(h["val"]["top1"] is None for h in _history(run_dir))
+    assert results["test_protocol"] == "query_gallery"  # closed: told from the test identities
+    assert results["test"]["n_queries"] == len(plain.splits["test"])
+    # the export is the last epoch's weights (the final checkpoint), not a "best" folder
+    assert not (run_dir / "best").exists() or not any((run_dir / "best").iterdir())
+    last = load_file(str(run_dir / "checkpoints" / "checkpoint_1" / "model.safetensors"))
+    exported = load_file(str(run_dir / "export" / "model.safetensors"))
+    key = next(k for k in exported if k.endswith("conv_stem.weight"))
+    assert torch.equal(exported[key], last[next(k for k in last if k.endswith("conv_stem.weight"))])
+    card = (run_dir / "export" / "README.md").read_text()
+    assert "refit" in card and "Validation at the best epoch" not in card
+
+
+def test_refit_cannot_choose_an_interpolation_on_validation(corpus, tmp_path):
+    with pytest.raises(ValueError, match="train_on_validation"):
+        parse_config(tiny_args(corpus, tmp_path / "r", "--train_on_validation", "true", "--interpolate_alphas", "0.5"))
+
+
 def _expected_export(run_dir, results):
     start = load_file(str(run_dir / "start" / "model.safetensors"))
     best = load_file(str(run_dir / "best" / f"epoch_{results['best_epoch']}" / "model.safetensors"))

@@ -168,6 +168,14 @@ class DataArguments:
     cache_max_gb: float = field(
         default=8.0, metadata={"help": "Largest image cache in GiB (all splits together, per process)."}
     )
+    train_on_validation: bool = field(
+        default=False,
+        metadata={
+            "help": "Refit: train on train + validation, once the recipe and its schedule were chosen on "
+            "validation by an earlier run. Validation is then not scored (its images are trained on), the last "
+            "epoch is exported, and a closed-set test queries the train split (which holds validation)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.max_images_per_identity is not None and self.max_images_per_identity < 1:
@@ -351,6 +359,12 @@ class TrainConfig:
     model: ModelArguments
     data: DataArguments
     train: TrainArguments
+
+    def __post_init__(self) -> None:
+        if self.data.train_on_validation and self.train.interpolate_alphas:
+            raise ValueError(
+                "interpolate_alphas chooses on validation, which train_on_validation trains on: use one or the other"
+            )
 
     def to_flat_dict(self) -> dict[str, Any]:
         flat: dict[str, Any] = {}

@@ -99,6 +99,7 @@ class Corpus:
     config_name: str
     label_of: dict[str, int]  # train identity -> class index
     train_counts: list[int]  # images per class index in the train split
+    refit: bool = False  # the train split holds the validation images too (train_on_validation)
 
     @property
     def num_classes(self) -> int:
@@ -176,16 +177,20 @@ def load_corpus(data_args: DataArguments, seed: int) -> Corpus:
                 f"split {split!r} of {root} is empty after filtering (species={data_args.species})"
             )
         splits[split] = ds
+    if data_args.train_on_validation:
+        # refit: the validation images join training (validation keeps its rows, for the record only)
+        splits["train"] = datasets.concatenate_datasets([splits["train"], splits["validation"]])
     train_ids = list(splits["train"]["identity"])
     label_of = {ident: i for i, ident in enumerate(sorted(set(train_ids)))}
     counts = Counter(train_ids)
     train_counts = [counts[ident] for ident in sorted(label_of, key=label_of.get)]
     logger.info(
-        "corpus %s/%s: %s images; %d training identities",
+        "corpus %s/%s: %s images; %d training identities%s",
         root,
         data_args.corpus_config,
         {s: len(d) for s, d in splits.items()},
         len(label_of),
+        " (refit: train includes validation)" if data_args.train_on_validation else "",
     )
     return Corpus(
         splits=splits,
@@ -193,6 +198,7 @@ def load_corpus(data_args: DataArguments, seed: int) -> Corpus:
         config_name=data_args.corpus_config,
         label_of=label_of,
         train_counts=train_counts,
+        refit=data_args.train_on_validation,
     )
 
 

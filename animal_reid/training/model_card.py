@@ -279,6 +279,7 @@ def render_model_card(
         config_yaml=yaml.safe_dump(config.to_flat_dict(), sort_keys=False).rstrip(),
         hflip=t.hflip,
         ema_decay=t.ema_decay,
+        refit=d.train_on_validation,
         paper_citation=PAPER_CITATION,
         synthetic=all(sp.startswith("synth_") for sp in species) and bool(species),
     )
