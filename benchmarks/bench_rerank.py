@@ -236,6 +236,19 @@ def open_set(fit: dict, test: dict, unknown_fraction: float = 0.5) -> tuple[dict
     return thresholds, report
 
 
+def loaded_fusion(path: str, config: LocalFeatureConfig, k: int) -> Fusion:
+    """A fusion fitted earlier (``--fusion``), checked to have been fitted with these local features and this K."""
+    fusion = Fusion.load(path)
+    # through from_dict, so a file written before a setting existed reads as that setting's default
+    fitted = LocalFeatureConfig.from_dict(fusion.feature_config or {})
+    if fitted != config or fusion.shortlist_k != k:
+        raise ValueError(
+            f"{path}: fitted with {fusion.feature_config} at K = {fusion.shortlist_k}, not with this run's "
+            f"{config.to_dict()} at K = {k}"
+        )
+    return fusion
+
+
 def render_markdown(result: dict) -> str:
     """The result as a Markdown table (with / without re-ranking per species), the fusion curve and the cost."""
     lines = [
@@ -258,14 +271,23 @@ def render_markdown(result: dict) -> str:
             lines.append(f"| {split} | {sp} | {g['n_queries']} | {_f4(g['top1'])} | {_f4(r['top1'])} | {_f4(g['mAP'])} | "
                          f"{_f4(r['mAP'])} | {frac} |")  # fmt: skip
     f = result["fusion"]
+    where = (
+        "Validation rows are the data the fusion was fitted on; test rows are held out."
+        if not result.get("fusion_loaded")
+        else "The fusion was loaded, not fitted on these validation rows (for a refit model they are training "
+        "images: for the record only); test rows are held out."
+    )
     lines += [
         "",
-        "Validation rows are the data the fusion was fitted on; test rows are held out.",
+        where,
         "",
-        f"Fitted fusion (validation only): `cosine + w * inliers / (inliers + {f['scale']:g})`, global w = {f['weight']:g}, "
+        f"{'Loaded' if result.get('fusion_loaded') else 'Fitted'} fusion (validation only): `cosine + w * inliers / "
+        f"(inliers + {f['scale']:g})`, global w = {f['weight']:g}, "
         f"per species {json.dumps(f['per_species'])} (file `{result['fusion_file']}`).",
         "",
-        "Validation top-1 against w (at the fitted scale):",
+        "Validation top-1 against w (at the fitted scale"
+        + (", from the loaded file: the model it was fitted with" if result.get("fusion_loaded") else "")
+        + "):",
         "",
         "| w | " + " | ".join(f["curve"]["top1"]) + " |",
         "|---|" + "---|" * len(f["curve"]["top1"]),
@@ -345,6 +367,11 @@ def main(argv=None) -> dict:
         "--significance", type=float, default=1.0,
         help="sign-test level a species' own fusion weight must pass on validation (1: always kept; see fit_fusion)",
     )  # fmt: skip
+    p.add_argument(
+        "--fusion", default=None,
+        help="use this fusion file (fitted on validation with another model, e.g. the one a refit repeats, whose "
+        "validation images it trained on) instead of fitting one; the open-set decision is then left out",
+    )  # fmt: skip
     p.add_argument("--out", required=True)
     p.add_argument(
         "--dump-shortlists", default=None,
@@ -395,12 +422,15 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     v_inl, v_stats = rr.verify(va, tr, v_idx)
     v_correct = _correct(va, tr, v_idx)
-    fusion = fit_fusion(v_cos, v_inl, v_correct, [q.species for q in va], feature_config=config.to_dict(),
-                        shortlist_k=args.k, significance=args.significance)  # fmt: skip
+    if args.fusion:
+        fusion = loaded_fusion(args.fusion, config, args.k)
+    else:
+        fusion = fit_fusion(v_cos, v_inl, v_correct, [q.species for q in va], feature_config=config.to_dict(),
+                            shortlist_k=args.k, significance=args.significance)  # fmt: skip
     t_fit = time.perf_counter() - t0
     out_path = Path(args.out)
     # saved once its open-set threshold is fitted, below
-    fusion_path = out_path.with_name(out_path.stem + "_fusion.json")
+    fusion_path = Path(args.fusion) if args.fusion else out_path.with_name(out_path.stem + "_fusion.json")
     logger.info(
         "fitted fusion: weight %s, scale %s, per species %s", fusion.weight, fusion.scale, fusion.per_species
     )
@@ -430,12 +460,17 @@ def main(argv=None) -> dict:
     v_fused = v_full.copy()
     np.put_along_axis(v_fused, v_idx, v_fused_short, 1)
 
-    # the new-individual decision on fused scores (fitted on validation, like the fusion)
-    thresholds, open_report = open_set(
-        _side(va, tr, v_idx, v_cos, v_fused_short), _side(te, g_items, t_idx, t_cos, out.scores)
-    )
-    fusion.open_set_threshold = thresholds["reranked"].to_dict()
-    fusion.save(fusion_path)
+    # the new-individual decision on fused scores (fitted on validation, like the fusion; not with --fusion)
+    open_result = None
+    if not args.fusion:
+        thresholds, open_report = open_set(
+            _side(va, tr, v_idx, v_cos, v_fused_short), _side(te, g_items, t_idx, t_cos, out.scores)
+        )
+        fusion.open_set_threshold = thresholds["reranked"].to_dict()
+        fusion.save(fusion_path)
+        open_result = {"protocol": "half the individuals of each split (seeded) treated as absent from the gallery: "
+                       "their images taken out of their shortlists; threshold fitted on validation, scored on test",
+                       "thresholds": {k: v.to_dict() for k, v in thresholds.items()}, "test": open_report}  # fmt: skip
     in_shortlist = {
         sp: float(np.mean([any(g_items[g].identity == q.identity for g in row)
                            for q, row in zip(te, t_idx, strict=True) if q.species == sp]))
@@ -464,12 +499,10 @@ def main(argv=None) -> dict:
         "k": args.k,
         "feature_config": config.to_dict(),
         "fusion": fusion.to_dict(),
-        "fusion_file": str(fusion_path.relative_to(ROOT) if fusion_path.is_relative_to(ROOT) else fusion_path),
+        "fusion_file": str(fusion_path.resolve().relative_to(ROOT) if fusion_path.resolve().is_relative_to(ROOT) else fusion_path),
+        "fusion_loaded": bool(args.fusion),
         "test": {"global": _pick(base), "reranked": _pick(reranked), "stats": out.stats,
                  "shortlist_holds_true_individual": in_shortlist},  # fmt: skip
-        "open_set": {"protocol": "half the individuals of each split (seeded) treated as absent from the gallery: "
-                     "their images taken out of their shortlists; threshold fitted on validation, scored on test",
-                     "thresholds": {k: v.to_dict() for k, v in thresholds.items()}, "test": open_report},
         "validation": {"global": _pick(evaluate_scores(v_full, va, tr, loo)),
                        "reranked": _pick(evaluate_scores(v_fused, va, tr, loo)),
                        "stats": v_stats},  # fmt: skip
@@ -490,6 +523,8 @@ def main(argv=None) -> dict:
         "wall_s": round(time.perf_counter() - t_start, 1),
         "command": "python benchmarks/bench_rerank.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }  # fmt: skip
+    if open_result is not None:
+        result["open_set"] = open_result
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2))
     out_path.with_suffix(".md").write_text(render_markdown(result))

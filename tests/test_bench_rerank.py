@@ -99,3 +99,20 @@ def test_dumped_shortlists_refit_to_the_same_fusion(tmp_path):
     again = fit_fusion(z["val_cosine"], z["val_inliers"], z["val_correct"], z["val_species"].tolist())
     first = fit_fusion(cos, inl, correct, [q.species for q in items])
     assert again.to_dict() == first.to_dict()
+
+
+def test_a_loaded_fusion_must_match_the_run_s_local_features_and_k(tmp_path):
+    from animal_reid.rerank import LocalFeatureConfig
+    from animal_reid.rerank.fusion import Fusion
+
+    config = LocalFeatureConfig()
+    path = Fusion(weight=1.5, scale=10.0, feature_config=config.to_dict(), shortlist_k=20).save(tmp_path / "f.json")
+    fusion = bench_rerank.loaded_fusion(str(path), config, 20)
+    assert (fusion.weight, fusion.scale, fusion.shortlist_k) == (1.5, 10.0, 20)
+    for other, k in ((LocalFeatureConfig(method="orb"), 20), (config, 50)):
+        try:
+            bench_rerank.loaded_fusion(str(path), other, k)
+        except ValueError as err:
+            assert "not with this run's" in str(err)
+        else:
+            raise AssertionError("a fusion fitted with other features or another K was accepted")
