@@ -338,12 +338,11 @@ class Evaluator:
 
     def test(self, model, train: tuple | None = None) -> dict[str, Any]:
         gallery = None
-        if self.protocol == "query_gallery" and self.refit:
+        if self.protocol == "query_gallery":
             gallery = train or self.embeddings(model, "train")
-        elif self.protocol == "query_gallery":
-            g_emb, g_meta = train or self.embeddings(model, "train")
-            v_emb, v_meta = self.embeddings(model, "validation")
-            gallery = (np.concatenate([g_emb, v_emb]), {k: g_meta[k] + v_meta[k] for k in g_meta})
+            if not self.refit:  # a refit's train split already holds the validation images
+                (g_emb, g_meta), (v_emb, v_meta) = gallery, self.embeddings(model, "validation")
+                gallery = (np.concatenate([g_emb, v_emb]), {k: g_meta[k] + v_meta[k] for k in g_meta})
         return self._score(model, "test", gallery)
 
     def _score(self, model, split: str, gallery) -> dict[str, Any]:
@@ -845,9 +844,9 @@ def _prepare_run(config, accelerator, run_dir, corpus, model, processor, loaders
     train_ds, sampler, train_loader = _train_loader(config, accelerator, corpus, processor, metas["train"])
     loaders.append(train_loader)
     sets = EvalSets(config, corpus, processor, train_ds, pin=accelerator.device.type == "cuda")
-    _cache_decoded(
-        config, [train_ds] + [sets.dataset(s) for s in ("validation", "test")[corpus.refit :] if s in corpus.splits]
-    )  # a refit trains on the validation images: the train cache holds them
+    # a refit trains on the validation images, so the train cache already holds them
+    scored_splits = ("test",) if corpus.refit else ("validation", "test")
+    _cache_decoded(config, [train_ds] + [sets.dataset(s) for s in scored_splits if s in corpus.splits])
     if tc.eval_protocol == "auto":  # a refit has trained on validation: test tells closed from open then
         held_out = metas["test" if corpus.refit else "validation"]["identity"]
         tc.eval_protocol = resolve_protocol(held_out, corpus.label_of)
@@ -1059,15 +1058,15 @@ def _close_epoch(run: RunParts, epoch: int, fit: dict[str, Any]) -> None:
 def _load_best(run: RunParts) -> None:
     """Put the best validation epoch's weights into the model (or, with none scored, the last epoch's)."""
     state = run.state
-    if state.best_epoch is None and run.corpus.refit:
-        logger.info("refit (train_on_validation): exporting the last epoch", main_process_only=True)
-    elif state.best_epoch is None:
-        logger.warning(
-            "no validation query had a true match in any epoch (with a closed-set split, the matches of the "
-            "validation images are in train: use eval_protocol=query_gallery); exporting the last epoch",
-            main_process_only=True,
-        )
     if state.best_epoch is None:
+        if run.corpus.refit:
+            logger.info("refit (train_on_validation): exporting the last epoch", main_process_only=True)
+        else:
+            logger.warning(
+                "no validation query had a true match in any epoch (with a closed-set split, the matches of the "
+                "validation images are in train: use eval_protocol=query_gallery); exporting the last epoch",
+                main_process_only=True,
+            )
         if run.ema is not None and run.ema.shadow:
             run.unwrapped.load_state_dict(run.ema.shadow)
         return

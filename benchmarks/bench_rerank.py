@@ -285,14 +285,18 @@ def render_markdown(result: dict) -> str:
         f"(inliers + {f['scale']:g})`, global w = {f['weight']:g}, "
         f"per species {json.dumps(f['per_species'])} (file `{result['fusion_file']}`).",
         "",
-        "Validation top-1 against w (at the fitted scale"
-        + (", from the loaded file: the model it was fitted with" if result.get("fusion_loaded") else "")
-        + "):",
-        "",
-        "| w | " + " | ".join(f["curve"]["top1"]) + " |",
-        "|---|" + "---|" * len(f["curve"]["top1"]),
     ]
-    for i, w in enumerate(f["curve"]["weights"]):
+    curve = f.get("curve") or {"weights": [], "top1": {}}  # a loaded fusion may carry none
+    if curve["weights"]:
+        lines += [
+            "Validation top-1 against w (at the fitted scale"
+            + (", from the loaded file: the model it was fitted with" if result.get("fusion_loaded") else "")
+            + "):",
+            "",
+            "| w | " + " | ".join(curve["top1"]) + " |",
+            "|---|" + "---|" * len(curve["top1"]),
+        ]
+    for i, w in enumerate(curve["weights"]):
         if i % 2 == 0:
             lines.append(
                 f"| {w:g} | " + " | ".join(f"{v[i]:.4f}" for v in f["curve"]["top1"].values()) + " |"
