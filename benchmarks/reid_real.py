@@ -117,6 +117,14 @@ class BenchConfig:
     # refit arms: ours and the peer again on train + validation (train_on_validation), with ours's schedule and
     # image count; the schedule is the one the non-refit run's validation curve supports (reported beside it)
     closed_refit: bool = False
+    # a multispecies start (the paper's fine-tuning claim on the closed set): first a run on the open corpus's
+    # species that the closed corpus lacks (a shared species would be the same animals, test images included),
+    # trained like table 3's runs (`epochs` x its share of `batches_per_epoch`); then ours fine-tuned from it on the
+    # closed corpus with ours's schedule (arm `multi`, and `multi_refit` with closed_refit)
+    closed_pretrain: bool = False
+    # train and score only these table-1 arms (ours, arcface, <variant>, peer, ours_refit, peer_refit, multi,
+    # multi_refit); None: all that the fields above ask for. For adding arms beside runs measured earlier.
+    closed_arms: list[str] | None = None
     # tables 2-4: train their runs (multispecies, per species, without a species) this many at a time before the
     # tables read them, each on cores // n threads (CPU); 1 trains them one after another inside the tables
     parallel_runs: int = 1
@@ -714,9 +722,33 @@ def _train_counts(bench: Bench, corpus: Path) -> Counter:
 
 def table1(bench: Bench) -> dict[str, Any]:
     """Closed set (MegaDescriptor's protocol): ours vs plain ArcFace vs ImageNet features vs published."""
-    from animal_reid.metrics import evaluate_reid
-
     c, corpus = bench.cfg, bench.corpora["closed"]
+    specs, peers, labels = _table1_arms(bench, corpus)
+    if c.closed_parallel_runs > 1:
+        bench.train_parallel(corpus, specs, peers=peers, at_once=c.closed_parallel_runs)
+    runs = {name: bench.train(name, corpus, **over) for name, over in specs.items()}
+    runs |= {name: bench.peer(name, corpus, images, batch, splits) for name, images, batch, splits in peers}
+    runs = {labels[name](runs[name]): runs[name] for name in labels if name in runs}
+    models = {floor_label(c): "imagenet"} | {k: v["export_dir"] for k, v in runs.items()}
+    rows, curves = _closed_rows(bench, corpus, models)
+    species = sorted(next(iter(rows.values()))["megadescriptor"])
+    start = _closed_pretrain(bench) if {"t1_multi", "t1_multi_refit"} & set(specs) else None  # reused, trained
+    return {
+        "protocol": "test images query train+validation (= MegaDescriptor's training set), 1-NN cosine; "
+        "'megadescriptor' keeps same-encounter gallery images as MegaDescriptor does, 'strict' drops them",
+        "species": species,
+        "rows": rows,
+        "published": PUBLISHED_MEGADESCRIPTOR,
+        "runs": {k: _run_summary(v) for k, v in runs.items()},
+        "multispecies_start": _run_summary(start) if start else None,
+        "_curves": curves,
+    }
+
+
+def _table1_arms(bench: Bench, corpus: Path) -> tuple[dict[str, dict], list[tuple], dict[str, Any]]:
+    """Table 1's runs: training overrides of our arms, the peer runs ``(name, images, batch, splits)``, and
+    each run's row label (a function of its results, in row order), all limited to ``closed_arms``."""
+    c = bench.cfg
     common = {
         "eval_protocol": c.closed_eval_protocol,
         "epochs": c.closed_epochs,
@@ -724,41 +756,63 @@ def table1(bench: Bench) -> dict[str, Any]:
         "max_images_per_identity": None,  # the benchmark's exact database
         "max_eval_images_per_identity": None,
     }
-    arcface = {
-        "subcenters": 1,
-        "dynamic_margins": False,
-        "margin_max": c.megadescriptor_margin,
-        "margin_min": c.megadescriptor_margin,
-        "scale": c.megadescriptor_scale,
-        "head_init": "normal",
-    }
+    arcface = {"subcenters": 1, "dynamic_margins": False, "margin_max": c.megadescriptor_margin,
+               "margin_min": c.megadescriptor_margin, "scale": c.megadescriptor_scale, "head_init": "normal"}  # fmt: skip
+    images, batch = _closed_images(bench, corpus, common)
+    refit = {"train_on_validation": True, "batches_per_epoch": images // batch // common["epochs"]}
     specs = {"t1_ours": common} | ({"t1_arcface": {**common, **arcface}} if c.closed_plain_arcface else {})
     specs |= {f"t1_{name}": {**common, **over} for name, over in c.closed_variants.items()}
-    images, batch = _closed_images(bench, corpus, common)
     peers = [("t1_peer", images, batch, ("train",))]
     if c.closed_refit:  # the same schedule and image count, drawn from train + validation
-        epochs = common["epochs"]
-        specs["t1_ours_refit"] = {**common, "train_on_validation": True, "batches_per_epoch": images // batch // epochs}
+        specs["t1_ours_refit"] = {**common, **refit}
         peers.append(("t1_peer_refit", images, batch, ("train", "validation")))
-    if c.closed_parallel_runs > 1:
-        bench.train_parallel(corpus, specs, peers=peers, at_once=c.closed_parallel_runs)
-    trained = {name: bench.train(name, corpus, **over) for name, over in specs.items()}
-    ours = trained["t1_ours"]
-    runs = {f"ours ({_recipe_label(ours)})": ours}
-    if c.closed_plain_arcface:
-        label = f"ours with a plain ArcFace head (k=1, m={c.megadescriptor_margin}, s={c.megadescriptor_scale:g}, N(0, 0.01) init)"
-        runs[label] = trained["t1_arcface"]
+    keep = None if c.closed_arms is None else {f"t1_{a}" for a in c.closed_arms}
+    if c.closed_pretrain and (keep is None or keep & {"t1_multi", "t1_multi_refit"}):
+        start = {**common, "init_from": _closed_pretrain(bench)["export_dir"]}
+        specs["t1_multi"] = start
+        if c.closed_refit:
+            specs["t1_multi_refit"] = {**start, **refit}
+    if keep is not None:
+        specs = {k: v for k, v in specs.items() if k in keep}
+        peers = [p for p in peers if p[0] in keep]
+    return specs, peers, _table1_labels(c, set(specs) | {p[0] for p in peers})
+
+
+def _table1_labels(c: BenchConfig, names: set[str]) -> dict[str, Any]:
+    """Row label of each table-1 run, in row order: a function of the run's results.json."""
+    plain = f"ours with a plain ArcFace head (k=1, m={c.megadescriptor_margin}, s={c.megadescriptor_scale:g}, N(0, 0.01) init)"
+    labels: dict[str, Any] = {
+        "t1_ours": lambda r: f"ours ({_recipe_label(r)})",
+        "t1_arcface": lambda r: plain,
+    }
     for name, over in c.closed_variants.items():
-        runs[f"ours, {name} ({', '.join(f'{k}={v}' for k, v in over.items())})"] = trained[f"t1_{name}"]
-    # the peer recipe (benchmarks/peer_arcface.py), trained on as many images as ours
-    runs["peer recipe (plain-ArcFace script, issue 12)"] = bench.peer("t1_peer", corpus, images, batch)
-    if c.closed_refit:
-        runs["ours, refit on train + validation (the same schedule, last epoch)"] = trained["t1_ours_refit"]
-        runs["peer recipe, refit on train + validation"] = bench.peer(
-            "t1_peer_refit", corpus, images, batch, ("train", "validation")
-        )
-    models = {floor_label(c): "imagenet"}
-    models.update({k: v["export_dir"] for k, v in runs.items()})
+        labels[f"t1_{name}"] = lambda r, name=name, over=over: f"ours, {name} ({', '.join(f'{k}={v}' for k, v in over.items())})"
+    labels |= {
+        "t1_peer": lambda r: "peer recipe (plain-ArcFace script, issue 12)",
+        "t1_multi": lambda r: "ours, fine-tuned from the multispecies start",
+        "t1_ours_refit": lambda r: "ours, refit on train + validation (the same schedule, last epoch)",
+        "t1_peer_refit": lambda r: "peer recipe, refit on train + validation",
+        "t1_multi_refit": lambda r: "ours from the multispecies start, refit on train + validation",
+    }
+    return {k: v for k, v in labels.items() if k in names}
+
+
+def _closed_pretrain(bench: Bench) -> dict[str, Any]:
+    """The multispecies start of table 1's `multi` arms: the open corpus without the closed corpus's species."""
+    c = bench.cfg
+    closed = set(bench.split(bench.corpora["closed"], "train", capped=False)["species"])
+    counts = _train_counts(bench, bench.corpora["open"])
+    over = _without_spec(c, counts, *closed)
+    if not over["species"]:
+        raise ValueError(f"closed_pretrain: the open corpus has no species beyond the closed corpus's {sorted(closed)}")
+    over |= {"eval_protocol": "leave_one_out", "eval_every": 2, "warmup_epochs": 0.1 * c.epochs}
+    return bench.train("t1_pretrain", bench.corpora["open"], **over)
+
+
+def _closed_rows(bench: Bench, corpus: Path, models: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each model's test queries against train + validation, with and without same-encounter gallery images."""
+    from animal_reid.metrics import evaluate_reid
+
     rows: dict[str, Any] = {}
     curves = {}
     for label, which in models.items():
@@ -784,16 +838,7 @@ def table1(bench: Bench) -> dict[str, Any]:
             if protocol == "megadescriptor":
                 curves[label] = r
         rows[label] = per
-    species = sorted(next(iter(rows.values()))["megadescriptor"])
-    return {
-        "protocol": "test images query train+validation (= MegaDescriptor's training set), 1-NN cosine; "
-        "'megadescriptor' keeps same-encounter gallery images as MegaDescriptor does, 'strict' drops them",
-        "species": species,
-        "rows": rows,
-        "published": PUBLISHED_MEGADESCRIPTOR,
-        "runs": {k: _run_summary(v) for k, v in runs.items()},
-        "_curves": curves,
-    }
+    return rows, curves
 
 
 def _closed_images(bench: Bench, corpus: Path, common: dict[str, Any]) -> tuple[int, int]:
@@ -849,12 +894,13 @@ def _only_spec(c: BenchConfig, counts: Counter, sp: str) -> dict[str, Any]:
     }
 
 
-def _without_spec(c: BenchConfig, counts: Counter, sp: str) -> dict[str, Any]:
-    """Training overrides of the run without ``sp`` (tables 3 and 4): the other species, their share of batches."""
+def _without_spec(c: BenchConfig, counts: Counter, *left_out: str) -> dict[str, Any]:
+    """Training overrides of the run without ``left_out`` (tables 3 and 4; table 1's multispecies start): the
+    other species, their share of batches."""
     whole = sum(counts.values())
     return {
-        "species": sorted(set(counts) - {sp}),
-        "batches_per_epoch": _scaled_batches(c.batches_per_epoch, whole - counts[sp], whole),
+        "species": sorted(set(counts) - set(left_out)),
+        "batches_per_epoch": _scaled_batches(c.batches_per_epoch, whole - sum(counts[s] for s in left_out), whole),
     }
 
 
@@ -1137,6 +1183,14 @@ def render_markdown(results: dict[str, Any]) -> str:
                     f"- {label}: {run.get('train_images_seen')} training images, "
                     f"{(run.get('wall_time_s') or 0) / 60:.0f} min; validation top-1 of its chosen epoch: {val}"
                 )
+            if r.get("multispecies_start"):
+                run = r["multispecies_start"]
+                val = ", ".join(f"{sp} {_f(v)}" for sp, v in (run.get("val_best") or {}).items())
+                lines.append(
+                    f"- the multispecies start (never saw {', '.join(sps)}): {run.get('train_images_seen')} training "
+                    f"images, {(run.get('wall_time_s') or 0) / 60:.0f} min; validation top-1 (leave-one-out) of "
+                    f"its chosen epoch: {val}"
+                )
             lines.append("")
     if "2" in t:
         r = t["2"]
@@ -1380,7 +1434,9 @@ def _run_benchmarks(
                     f"--corpora {corpora_dir}: expected a compacted corpus at {p} (README.md + data/)"
                 )
     else:
-        needed = ({"closed"} if 1 in cfg.tables else set()) | ({"open"} if set(cfg.tables) - {1} else set())
+        needed = ({"closed"} if 1 in cfg.tables else set()) | (
+            {"open"} if set(cfg.tables) - {1} or (1 in cfg.tables and cfg.closed_pretrain) else set()
+        )
         corpora = prepare_corpora(cfg, work, only=needed)
     bench = Bench(cfg=cfg, work=work, corpora=corpora, deadline=deadline)
     results: dict[str, Any] = {

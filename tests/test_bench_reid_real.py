@@ -227,16 +227,21 @@ def test_smoke_all_tables_and_gpu_script_on_cpu(tmp_path):
     assert (out / "extras.tar.gz").stat().st_size > 0
 
 
-def _closed_corpora(tmp_path: Path) -> Path:
-    """A tiny closed-set synthetic corpus, compacted as the benchmark does (``open`` a copy, unused by table 1)."""
-    src = tmp_path / "closed_src"
-    cmd = [sys.executable, "-m", "data_scripts.build", "--sources", "synthetic", "--split", "closed"]
-    cmd += ["--out", str(src), "--no-progress", "--synthetic-patterns", "stripes", "spots"]
+def _synthetic_corpus(tmp_path: Path, split: str, patterns: list[str]) -> Path:
+    """A tiny synthetic corpus of ``patterns`` on ``split``, compacted as the benchmark does, at corpora/<split>."""
+    src = tmp_path / f"{split}_src"
+    cmd = [sys.executable, "-m", "data_scripts.build", "--sources", "synthetic", "--split", split]
+    cmd += ["--out", str(src), "--no-progress", "--synthetic-patterns", *patterns]
     cmd += ["--synthetic-identities", "12", "--synthetic-images", "6", "--synthetic-encounters", "3"]
     cmd += ["--synthetic-size", "40"]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
-    corpora = tmp_path / "corpora"
-    reid_real.compact_corpus(src, corpora / "closed", size=32, seed=0)
+    reid_real.compact_corpus(src, tmp_path / "corpora" / split, size=32, seed=0)
+    return tmp_path / "corpora"
+
+
+def _closed_corpora(tmp_path: Path) -> Path:
+    """A tiny closed-set synthetic corpus (``open`` a copy, unused by table 1)."""
+    corpora = _synthetic_corpus(tmp_path, "closed", ["stripes", "spots"])
     shutil.copytree(corpora / "closed", corpora / "open")
     return corpora
 
@@ -284,6 +289,46 @@ def test_table1_refit_arms_train_on_train_and_validation_with_the_same_schedule(
     labels = list(res["tables"]["1"]["rows"])
     assert any("refit" in k and k.startswith("ours") for k in labels)
     assert any("refit" in k and k.startswith("peer") for k in labels)
+
+
+def _pretrain_corpora(tmp_path: Path, open_patterns: list[str]) -> Path:
+    """A closed corpus of ``synth_stripes`` and an open one of ``open_patterns``."""
+    _synthetic_corpus(tmp_path, "closed", ["stripes"])
+    return _synthetic_corpus(tmp_path, "open", open_patterns)
+
+
+def test_table1_multispecies_start_never_trains_on_the_closed_species_and_arms_can_be_limited(tmp_path):
+    """closed_pretrain: a run on the open corpus's other species, then ours fine-tuned from it (and refitted);
+    closed_arms trains only the arms named, beside the ImageNet floor."""
+    corpora = _pretrain_corpora(tmp_path, ["stripes", "spots"])
+    work = tmp_path / "work"
+    argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(work), "--results", str(tmp_path / "r")]
+    argv += ["--set", "tables=[1]", "closed_refit=true", "closed_pretrain=true", "closed_arms=[multi, multi_refit]"]
+    res = reid_real.main(argv)
+    assert res["skipped"] == []
+    runs = work / "runs"
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["t1_multi", "t1_multi_refit", "t1_pretrain"]
+    pre = json.loads((runs / "t1_pretrain" / "results.json").read_text())
+    after = pre["argv"][pre["argv"].index("--species") + 1 :]
+    assert after[0] == "synth_spots" and after[1].startswith("--")  # the closed corpus's species left out
+    for name in ("t1_multi", "t1_multi_refit"):
+        argv_run = json.loads((runs / name / "results.json").read_text())["argv"]
+        assert argv_run[argv_run.index("--init_from") + 1] == pre["export_dir"]
+    assert "--train_on_validation" in json.loads((runs / "t1_multi_refit" / "results.json").read_text())["argv"]
+    labels = list(res["tables"]["1"]["rows"])
+    assert len(labels) == 3 and "no re-ID training" in labels[0] and "multispecies" in labels[1]
+    start = res["tables"]["1"]["multispecies_start"]
+    assert start["export_dir"] == pre["export_dir"] and set(start["val_best"]) == {"synth_spots"}
+    assert "the multispecies start (never saw synth_stripes)" in (tmp_path / "r.md").read_text()
+
+
+def test_a_multispecies_start_without_other_species_is_refused(tmp_path):
+    corpora = _pretrain_corpora(tmp_path, ["stripes"])
+    argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(tmp_path / "w")]
+    argv += ["--results", str(tmp_path / "r"), "--set", "tables=[1]", "closed_pretrain=true", "closed_arms=[multi]"]
+    res = reid_real.main(argv)
+    assert res["tables"] == {} and "no species beyond the closed corpus's ['synth_stripes']" in res["skipped"][0]
+    assert not (tmp_path / "w" / "runs").exists()
 
 
 def test_open_runs_train_two_at_a_time_then_the_tables_reuse_them(tiny_corpus, tmp_path):
