@@ -122,6 +122,9 @@ class BenchConfig:
     # trained like table 3's runs (`epochs` x its share of `batches_per_epoch`); then ours fine-tuned from it on the
     # closed corpus with ours's schedule (arm `multi`, and `multi_refit` with closed_refit)
     closed_pretrain: bool = False
+    closed_finetune: dict = field(
+        default_factory=dict
+    )  # training overrides of the `multi` arms (e.g. lr_backbone)
     # train and score only these table-1 arms (ours, arcface, <variant>, peer, ours_refit, peer_refit, multi,
     # multi_refit); None: all that the fields above ask for. For adding arms beside runs measured earlier.
     closed_arms: list[str] | None = None
@@ -537,7 +540,9 @@ class Bench:
                 proc.wait()
                 log.close()
 
-    def _peer_argv(self, name: str, corpus: Path, images: int, batch: int, splits: tuple[str, ...]) -> list[str]:
+    def _peer_argv(
+        self, name: str, corpus: Path, images: int, batch: int, splits: tuple[str, ...]
+    ) -> list[str]:
         c = self.cfg
         return [str(REPO / "benchmarks" / "peer_arcface.py"), "--corpus", str(corpus), "--out",
                 str(self.work / "runs" / name), "--images", str(images), "--batch", str(batch), "--seed", str(c.seed),
@@ -732,7 +737,9 @@ def table1(bench: Bench) -> dict[str, Any]:
     models = {floor_label(c): "imagenet"} | {k: v["export_dir"] for k, v in runs.items()}
     rows, curves = _closed_rows(bench, corpus, models)
     species = sorted(next(iter(rows.values()))["megadescriptor"])
-    start = _closed_pretrain(bench) if {"t1_multi", "t1_multi_refit"} & set(specs) else None  # reused, trained
+    start = (
+        _closed_pretrain(bench) if {"t1_multi", "t1_multi_refit"} & set(specs) else None
+    )  # reused, trained
     return {
         "protocol": "test images query train+validation (= MegaDescriptor's training set), 1-NN cosine; "
         "'megadescriptor' keeps same-encounter gallery images as MegaDescriptor does, 'strict' drops them",
@@ -768,7 +775,7 @@ def _table1_arms(bench: Bench, corpus: Path) -> tuple[dict[str, dict], list[tupl
         peers.append(("t1_peer_refit", images, batch, ("train", "validation")))
     keep = None if c.closed_arms is None else {f"t1_{a}" for a in c.closed_arms}
     if c.closed_pretrain and (keep is None or keep & {"t1_multi", "t1_multi_refit"}):
-        start = {**common, "init_from": _closed_pretrain(bench)["export_dir"]}
+        start = {**common, **c.closed_finetune, "init_from": _closed_pretrain(bench)["export_dir"]}
         specs["t1_multi"] = start
         if c.closed_refit:
             specs["t1_multi_refit"] = {**start, **refit}
@@ -786,15 +793,23 @@ def _table1_labels(c: BenchConfig, names: set[str]) -> dict[str, Any]:
         "t1_arcface": lambda r: plain,
     }
     for name, over in c.closed_variants.items():
-        labels[f"t1_{name}"] = lambda r, name=name, over=over: f"ours, {name} ({', '.join(f'{k}={v}' for k, v in over.items())})"
+        labels[f"t1_{name}"] = lambda r, name=name, over=over: f"ours, {name}{_overrides(over)}"
     labels |= {
         "t1_peer": lambda r: "peer recipe (plain-ArcFace script, issue 12)",
-        "t1_multi": lambda r: "ours, fine-tuned from the multispecies start",
+        "t1_multi": lambda r: "ours, fine-tuned from the multispecies start" + _overrides(c.closed_finetune),
         "t1_ours_refit": lambda r: "ours, refit on train + validation (the same schedule, last epoch)",
         "t1_peer_refit": lambda r: "peer recipe, refit on train + validation",
-        "t1_multi_refit": lambda r: "ours from the multispecies start, refit on train + validation",
+        "t1_multi_refit": lambda r: (
+            "ours from the multispecies start"
+            + _overrides(c.closed_finetune)
+            + ", refit on train + validation"
+        ),
     }
     return {k: v for k, v in labels.items() if k in names}
+
+
+def _overrides(over: dict[str, Any]) -> str:
+    return f" ({', '.join(f'{k}={v}' for k, v in over.items())})" if over else ""
 
 
 def _closed_pretrain(bench: Bench) -> dict[str, Any]:
@@ -804,7 +819,9 @@ def _closed_pretrain(bench: Bench) -> dict[str, Any]:
     counts = _train_counts(bench, bench.corpora["open"])
     over = _without_spec(c, counts, *closed)
     if not over["species"]:
-        raise ValueError(f"closed_pretrain: the open corpus has no species beyond the closed corpus's {sorted(closed)}")
+        raise ValueError(
+            f"closed_pretrain: the open corpus has no species beyond the closed corpus's {sorted(closed)}"
+        )
     over |= {"eval_protocol": "leave_one_out", "eval_every": 2, "warmup_epochs": 0.1 * c.epochs}
     return bench.train("t1_pretrain", bench.corpora["open"], **over)
 
@@ -900,7 +917,9 @@ def _without_spec(c: BenchConfig, counts: Counter, *left_out: str) -> dict[str, 
     whole = sum(counts.values())
     return {
         "species": sorted(set(counts) - set(left_out)),
-        "batches_per_epoch": _scaled_batches(c.batches_per_epoch, whole - sum(counts[s] for s in left_out), whole),
+        "batches_per_epoch": _scaled_batches(
+            c.batches_per_epoch, whole - sum(counts[s] for s in left_out), whole
+        ),
     }
 
 

@@ -303,7 +303,8 @@ def test_table1_multispecies_start_never_trains_on_the_closed_species_and_arms_c
     corpora = _pretrain_corpora(tmp_path, ["stripes", "spots"])
     work = tmp_path / "work"
     argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(work), "--results", str(tmp_path / "r")]
-    argv += ["--set", "tables=[1]", "closed_refit=true", "closed_pretrain=true", "closed_arms=[multi, multi_refit]"]
+    argv += ["--set", "tables=[1]", "closed_refit=true", "closed_pretrain=true", "closed_arms=[multi, multi_refit]",
+             "closed_finetune={lr_backbone: 0.005}"]  # fmt: skip
     res = reid_real.main(argv)
     assert res["skipped"] == []
     runs = work / "runs"
@@ -314,9 +315,12 @@ def test_table1_multispecies_start_never_trains_on_the_closed_species_and_arms_c
     for name in ("t1_multi", "t1_multi_refit"):
         argv_run = json.loads((runs / name / "results.json").read_text())["argv"]
         assert argv_run[argv_run.index("--init_from") + 1] == pre["export_dir"]
+        assert argv_run[argv_run.index("--lr_backbone") + 1] == "0.005"  # closed_finetune: the fine-tuning only
+    assert "0.005" not in pre["argv"]
     assert "--train_on_validation" in json.loads((runs / "t1_multi_refit" / "results.json").read_text())["argv"]
     labels = list(res["tables"]["1"]["rows"])
     assert len(labels) == 3 and "no re-ID training" in labels[0] and "multispecies" in labels[1]
+    assert "lr_backbone=0.005" in labels[1] and "lr_backbone=0.005" in labels[2]
     start = res["tables"]["1"]["multispecies_start"]
     assert start["export_dir"] == pre["export_dir"] and set(start["val_best"]) == {"synth_spots"}
     assert "the multispecies start (never saw synth_stripes)" in (tmp_path / "r.md").read_text()
