@@ -122,9 +122,8 @@ class BenchConfig:
     # trained like table 3's runs (`epochs` x its share of `batches_per_epoch`); then ours fine-tuned from it on the
     # closed corpus with ours's schedule (arm `multi`, and `multi_refit` with closed_refit)
     closed_pretrain: bool = False
-    closed_finetune: dict = field(
-        default_factory=dict
-    )  # training overrides of the `multi` arms (e.g. lr_backbone)
+    # training overrides of the `multi` arms only (e.g. {lr_backbone: 3.0e-3}); the start keeps the recipe's
+    closed_finetune: dict = field(default_factory=dict)
     # train and score only these table-1 arms (ours, arcface, <variant>, peer, ours_refit, peer_refit, multi,
     # multi_refit); None: all that the fields above ask for. For adding arms beside runs measured earlier.
     closed_arms: list[str] | None = None
@@ -737,9 +736,8 @@ def table1(bench: Bench) -> dict[str, Any]:
     models = {floor_label(c): "imagenet"} | {k: v["export_dir"] for k, v in runs.items()}
     rows, curves = _closed_rows(bench, corpus, models)
     species = sorted(next(iter(rows.values()))["megadescriptor"])
-    start = (
-        _closed_pretrain(bench) if {"t1_multi", "t1_multi_refit"} & set(specs) else None
-    )  # reused, trained
+    # the start, already trained by _table1_arms (this reads its results.json back)
+    start = _closed_pretrain(bench) if {"t1_multi", "t1_multi_refit"} & set(specs) else None
     return {
         "protocol": "test images query train+validation (= MegaDescriptor's training set), 1-NN cosine; "
         "'megadescriptor' keeps same-encounter gallery images as MegaDescriptor does, 'strict' drops them",
