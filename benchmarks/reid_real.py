@@ -727,17 +727,15 @@ def _train_counts(bench: Bench, corpus: Path) -> Counter:
 def table1(bench: Bench) -> dict[str, Any]:
     """Closed set (MegaDescriptor's protocol): ours vs plain ArcFace vs ImageNet features vs published."""
     c, corpus = bench.cfg, bench.corpora["closed"]
-    specs, peers, labels = _table1_arms(bench, corpus)
+    specs, peers, start = _table1_arms(bench, corpus)
     if c.closed_parallel_runs > 1:
         bench.train_parallel(corpus, specs, peers=peers, at_once=c.closed_parallel_runs)
     runs = {name: bench.train(name, corpus, **over) for name, over in specs.items()}
     runs |= {name: bench.peer(name, corpus, images, batch, splits) for name, images, batch, splits in peers}
-    runs = {labels[name](runs[name]): runs[name] for name in labels if name in runs}
+    runs = _table1_labelled(c, runs)
     models = {floor_label(c): "imagenet"} | {k: v["export_dir"] for k, v in runs.items()}
     rows, curves = _closed_rows(bench, corpus, models)
     species = sorted(next(iter(rows.values()))["megadescriptor"])
-    # the start, already trained by _table1_arms (this reads its results.json back)
-    start = _closed_pretrain(bench) if {"t1_multi", "t1_multi_refit"} & set(specs) else None
     return {
         "protocol": "test images query train+validation (= MegaDescriptor's training set), 1-NN cosine; "
         "'megadescriptor' keeps same-encounter gallery images as MegaDescriptor does, 'strict' drops them",
@@ -750,9 +748,9 @@ def table1(bench: Bench) -> dict[str, Any]:
     }
 
 
-def _table1_arms(bench: Bench, corpus: Path) -> tuple[dict[str, dict], list[tuple], dict[str, Any]]:
-    """Table 1's runs: training overrides of our arms, the peer runs ``(name, images, batch, splits)``, and
-    each run's row label (a function of its results, in row order), all limited to ``closed_arms``."""
+def _table1_arms(bench: Bench, corpus: Path) -> tuple[dict[str, dict], list[tuple], dict[str, Any] | None]:
+    """Table 1's runs, limited to ``closed_arms``: training overrides of our arms, the peer runs ``(name, images,
+    batch, splits)``, and the multispecies start's results (trained here when an arm needs it, else None)."""
     c = bench.cfg
     common = {
         "eval_protocol": c.closed_eval_protocol,
@@ -772,38 +770,35 @@ def _table1_arms(bench: Bench, corpus: Path) -> tuple[dict[str, dict], list[tupl
         specs["t1_ours_refit"] = {**common, **refit}
         peers.append(("t1_peer_refit", images, batch, ("train", "validation")))
     keep = None if c.closed_arms is None else {f"t1_{a}" for a in c.closed_arms}
+    start = None
     if c.closed_pretrain and (keep is None or keep & {"t1_multi", "t1_multi_refit"}):
-        start = {**common, **c.closed_finetune, "init_from": _closed_pretrain(bench)["export_dir"]}
-        specs["t1_multi"] = start
+        start = _closed_pretrain(bench)
+        specs["t1_multi"] = {**common, **c.closed_finetune, "init_from": start["export_dir"]}
         if c.closed_refit:
-            specs["t1_multi_refit"] = {**start, **refit}
+            specs["t1_multi_refit"] = {**specs["t1_multi"], **refit}
     if keep is not None:
         specs = {k: v for k, v in specs.items() if k in keep}
         peers = [p for p in peers if p[0] in keep]
-    return specs, peers, _table1_labels(c, set(specs) | {p[0] for p in peers})
+    return specs, peers, start
 
 
-def _table1_labels(c: BenchConfig, names: set[str]) -> dict[str, Any]:
-    """Row label of each table-1 run, in row order: a function of the run's results.json."""
-    plain = f"ours with a plain ArcFace head (k=1, m={c.megadescriptor_margin}, s={c.megadescriptor_scale:g}, N(0, 0.01) init)"
-    labels: dict[str, Any] = {
-        "t1_ours": lambda r: f"ours ({_recipe_label(r)})",
-        "t1_arcface": lambda r: plain,
+def _table1_labelled(c: BenchConfig, runs: dict[str, dict]) -> dict[str, dict]:
+    """Table 1's runs keyed by their row label, in row order."""
+    tuned = _overrides(c.closed_finetune)
+    labels = {
+        "t1_ours": f"ours ({_recipe_label(runs['t1_ours'])})" if "t1_ours" in runs else "",
+        "t1_arcface": f"ours with a plain ArcFace head (k=1, m={c.megadescriptor_margin}, "
+        f"s={c.megadescriptor_scale:g}, N(0, 0.01) init)",
     }
-    for name, over in c.closed_variants.items():
-        labels[f"t1_{name}"] = lambda r, name=name, over=over: f"ours, {name}{_overrides(over)}"
+    labels |= {f"t1_{name}": f"ours, {name}{_overrides(over)}" for name, over in c.closed_variants.items()}
     labels |= {
-        "t1_peer": lambda r: "peer recipe (plain-ArcFace script, issue 12)",
-        "t1_multi": lambda r: "ours, fine-tuned from the multispecies start" + _overrides(c.closed_finetune),
-        "t1_ours_refit": lambda r: "ours, refit on train + validation (the same schedule, last epoch)",
-        "t1_peer_refit": lambda r: "peer recipe, refit on train + validation",
-        "t1_multi_refit": lambda r: (
-            "ours from the multispecies start"
-            + _overrides(c.closed_finetune)
-            + ", refit on train + validation"
-        ),
+        "t1_peer": "peer recipe (plain-ArcFace script, issue 12)",
+        "t1_multi": f"ours, fine-tuned from the multispecies start{tuned}",
+        "t1_ours_refit": "ours, refit on train + validation (the same schedule, last epoch)",
+        "t1_peer_refit": "peer recipe, refit on train + validation",
+        "t1_multi_refit": f"ours from the multispecies start{tuned}, refit on train + validation",
     }
-    return {k: v for k, v in labels.items() if k in names}
+    return {label: runs[name] for name, label in labels.items() if name in runs}
 
 
 def _overrides(over: dict[str, Any]) -> str:
