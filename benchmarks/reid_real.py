@@ -770,6 +770,7 @@ def _table1_arms(bench: Bench, corpus: Path) -> tuple[dict[str, dict], list[tupl
         specs["t1_ours_refit"] = {**common, **refit}
         peers.append(("t1_peer_refit", images, batch, ("train", "validation")))
     keep = None if c.closed_arms is None else {f"t1_{a}" for a in c.closed_arms}
+    _check_arms(c, keep, set(specs) | {name for name, *_ in peers})
     start = None
     if c.closed_pretrain and (keep is None or keep & {"t1_multi", "t1_multi_refit"}):
         start = _closed_pretrain(bench)
@@ -780,6 +781,17 @@ def _table1_arms(bench: Bench, corpus: Path) -> tuple[dict[str, dict], list[tupl
         specs = {k: v for k, v in specs.items() if k in keep}
         peers = [p for p in peers if p[0] in keep]
     return specs, peers, start
+
+
+def _check_arms(c: BenchConfig, keep: set[str] | None, names: set[str]) -> None:
+    """``closed_arms`` must name arms this config has (a typo would otherwise train and score nothing)."""
+    if c.closed_pretrain:
+        names = names | {"t1_multi"} | ({"t1_multi_refit"} if c.closed_refit else set())
+    unknown = sorted(keep - names) if keep else []
+    if unknown:
+        raise ValueError(
+            f"closed_arms {[u[3:] for u in unknown]}: not arms of this config, which has {sorted(n[3:] for n in names)}"
+        )
 
 
 def _table1_labelled(c: BenchConfig, runs: dict[str, dict]) -> dict[str, dict]:

@@ -335,6 +335,27 @@ def test_a_multispecies_start_without_other_species_is_refused(tmp_path):
     assert not (tmp_path / "w" / "runs").exists()
 
 
+def test_an_unknown_table1_arm_is_refused_before_anything_trains(tmp_path):
+    corpora = _pretrain_corpora(tmp_path, ["stripes", "spots"])
+    argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(tmp_path / "w")]
+    argv += ["--results", str(tmp_path / "r"), "--set", "tables=[1]", "closed_refit=true", "closed_arms=[ours, refit]"]
+    res = reid_real.main(argv)
+    assert res["tables"] == {}
+    has = "which has ['arcface', 'ours', 'ours_refit', 'peer', 'peer_refit']"
+    assert f"closed_arms ['refit']: not arms of this config, {has}" in res["skipped"][0]
+    assert not (tmp_path / "w" / "runs").exists()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("bench_*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_benchmark_config_loads(path):
+    cfg = reid_real.load_bench_config(path)
+    assert set(cfg.tables) <= set(reid_real.TABLE_ORDER)
+    if cfg.closed_arms is not None:
+        refit = {"ours_refit", "peer_refit"} if cfg.closed_refit else set()
+        multi = {"multi", "multi_refit"} if cfg.closed_pretrain else set()
+        assert set(cfg.closed_arms) <= {"ours", "arcface", "peer", *refit, *multi, *cfg.closed_variants}
+
+
 def test_open_runs_train_two_at_a_time_then_the_tables_reuse_them(tiny_corpus, tmp_path):
     """``parallel_runs=2``: every run of tables 2-4 (multispecies, without the zero-shot species, one per species)
     is trained as a subprocess, two at a time, before the tables; the tables then train nothing themselves except
