@@ -789,9 +789,8 @@ def _check_arms(c: BenchConfig, keep: set[str] | None, names: set[str]) -> None:
         names = names | {"t1_multi"} | ({"t1_multi_refit"} if c.closed_refit else set())
     unknown = sorted(keep - names) if keep else []
     if unknown:
-        raise ValueError(
-            f"closed_arms {[u[3:] for u in unknown]}: not arms of this config, which has {sorted(n[3:] for n in names)}"
-        )
+        has = sorted(n[3:] for n in names)
+        raise ValueError(f"closed_arms {[u[3:] for u in unknown]}: not arms of this config, which has {has}")
 
 
 def _table1_labelled(c: BenchConfig, runs: dict[str, dict]) -> dict[str, dict]:
