@@ -163,12 +163,17 @@ def build_model(
         del fe
         return model, processor
 
+    from animal_reid.weights import input_normalization
+
+    mean, std = input_normalization(m.backbone, m.init_weights, m.normalization)
     model_cfg = AnimalReIDConfig(
         backbone=m.backbone,
         embedding_dim=m.embedding_dim,
         image_size=m.image_size,
         pooling=m.pooling,
         neck_bn=m.neck_bn,
+        image_mean=mean,
+        image_std=std,
         head=head,
     )
     model = AnimalReIDForMetricLearning(model_cfg)

@@ -12,7 +12,7 @@ Python API::
 Command line::
 
     python -m animal_reid.identify --model DIR_OR_REPO --gallery GALLERY --queries Q [Q ...] --out OUTDIR \
-        [--top-k 5] [--threshold 0.45 | --threshold thresholds.json] [--on-error skip|raise] [--overwrite] [-v]
+        [--top-k 5] [--threshold 0.45 | thresholds.json | gallery] [--on-error skip|raise] [--overwrite] [-v]
         [--rerank local [--rerank-k 20] [--rerank-workers 1] [--rerank-time-budget S] [--rerank-fusion F.json]]
 
 A gallery is one of
@@ -28,8 +28,10 @@ result says whether the top candidate is right, and match sheets mark candidates
 
 Image matches are aggregated to individuals by their maximum score. A query whose best score is below the
 threshold is a new individual. ``--threshold`` is a number or a JSON file written by
-:class:`animal_reid.openset.OpenSetThreshold` (per-species thresholds use the species of the best match); without
-it, a model directory holding ``open_set_threshold.json`` provides one; otherwise no verdict is given (``null``).
+:class:`animal_reid.openset.OpenSetThreshold` (per-species thresholds use the species of the best match), or
+``gallery``: thresholds calibrated per species on the labelled gallery itself, no held-out queries needed
+(:meth:`~animal_reid.openset.OpenSetThreshold.fit_gallery`); without it, a model directory holding
+``open_set_threshold.json`` provides one; otherwise no verdict is given (``null``).
 
 Bad images: a gallery or query file that cannot give an embedding (missing, empty, truncated, corrupt, not an
 image, an unsupported type such as GIF or HEIC, smaller than the processor's ``min_side``, a decompression bomb,
@@ -111,6 +113,7 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 THRESHOLD_FILE = "open_set_threshold.json"
+GALLERY_THRESHOLD = "gallery"  # threshold value: calibrate on the gallery itself
 ON_ERROR = ("skip", "raise")
 SKIPPED_FILE = "skipped.csv"
 SKIPPED_FIELDS = ("path", "role", "reason")
@@ -693,6 +696,8 @@ def _resolve_threshold(threshold, model_dir: Path | None) -> OpenSetThreshold | 
     if isinstance(threshold, int | float):
         return _checked_threshold(OpenSetThreshold(global_threshold=float(threshold)), "threshold")
     text = str(threshold)
+    if text == GALLERY_THRESHOLD:
+        return GALLERY_THRESHOLD  # calibrated on the gallery once it is embedded (`_gallery_threshold`)
     try:
         value = float(text)
     except ValueError:
@@ -701,7 +706,27 @@ def _resolve_threshold(threshold, model_dir: Path | None) -> OpenSetThreshold | 
         return _checked_threshold(OpenSetThreshold(global_threshold=value), "threshold")
     if Path(text).is_file():
         return _load_threshold(Path(text))
-    raise ValueError(f"threshold must be a number or an open-set threshold JSON file, got {threshold!r}")
+    raise ValueError(
+        f"threshold must be a number, an open-set threshold JSON file or {GALLERY_THRESHOLD!r}, got {threshold!r}"
+    )
+
+
+def _gallery_threshold(embeddings: np.ndarray, gallery: Sequence[ImageItem]) -> OpenSetThreshold | None:
+    """Thresholds calibrated on queries simulated from the labelled gallery (per species where it has enough
+    images); None, with a warning, when the gallery has a single identity per species and so nothing to calibrate."""
+    try:
+        thr = OpenSetThreshold.fit_gallery(
+            embeddings,
+            [g.identity for g in gallery],
+            [g.species or "" for g in gallery],
+            [g.encounter for g in gallery],
+        )
+    except ValueError as err:
+        logger.warning("threshold 'gallery': no verdicts, %s", err)
+        return None
+    per = ", ".join(f"{k} {v:.3f}" for k, v in sorted(thr.per_species.items()))
+    logger.info("threshold 'gallery': global %.3f%s", thr.global_threshold, f"; {per}" if per else "")
+    return thr
 
 
 def _load_threshold(path: Path) -> OpenSetThreshold:
@@ -940,6 +965,10 @@ class Identifier:
         if not gallery:
             raise ValueError("the gallery is empty")
         reranker = self.local_reranker(rerank) if rerank is not None else None
+        if reranker is not None and str(threshold) == GALLERY_THRESHOLD:
+            raise ValueError(
+                "threshold 'gallery' calibrates cosines; with local re-ranking pass a fused-score threshold"
+            )
         if reranker is not None and threshold is None:
             thr = reranker.fusion.threshold()
             if thr is None and self.model_dir is not None and (self.model_dir / THRESHOLD_FILE).is_file():
@@ -954,6 +983,8 @@ class Identifier:
         if not kept:
             raise ValueError(f"no usable gallery image: all {len(gallery)} were skipped as unusable")
         gallery = [gallery[i] for i in kept]
+        if thr == GALLERY_THRESHOLD:
+            thr = _gallery_threshold(g_emb, gallery)
         kept, q_emb = self.embed_usable(queries, bad_images, "query")
         queries = [queries[i] for i in kept]
         if not queries:
@@ -1230,7 +1261,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         default=None,
-        help="new-individual threshold: a cosine in [-1, 1], or a thresholds JSON",
+        help="new-individual threshold: a cosine in [-1, 1], a thresholds JSON, or 'gallery' (calibrated per "
+        "species on the labelled gallery itself: each gallery image queries the rest as a known and an unknown)",
     )
     p.add_argument(
         "--on-error",
@@ -1345,6 +1377,12 @@ def _cli_reranker(args: argparse.Namespace, ident: Identifier):
 
 
 def _check_threshold_arg(value: str, fused: bool = False) -> None:
+    if value == GALLERY_THRESHOLD:
+        if fused:
+            raise UsageError(
+                "--threshold gallery calibrates cosines; with --rerank local pass a fused-score threshold"
+            )
+        return
     try:
         number = float(value)
     except ValueError:
@@ -1359,7 +1397,7 @@ def _check_threshold_arg(value: str, fused: bool = False) -> None:
         return
     if not Path(value).is_file():
         raise UsageError(
-            f"--threshold must be a number or an open-set threshold JSON file, got {value!r} (no such file)"
+            f"--threshold must be a number, an open-set threshold JSON file or 'gallery', got {value!r} (no such file)"
         )
     try:
         _checked_threshold(

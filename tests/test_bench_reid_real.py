@@ -166,6 +166,13 @@ def test_smoke_table5_end_to_end_and_reuse(tiny_corpus, tmp_path):
     for rep in t5["rows"].values():
         assert 0.0 <= rep["BAKS"] <= 1.0 and 0.0 <= rep["BAUS"] <= 1.0
         assert rep["n_queries"]["test"] > 0
+        # two calibrations scored on validation; the better one (a tie keeps the fitted one) is reported
+        cal = rep["calibration"]
+        val = cal["validation_geometric_mean"]
+        assert set(val) == set(cal["test_geometric_mean"]) == {"validation queries", "gallery"}
+        assert val[cal["chosen"]] == max(val.values())
+        assert cal["chosen"] == "gallery" or val["validation queries"] >= val["gallery"]
+        assert rep["geometric_mean"] == cal["test_geometric_mean"][cal["chosen"]]
     assert set(res["run_times_s"]) == {"t2_multi"}
     saved = json.loads(results.with_suffix(".json").read_text())
     assert saved["tables"].keys() == {"5"}

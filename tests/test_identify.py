@@ -348,3 +348,29 @@ def test_identify_a_hub_model_by_repo_id(tmp_path, folder_gallery, tiny_model_di
     meta = json.loads(metas[0].read_text())
     assert meta["weights"].startswith("revision:") and meta["model"] == "emulator-user/tiny-reid"
     assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["candidates"]
+
+
+def test_gallery_threshold_is_calibrated_on_the_gallery_itself(
+    folder_gallery, tmp_path, tiny_model_dir, capsys
+):
+    root, qdir = folder_gallery
+    gallery, queries = read_gallery(root), read_queries([qdir])
+    results = Identifier(FakeModel()).identify(gallery, queries, top_k=2, threshold="gallery")
+    g_emb = FakeModel().encode([g.image for g in gallery])
+    expected = identify.OpenSetThreshold.fit_gallery(
+        g_emb, [g.identity for g in gallery], [""] * len(gallery)
+    )
+    # same colour: cosine near 1; across colours at most about -0.2: the threshold lies between them
+    assert -0.2 < expected.global_threshold < 0.9
+    by = {Path(r.query).stem: r for r in results}
+    assert all(r.threshold == pytest.approx(expected.global_threshold) for r in results)
+    assert by["q_red"].new_individual is False and by["q_blue"].new_individual is False
+    argv = ["--model", str(tiny_model_dir), "--gallery", str(root), "--queries", str(qdir), "-q"]
+    assert identify.main([*argv, "--out", str(tmp_path / "o"), "--threshold", "gallery"]) == 0
+    rows = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert all(r["new_individual"] is not None and r["threshold"] is not None for r in rows)
+    # a gallery of one identity has nothing to calibrate on: no verdicts, no crash
+    one = [g for g in gallery if g.identity == "red"]
+    assert all(
+        r.new_individual is None for r in Identifier(FakeModel()).identify(one, queries, threshold="gallery")
+    )

@@ -120,3 +120,39 @@ def test_best_matches_and_open_set_split():
     assert (is_q & ~is_u).sum() == 7  # one query per known identity
     again = openset.open_set_split(labels, unknown_fraction=0.3, seed=0)
     assert all((a == b).all() for a, b in zip(again, (is_g, is_q, is_u), strict=True))
+
+
+def _unit(deg: float) -> list[float]:
+    return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+
+
+def test_gallery_queries_hand_example():
+    # species s: A at 0 and 10 degrees, B at 30 and 40 (one encounter), C at 90; species t: D at 200 and 205
+    labels = ["A", "A", "B", "B", "C", "D", "D"]
+    emb = np.array([_unit(d) for d in (0, 10, 30, 40, 90, 200, 205)])
+    q = openset.gallery_queries(emb, labels, ["s"] * 5 + ["t"] * 2, [None, None, "e", "e", None, None, None])
+    known = ~q["unknown"].astype(bool)
+    # known: only A and D keep another image outside their own encounter; each finds its twin
+    assert q["true"][known].tolist() == ["A", "A", "D", "D"]
+    assert q["best_label"][known].tolist() == ["A", "A", "D", "D"]
+    assert q["best_score"][known] == pytest.approx([math.cos(math.radians(a)) for a in (10, 10, 5, 5)])
+    # unknown (own identity removed): A0 -> B30, A10 -> B30, B30 -> A10, B40 -> A10, C90 -> B40; D has no other
+    assert q["true"][~known].tolist() == ["A", "A", "B", "B", "C"]
+    assert q["best_label"][~known].tolist() == ["B", "B", "A", "A", "B"]
+    assert q["best_score"][~known] == pytest.approx([math.cos(math.radians(a)) for a in (30, 20, 20, 30, 50)])
+    assert q["species"].tolist() == ["s"] * 7 + ["t"] * 2
+
+
+def test_fit_gallery_separates_the_hand_example():
+    labels = ["A", "A", "B", "B", "C", "D", "D"]
+    emb = np.array([_unit(d) for d in (0, 10, 30, 40, 90, 200, 205)])
+    species = ["s"] * 5 + ["t"] * 2
+    thr = OpenSetThreshold.fit_gallery(emb, labels, species, [None, None, "e", "e", None, None, None], 1)
+    # s: known at cos 10 deg, unknown at most cos 20 deg: the midpoint separates them (objective 1)
+    mid = (math.cos(math.radians(10)) + math.cos(math.radians(20))) / 2
+    assert thr.per_species == {"s": pytest.approx(mid)}  # t has no unknown query: the global threshold
+    assert thr.calibration["s"]["objective"] == pytest.approx(1.0)
+    assert thr.global_threshold == pytest.approx(mid)
+    assert thr.calibration["source"] == "gallery"
+    with pytest.raises(ValueError, match="two identities of one species"):
+        OpenSetThreshold.fit_gallery(emb[:1], labels[:1])

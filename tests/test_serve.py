@@ -228,6 +228,12 @@ def test_writes_are_refused_without_a_configured_token(model_dir, tmp_path):
     assert r.status_code == 403 and "ANIMAL_REID_TOKEN" in r.json()["detail"]
 
 
+def test_a_gallery_threshold_is_refused_before_the_catalogue_opens(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="threshold 'gallery' is for `identify`"):
+        _service(model_dir, f"sqlite:///{tmp_path / 'c.db'}", tmp_path, threshold="gallery")
+    assert not (tmp_path / "c.db").exists()
+
+
 def test_answers_read_names_and_photos_from_the_store_once_and_follow_merge_and_delete(model_dir, tmp_path):
     service = _service(model_dir, f"sqlite:///{tmp_path / 'c.db'}", tmp_path)
     reads = []

