@@ -388,6 +388,33 @@ def test_open_runs_train_two_at_a_time_then_the_tables_reuse_them(tiny_corpus, t
     assert res["tables"]["2"]["rows"]["synth_spots"]["species_specific"]["top1"] is not None
 
 
+def test_table4_lr_grid_picks_each_starts_rate_on_validation(tmp_path, monkeypatch):
+    cfg = reid_real.load_bench_config(SMOKE, ["finetune_lr_grid=[0.01, 0.001]"])
+    bench = reid_real.Bench(cfg=cfg, work=tmp_path, corpora={}, deadline=reid_real.Deadline(None))
+    val = {"t4_x_lr0.01": (0.2, 0.3), "t4_x_lr0.001": (0.2, 0.4)}  # a tie in top-1: mAP decides
+    calls = []
+
+    def fake_train(name, corpus, **over):
+        calls.append((name, over["lr_backbone"], over["lr_head"], over["epochs"]))
+        top1, mAP = val[name]
+        per = {"x": {"top1": top1 / 2, "mAP": mAP / 2, "n_queries": 10}}
+        return {"val_best": {"per_species": {"x": {"top1": top1, "mAP": mAP}}}, "test": {"per_species": per}}
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    res, grid = reid_real._finetune(bench, "t4_x", tmp_path, "x", epochs=2, lr_backbone=0.5)
+    assert calls == [("t4_x_lr0.01", 0.01, 0.01, 2), ("t4_x_lr0.001", 0.001, 0.001, 2)]
+    assert res["val_best"]["per_species"]["x"]["mAP"] == 0.4
+    assert grid["0.001"]["chosen"] and not grid["0.01"]["chosen"]
+    assert grid["0.01"]["validation"] == {"top1": 0.2, "mAP": 0.3} and grid["0.01"]["test"]["top1"] == 0.1
+    assert "| from X | 0.001 (chosen) | 20.0 / 40.0 | 10.0 / 20.0 |" in reid_real._lr_grid_lines({"from X": grid})
+    # without a grid: one run at the configured rate, under its own name
+    bench.cfg = reid_real.load_bench_config(SMOKE)
+    val["t4_y"] = (0.1, 0.1)
+    calls.clear()
+    _, none = reid_real._finetune(bench, "t4_y", tmp_path, "x", epochs=2, lr_backbone=0.5, lr_head=0.5)
+    assert calls == [("t4_y", 0.5, 0.5, 2)] and none == {}
+
+
 def test_a_failed_parallel_run_stops_the_others_with_its_log_named(tiny_corpus, tmp_path):
     corpora = tmp_path / "corpora"
     reid_real.compact_corpus(tiny_corpus, corpora / "open", size=32, seed=0)
