@@ -715,11 +715,9 @@ def _gallery_threshold(embeddings: np.ndarray, gallery: Sequence[ImageItem]) -> 
     """Thresholds calibrated on queries simulated from the labelled gallery (per species where it has enough
     images); None, with a warning, when the gallery has a single identity per species and so nothing to calibrate."""
     try:
+        species = [g.species or "" for g in gallery] if any(g.species for g in gallery) else None
         thr = OpenSetThreshold.fit_gallery(
-            embeddings,
-            [g.identity for g in gallery],
-            [g.species or "" for g in gallery],
-            [g.encounter for g in gallery],
+            embeddings, [g.identity for g in gallery], species, [g.encounter for g in gallery]
         )
     except ValueError as err:
         logger.warning("threshold 'gallery': no verdicts, %s", err)

@@ -215,13 +215,23 @@ def calibrate_threshold(best_scores, best_labels, true_labels, is_unknown) -> tu
     return float(cands[run[len(run) // 2]]), float(best)
 
 
-def gallery_queries(embeddings, labels, species=None, encounters=None, chunk_size: int = 1024) -> dict:
+def gallery_queries(
+    embeddings,
+    labels,
+    species=None,
+    encounters=None,
+    max_queries_per_species: int | None = 5000,
+    seed: int = 0,
+    chunk_size: int = 256,
+) -> dict:
     """Open-set queries simulated from a labelled gallery alone, to calibrate without held-out queries.
 
-    Within its species, every image queries the rest of the gallery twice: as a *known* query (itself and images of
-    its encounter removed; kept only when another image of its identity remains) and as an *unknown* query (its
-    whole identity removed; kept when another identity remains). Embeddings are L2-normalised rows. Returns arrays
-    over simulated queries, ready for :meth:`OpenSetThreshold.fit`: best_score, best_label, true, unknown, species.
+    Within its species, every image (a seeded sample of ``max_queries_per_species`` where there are more, which
+    bounds the cost to that many rows against the whole gallery) queries the rest of the gallery twice: as a *known*
+    query (itself and images of its encounter removed; kept only when another image of its identity remains) and as
+    an *unknown* query (its whole identity removed; kept when another identity remains). Embeddings are
+    L2-normalised rows. Returns arrays over simulated queries, ready for :meth:`OpenSetThreshold.fit`: best_score,
+    best_label, true, unknown, species.
     """
     emb = np.asarray(embeddings, dtype=np.float32)
     lab = np.asarray(labels, dtype=object).astype(str)
@@ -233,10 +243,14 @@ def gallery_queries(embeddings, labels, species=None, encounters=None, chunk_siz
     if len(spc) != n or len(enc) != n:
         raise ValueError(f"species and encounters need one entry per label ({n})")
     out: dict[str, list] = {k: [] for k in ("best_score", "best_label", "true", "unknown", "species")}
+    rng = np.random.default_rng(seed)
     for sp in sorted(set(spc.tolist())):
         idx = np.flatnonzero(spc == sp)
-        for start in range(0, len(idx), chunk_size):
-            rows = idx[start : start + chunk_size]
+        queries = idx
+        if max_queries_per_species is not None and len(idx) > max_queries_per_species:
+            queries = np.sort(rng.choice(idx, size=max_queries_per_species, replace=False))
+        for start in range(0, len(queries), chunk_size):
+            rows = queries[start : start + chunk_size]
             sims = emb[rows] @ emb[idx].T
             same_id = lab[rows][:, None] == lab[idx][None, :]
             same_enc = (enc[rows][:, None] == enc[idx][None, :]) & (enc[rows][:, None] != None)  # noqa: E711

@@ -154,5 +154,14 @@ def test_fit_gallery_separates_the_hand_example():
     assert thr.calibration["s"]["objective"] == pytest.approx(1.0)
     assert thr.global_threshold == pytest.approx(mid)
     assert thr.calibration["source"] == "gallery"
+
+    # a seeded sample of one query image per species, still against the whole gallery: a subset of the full set
+    def rows(q):
+        return list(zip(q["true"], q["best_label"], q["best_score"].round(6), q["unknown"], strict=True))
+
+    full = rows(openset.gallery_queries(emb, labels, species))
+    few = rows(openset.gallery_queries(emb, labels, species, max_queries_per_species=1, seed=0))
+    assert 1 <= len(few) <= 4 and all(r in full for r in few)
+    assert few == rows(openset.gallery_queries(emb, labels, species, max_queries_per_species=1, seed=0))
     with pytest.raises(ValueError, match="two identities of one species"):
         OpenSetThreshold.fit_gallery(emb[:1], labels[:1])
