@@ -659,6 +659,9 @@ class QueryResult:
     candidate_items: list[ImageItem] = field(default_factory=list, repr=False)
     matches: list | None = field(default=None, repr=False)  # PairMatch per candidate under local re-ranking
     match_config: Any = field(default=None, repr=False)  # its LocalFeatureConfig (for drawing)
+    query_in_gallery: bool | None = (
+        None  # whether query_identity has gallery images (None: no query_identity)
+    )
 
     @property
     def predicted_identity(self) -> str | None:
@@ -668,9 +671,13 @@ class QueryResult:
 
     @property
     def correct(self) -> bool | None:
-        """Top-1 (or the new-individual verdict) against the query's known identity; None when unknown."""
+        """Top-1 (or the new-individual verdict) against the query's known identity; None when unknown.
+
+        A query whose identity has no gallery image is right only when called a new individual."""
         if self.query_identity is None:
             return None
+        if self.query_in_gallery is False:
+            return bool(self.new_individual)
         return self.predicted_identity == self.query_identity
 
     def to_dict(self) -> dict:
@@ -989,7 +996,8 @@ class Identifier:
             return []
         index = GalleryIndex.build(g_emb, method=self.search_method, device=self.search_device)
         identities = np.array([g.identity for g in gallery], dtype=object)
-        n_ids = len(set(identities.tolist()))
+        gallery_ids = set(identities.tolist())
+        n_ids = len(gallery_ids)
         want = min(top_k, n_ids)
         k_img = min(len(gallery), max(50, 10 * top_k))
         if reranker is not None:
@@ -1049,6 +1057,7 @@ class Identifier:
                     candidate_items=[gallery[gi] for _, (_, gi) in ranked],
                     matches=matches,
                     match_config=reranker.config if reranker is not None else None,
+                    query_in_gallery=None if q.identity is None else q.identity in gallery_ids,
                 )
             )
         return results
@@ -1374,6 +1383,16 @@ def _cli_reranker(args: argparse.Namespace, ident: Identifier):
     )
 
 
+def _accuracy_summary(results: list[QueryResult]) -> str:
+    """``, top-1 correct a/b`` over queries of gallery individuals, and the new-individual verdicts over the rest."""
+    known = [r.correct for r in results if r.correct is not None and r.query_in_gallery is not False]
+    new = [r.correct for r in results if r.correct is not None and r.query_in_gallery is False]
+    out = f", top-1 correct {sum(known)}/{len(known)}" if known else ""
+    if new:
+        out += f", called new {sum(new)}/{len(new)} of the queries whose individual is not in the gallery"
+    return out
+
+
 def _check_threshold_arg(value: str, fused: bool = False) -> None:
     if value == GALLERY_THRESHOLD:
         if fused:
@@ -1548,8 +1567,7 @@ def _print_results(args, results, gallery, ident, bad: BadImages, out: Path) -> 
                 print(f"  {c['rank']}. {c['identity']}  {c['score']:.3f}  ({c['image']})")
     skipped_items = {id(s.item) for s in bad.skipped if s.item is not None}
     used = [g for g in gallery if id(g) not in skipped_items]
-    known = [r.correct for r in results if r.correct is not None]
-    acc = f", top-1 correct {sum(known)}/{len(known)}" if known else ""
+    acc = _accuracy_summary(results)
     skipped = f"; skipped {len(bad)} unusable images ({SKIPPED_FILE})" if bad.skipped else ""
     st = ident.rerank_stats if args.rerank == "local" else None
     if st is not None:

@@ -374,3 +374,21 @@ def test_gallery_threshold_is_calibrated_on_the_gallery_itself(
     assert all(
         r.new_individual is None for r in Identifier(FakeModel()).identify(one, queries, threshold="gallery")
     )
+
+
+def test_a_query_of_an_individual_missing_from_the_gallery_is_right_when_called_new(folder_gallery):
+    root, qdir = folder_gallery
+    queries = [
+        ImageItem(str(qdir / "q_red.png"), "q_red", identity="red"),
+        ImageItem(str(qdir / "q_yellow.png"), "q_yellow", identity="yellow"),  # no yellow in the gallery
+    ]
+    ident = Identifier(FakeModel())
+    red, yellow = ident.identify(read_gallery(root), queries, top_k=2, threshold=0.99)
+    assert red.query_in_gallery is True and red.correct is True
+    assert yellow.query_in_gallery is False and yellow.new_individual is True and yellow.correct is True
+    assert identify._accuracy_summary([red, yellow]) == (
+        ", top-1 correct 1/1, called new 1/1 of the queries whose individual is not in the gallery"
+    )
+    # without a threshold there is no verdict, so the missing individual's query cannot be right
+    _, no_verdict = ident.identify(read_gallery(root), queries, top_k=2)
+    assert no_verdict.new_individual is None and no_verdict.correct is False
