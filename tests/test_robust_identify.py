@@ -368,7 +368,10 @@ def _argv(base: dict, **changes) -> list[str]:
         ({"--num-workers": "-1"}, "--num-workers must be >= 0"),
         ({"--threshold": "1.5"}, "must be a cosine in [-1, 1], got 1.5"),
         ({"--threshold": "nan"}, "must be a cosine in [-1, 1]"),
-        ({"--threshold": "no-such.json"}, "threshold must be a number, an open-set threshold JSON file or 'gallery'"),
+        (
+            {"--threshold": "no-such.json"},
+            "threshold must be a number, an open-set threshold JSON file or 'gallery'",
+        ),
         ({"--threshold": "BADJSON"}, "is not an open-set threshold JSON"),
         ({"--threshold": "gallery", "--rerank": "local"}, "--threshold gallery calibrates cosines"),
         ({"--gallery": "MISSING"}, "--gallery MISSING: no such file or folder"),

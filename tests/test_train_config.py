@@ -57,8 +57,14 @@ def test_unknown_option_is_named(tmp_path):
         (["--eval_protocol", "pairs"], "eval_protocol"),
         (["--cpu_threads", "0"], "cpu_threads"),
         (["--normalization", "lite"], "normalization must be one of"),
-        (["--normalization", "weights", "--init_weights", "none"], "known only for the packaged ImageNet weights"),
-        (["--normalization", "weights", "--backbone", "resnet10t"], "known only for the packaged ImageNet weights"),
+        (
+            ["--normalization", "weights", "--init_weights", "none"],
+            "known only for the packaged ImageNet weights",
+        ),
+        (
+            ["--normalization", "weights", "--backbone", "resnet10t"],
+            "known only for the packaged ImageNet weights",
+        ),
     ],
 )
 def test_invalid_values_are_refused(argv, message):
