@@ -45,6 +45,7 @@ __all__ = [
     "OpenSetThreshold",
     "open_set_split",
     "gallery_queries",
+    "same_encounter",
 ]
 
 NEW_INDIVIDUAL = "new_individual"
@@ -215,6 +216,12 @@ def calibrate_threshold(best_scores, best_labels, true_labels, is_unknown) -> tu
     return float(cands[run[len(run) // 2]]), float(best)
 
 
+def same_encounter(query_encounters, gallery_encounters) -> np.ndarray:
+    """``[Q, G]`` mask: query and gallery image share an encounter id (``None`` shares nothing)."""
+    q = np.asarray(query_encounters, dtype=object)[:, None]
+    return (q == np.asarray(gallery_encounters, dtype=object)[None, :]) & (q != None)  # noqa: E711
+
+
 def gallery_queries(
     embeddings,
     labels,
@@ -253,8 +260,7 @@ def gallery_queries(
             rows = queries[start : start + chunk_size]
             sims = emb[rows] @ emb[idx].T
             same_id = lab[rows][:, None] == lab[idx][None, :]
-            same_enc = (enc[rows][:, None] == enc[idx][None, :]) & (enc[rows][:, None] != None)  # noqa: E711
-            same_enc |= rows[:, None] == idx[None, :]
+            same_enc = same_encounter(enc[rows], enc[idx]) | (rows[:, None] == idx[None, :])
             for unknown, mask in ((False, same_enc), (True, same_id)):
                 masked = np.where(mask, -np.inf, sims)
                 best = masked.argmax(axis=1)

@@ -1120,7 +1120,7 @@ def open_set_queries(emb, meta, unknown_fraction: float, seed: int) -> dict[str,
     image of its identity is dropped. Returns arrays over queries: best_score, best_label, true, unknown, species;
     and ``gallery``, the rows of ``emb`` that form the gallery.
     """
-    from animal_reid.openset import open_set_split
+    from animal_reid.openset import open_set_split, same_encounter
 
     ident = np.asarray(meta["identity"], dtype=object)
     enc = np.asarray(meta.get("encounter") or [None] * len(ident), dtype=object)
@@ -1135,7 +1135,7 @@ def open_set_queries(emb, meta, unknown_fraction: float, seed: int) -> dict[str,
         gi, qi = idx[gal], idx[qry]
         gallery_rows += gi.tolist()
         sims = emb[qi] @ emb[gi].T
-        same_enc = (enc[qi][:, None] == enc[gi][None, :]) & (enc[qi][:, None] != None)  # noqa: E711
+        same_enc = same_encounter(enc[qi], enc[gi])
         sims[same_enc] = -np.inf
         for row, q in enumerate(qi):
             u = bool(unk[qry][row])

@@ -350,9 +350,7 @@ def test_identify_a_hub_model_by_repo_id(tmp_path, folder_gallery, tiny_model_di
     assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["candidates"]
 
 
-def test_gallery_threshold_is_calibrated_on_the_gallery_itself(
-    folder_gallery, tmp_path, tiny_model_dir, capsys
-):
+def test_gallery_threshold_is_calibrated_on_the_gallery_itself(folder_gallery, tmp_path, tiny_model_dir):
     root, qdir = folder_gallery
     gallery, queries = read_gallery(root), read_queries([qdir])
     results = Identifier(FakeModel()).identify(gallery, queries, top_k=2, threshold="gallery")
