@@ -111,6 +111,20 @@ def test_fusion_per_species_weights_keep_zero_where_keypoints_do_not_help():
     assert (fused.argmax(1) == correct.argmax(1)).all()
 
 
+def test_a_weight_that_only_ties_top1_falls_back_to_the_cosine():
+    # one query: the true match is third (0.7); at w = 0.2 its 40 inliers lift it to 0.7 + 0.2 * 40/50 = 0.86,
+    # second: reciprocal rank 1/3 -> 1/2, top-1 unchanged. Without a top-1 gain, 0 is kept, globally and per species.
+    cos, inl = np.array([[0.9, 0.8, 0.7]] * 2), np.array([[0, 0, 40]] * 2)
+    correct = np.array([[False, False, True]] * 2)
+    fusion = fit_fusion(cos, inl, correct, ["a", "a"], weights=[0.0, 0.2], scales=[10.0], min_per_species=2)
+    assert fusion.curve["top1"]["a"] == [0.0, 0.0]
+    assert fusion.weight == 0.0 and fusion.per_species == {"a": 0.0}
+    # the same shortlists with the true match one notch higher: w = 0.2 now puts it first (0.86 > 0.85), a real gain
+    gain = fit_fusion(np.array([[0.85, 0.7]] * 2), np.array([[0, 40]] * 2), np.array([[False, True]] * 2), ["a", "a"],
+                      weights=[0.0, 0.2], scales=[10.0], min_per_species=2)  # fmt: skip
+    assert gain.weight == 0.2 and gain.per_species == {"a": 0.2}
+
+
 def test_with_a_significance_a_species_keeps_its_own_weight_only_when_a_sign_test_says_it_gains():
     # species a: 20 queries; at w = 0.5 keypoints put 10 right (true match in slot 1) and none wrong.
     # species b: 20 queries; at w = 0.5 keypoints put 3 right and 1 wrong, the other 16 unchanged.
