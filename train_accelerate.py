@@ -118,7 +118,16 @@ def head_options(config: TrainConfig, num_classes: int) -> dict[str, Any]:
 def build_model(
     config: TrainConfig, num_classes: int
 ) -> tuple[AnimalReIDForMetricLearning, AnimalReIDImageProcessor]:
-    """The training model and its processor: from scratch/ImageNet, or from an exported feature extractor."""
+    """The training model and its processor: from scratch/ImageNet, or from an exported feature extractor. Its
+    ``test_time_flip`` is on only with ``--test_time_flip on`` ('auto' decides after training)."""
+    model, processor = _build_model(config, num_classes)
+    model.config.test_time_flip = config.train.test_time_flip == "on"
+    return model, processor
+
+
+def _build_model(
+    config: TrainConfig, num_classes: int
+) -> tuple[AnimalReIDForMetricLearning, AnimalReIDImageProcessor]:
     m = config.model
     head = head_options(config, num_classes)
     if m.init_from:
@@ -481,6 +490,30 @@ def interpolate_best(config, accelerator, model, evaluator, start, val_best) -> 
     return {"chosen_alpha": chosen, "val": scored}
 
 
+def choose_test_time_flip(config, accelerator, model, evaluator, val_best) -> dict[str, Any] | None:
+    """``--test_time_flip auto``: score validation with mirror-image averaging and keep it if it beats the chosen
+    weights' validation (the metric for the best epoch, then mAP). Returns the choice and both scores, or None."""
+    if config.train.test_time_flip != "auto":
+        return None
+    if val_best is None:
+        logger.warning("test_time_flip=auto: no scored validation; exporting without it")
+        return None
+    metric, cfg = config.train.metric_for_best, accelerator.unwrap_model(model).config
+    cfg.test_time_flip = True
+    val_flip = summary_metrics(evaluator.validation(model))
+    rank = lambda m: (m[metric] or 0.0, m["mAP"] or 0.0)  # noqa: E731
+    cfg.test_time_flip = rank(val_flip) > rank(val_best)
+    logger.info(
+        "test-time flip %s on validation (%s %s with it, %s without)",
+        "kept" if cfg.test_time_flip else "not kept",
+        metric,
+        _fmt(val_flip[metric]),
+        _fmt(val_best[metric]),
+        main_process_only=True,
+    )
+    return {"chosen": cfg.test_time_flip, "val_flip": val_flip, "val_plain": val_best}
+
+
 def config_summary(config: TrainConfig) -> dict[str, Any]:
     """The recipe choices a reader of results.json needs to tell runs apart."""
     m, t = config.model, config.train
@@ -504,6 +537,7 @@ def config_summary(config: TrainConfig) -> dict[str, Any]:
         "epochs",
         "mixed_precision",
         "ema_decay",
+        "test_time_flip",
     )
     return {k: getattr(m, k) for k in keys_m} | {k: getattr(t, k) for k in keys_t}
 
@@ -1106,6 +1140,13 @@ def _final_results(run: RunParts) -> dict[str, Any]:
         interpolation["test_trained"] = summary_metrics(test)
         if interpolation["chosen_alpha"] != 1.0:
             test = run.evaluator.test(run.model)
+    flip = choose_test_time_flip(config, accelerator, run.model, run.evaluator, val_best)
+    if flip is not None and flip["chosen"]:
+        val_best, flip["test_plain"] = (
+            flip["val_flip"],
+            summary_metrics(test),
+        )  # test_plain: for the report only
+        test = run.evaluator.test(run.model)
     speeds = [h["images_per_s"] for h in state.history]
     return {
         "best_epoch": state.best_epoch,
@@ -1115,6 +1156,7 @@ def _final_results(run: RunParts) -> dict[str, Any]:
         "test": summary_metrics(test),
         "beats_baseline": beats_baseline(state.baseline, val_best, tc.metric_for_best),
         "interpolation": interpolation,
+        "test_time_flip": flip,
         "test_protocol": test.get("protocol"),
         "epochs": tc.epochs,
         "train_images_seen": tc.epochs * run.batches_this_epoch * tc.batch_size * accelerator.num_processes,

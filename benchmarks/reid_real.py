@@ -128,6 +128,10 @@ class BenchConfig:
     # train and score only these table-1 arms (ours, arcface, <variant>, peer, ours_refit, peer_refit, multi,
     # multi_refit); None: all that the fields above ask for. For adding arms beside runs measured earlier.
     closed_arms: list[str] | None = None
+    # arms also scored with test-time flip (each image and its mirror image averaged): a copy of the arm's export
+    # with `test_time_flip: true`, the same weights, no training; its validation (queries against train) is
+    # reported beside the arm's own so the choice can be made there
+    closed_flip_tta: list[str] = field(default_factory=list)
     # tables 2-4: train their runs (multispecies, per species, without a species) this many at a time before the
     # tables read them, each on cores // n threads (CPU); 1 trains them one after another inside the tables
     parallel_runs: int = 1
@@ -741,13 +745,19 @@ def table1(bench: Bench) -> dict[str, Any]:
     """Closed set (MegaDescriptor's protocol): ours vs plain ArcFace vs ImageNet features vs published."""
     c, corpus = bench.cfg, bench.corpora["closed"]
     specs, peers, start = _table1_arms(bench, corpus)
+    missing = [a for a in c.closed_flip_tta if f"t1_{a}" not in {*specs, *(p[0] for p in peers)}]
+    if missing:
+        raise ValueError(f"closed_flip_tta {missing}: not arms this config trains ({sorted(specs)})")
     if c.closed_parallel_runs > 1:
         bench.train_parallel(corpus, specs, peers=peers, at_once=c.closed_parallel_runs)
     runs = {name: bench.train(name, corpus, **over) for name, over in specs.items()}
     runs |= {name: bench.peer(name, corpus, images, batch, splits) for name, images, batch, splits in peers}
+    flips = {f"ours, {a}, + test-time flip (same weights)": runs[f"t1_{a}"] for a in c.closed_flip_tta}
     runs = _table1_labelled(c, runs)
     models = {floor_label(c): "imagenet"} | {k: v["export_dir"] for k, v in runs.items()}
+    models |= {label: str(flip_export(Path(run["export_dir"]))) for label, run in flips.items()}
     rows, curves = _closed_rows(bench, corpus, models)
+    flip_val = {label: _closed_validation(bench, corpus, models[label]) for label in flips}
     species = sorted(next(iter(rows.values()))["megadescriptor"])
     return {
         "protocol": "test images query train+validation (= MegaDescriptor's training set), 1-NN cosine; "
@@ -757,8 +767,39 @@ def table1(bench: Bench) -> dict[str, Any]:
         "published": PUBLISHED_MEGADESCRIPTOR,
         "runs": {k: _run_summary(v) for k, v in runs.items()},
         "multispecies_start": _run_summary(start) if start else None,
+        "test_time_flip_validation": flip_val,
         "_curves": curves,
     }
+
+
+def flip_export(export: Path) -> Path:
+    """A copy of ``export`` beside it (``<export>_test_time_flip``) whose config has ``test_time_flip: true``."""
+    import shutil
+    import tempfile
+
+    dst = export.parent / f"{export.name}_test_time_flip"
+    if (dst / "config.json").is_file():
+        return dst
+    tmp = Path(tempfile.mkdtemp(prefix=".flip-", dir=export.parent))
+    try:
+        shutil.copytree(export, tmp, dirs_exist_ok=True)
+        cfg = json.loads((tmp / "config.json").read_text())
+        (tmp / "config.json").write_text(json.dumps({**cfg, "test_time_flip": True}, indent=2))
+        tmp.rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def _closed_validation(bench: Bench, corpus: Path, which: str) -> dict[str, Any]:
+    """Per species ``{top1, mAP}``: validation images query the train split (the runs' `query_gallery`)."""
+    from animal_reid.metrics import evaluate_reid
+
+    q, qm = bench.embed(which, corpus, "validation", capped=False)
+    g, gm = bench.embed(which, corpus, "train", capped=False)
+    r = evaluate_reid(q, qm["identity"], None, qm["species"], gallery_embeddings=g, gallery_labels=gm["identity"],
+                      gallery_species=gm["species"], topk=(1,))  # fmt: skip
+    return {sp: {"top1": m["top1"], "mAP": m["mAP"]} for sp, m in r["per_species"].items()}
 
 
 def _table1_arms(bench: Bench, corpus: Path) -> tuple[dict[str, dict], list[tuple], dict[str, Any] | None]:
@@ -1301,6 +1342,9 @@ def render_markdown(results: dict[str, Any]) -> str:
                     f"- {label}: {run.get('train_images_seen')} training images, "
                     f"{(run.get('wall_time_s') or 0) / 60:.0f} min; validation top-1 of its chosen epoch: {val}"
                 )
+            for label, per in (r.get("test_time_flip_validation") or {}).items():
+                val = ", ".join(f"{sp} {_f(m['top1'])} / {_f(m['mAP'])}" for sp, m in per.items())
+                lines.append(f"- {label}: validation top-1 / mAP (against train): {val}")
             if r.get("multispecies_start"):
                 run = r["multispecies_start"]
                 val = ", ".join(f"{sp} {_f(v)}" for sp, v in (run.get("val_best") or {}).items())

@@ -170,7 +170,8 @@ def _weights_key(model: nn.Module, height: int, width: int) -> tuple:
     # data_ptr changes when tensors are replaced (.to, from_pretrained); _version when they are modified in place
     # (optimiser steps, load_state_dict), so a cached export never outlives the weights it was made from.
     tensors = list(model.parameters()) + list(model.buffers())
-    return (height, width, tuple((t.data_ptr(), t._version) for t in tensors))
+    flip = bool(getattr(model.config, "test_time_flip", False))  # part of the graph
+    return (height, width, flip, tuple((t.data_ptr(), t._version) for t in tensors))
 
 
 def onnxruntime_engine(
@@ -492,6 +493,15 @@ class AnimalReIDPreTrainedModel(PreTrainedModel):
             return feats.float().amax(dim=(-2, -1))
 
     def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Features of a batch (callers normalise them). With ``config.test_time_flip`` in eval mode: the sum of
+        the unit features of the images and of their mirror images, whose normalisation is their mean's."""
+        x = self._features(pixel_values)
+        if getattr(self.config, "test_time_flip", False) and not self.training:
+            mirrored = self._features(torch.flip(pixel_values, dims=[-1]))
+            x = F.normalize(x.float(), dim=-1) + F.normalize(mirrored.float(), dim=-1)
+        return x
+
+    def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         feats = self.backbone.forward_features(pixel_values)
         x = self.dropout(self._pool(feats))
         if self.projection is not None:

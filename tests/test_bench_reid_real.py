@@ -298,6 +298,28 @@ def test_table1_refit_arms_train_on_train_and_validation_with_the_same_schedule(
     assert any("refit" in k and k.startswith("peer") for k in labels)
 
 
+def test_table1_scores_an_arm_again_with_test_time_flip_on_the_same_weights(tmp_path):
+    corpora = _closed_corpora(tmp_path)
+    work = tmp_path / "work"
+    argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(work), "--results", str(tmp_path / "r")]
+    argv += ["--set", "tables=[1]", "closed_plain_arcface=false", "closed_arms=[ours]"]
+    refused = reid_real.main([*argv, "closed_flip_tta=[peer]"])  # not trained here: refused before training
+    assert "closed_flip_tta ['peer']: not arms this config trains (['t1_ours'])" in refused["skipped"][0]
+    assert not (work / "runs" / "t1_ours").exists()
+    t1 = reid_real.main([*argv, "closed_flip_tta=[ours]"])["tables"]["1"]
+    export = work / "runs" / "t1_ours" / "export"
+    flipped = export.parent / "export_test_time_flip"
+    assert json.loads((flipped / "config.json").read_text())["test_time_flip"] is True
+    assert not json.loads((export / "config.json").read_text()).get("test_time_flip")
+    assert (flipped / "model.safetensors").read_bytes() == (export / "model.safetensors").read_bytes()
+    label = "ours, ours, + test-time flip (same weights)"
+    plain = next(k for k in t1["rows"] if k.startswith("ours ("))
+    assert label in t1["rows"] and t1["rows"][label] != t1["rows"][plain]
+    val = t1["test_time_flip_validation"][label]
+    assert set(val) == set(t1["species"]) and all(0 <= m["top1"] <= 1 for m in val.values())
+    assert "+ test-time flip" in (tmp_path / "r").with_suffix(".md").read_text()
+
+
 def _pretrain_corpora(tmp_path: Path, open_patterns: list[str]) -> Path:
     """A closed corpus of ``synth_stripes`` and an open one of ``open_patterns``."""
     _synthetic_corpus(tmp_path, "closed", ["stripes"])

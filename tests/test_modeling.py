@@ -354,3 +354,30 @@ def test_lite0_classifies_real_lion_portraits(data_root):
     with torch.no_grad():
         probs = net(proc([str(f) for f in files])["pixel_values"]).softmax(-1)
     assert (probs.argmax(-1) == 291).float().mean() >= 0.75  # ImageNet class 291 = lion
+
+
+def test_test_time_flip_averages_the_two_unit_views_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    plain = AnimalReIDModel(
+        AnimalReIDConfig(backbone="test_efficientnet", embedding_dim=16, image_size=64)
+    ).eval()
+    flip = AnimalReIDModel(AnimalReIDConfig(backbone="test_efficientnet", embedding_dim=16, image_size=64,
+                                            test_time_flip=True)).eval()  # fmt: skip
+    flip.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = plain(pixel_values=x).embeddings, plain(pixel_values=torch.flip(x, dims=[-1])).embeddings
+        want = torch.nn.functional.normalize(a + b, dim=-1)
+        got = flip(pixel_values=x).embeddings
+        assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(got, a, atol=1e-3)
+        # a mirror image gets the same embedding
+        assert torch.allclose(flip(pixel_values=torch.flip(x, dims=[-1])).embeddings, got, atol=1e-5)
+        # training mode sees one view (the flag is for inference)
+        assert torch.allclose(flip.train()(pixel_values=x).features, plain.train()(pixel_values=x).features)
+    flip.eval().save_pretrained(tmp_path)
+    back = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    assert back.config.test_time_flip is True
+    img = _image(2, size=(64, 64))
+    assert np.allclose(back.encode([img], engine="torch"), flip.encode([img], engine="torch"), atol=1e-6)
+    with pytest.raises(ValueError, match="test_time_flip"):
+        AnimalReIDConfig(test_time_flip="yes")

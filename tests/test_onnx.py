@@ -104,3 +104,24 @@ def test_real_photos_match_pytorch(tmp_path, data_root):
     check = compare_with_pytorch(model, tmp_path / "lite0.onnx", pixels)
     assert check.batch_size == len(paths)
     assert check.max_abs_diff <= 1e-4 and check.min_cosine >= 0.9999, check
+
+
+def test_test_time_flip_is_part_of_the_exported_graph(tmp_path):
+    model = _model(backbone="test_efficientnet", image_size=64, embedding_dim=16, test_time_flip=True)
+    check = export_onnx(model, tmp_path / "flip.onnx")
+    assert check.ok()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    got = onnx_embed(onnx_session(tmp_path / "flip.onnx"), x)
+    mirrored = onnx_embed(onnx_session(tmp_path / "flip.onnx"), torch.flip(x, dims=[-1]))
+    assert np.abs(got - mirrored).max() <= 1e-4  # a mirror image embeds the same
+    # the encode engine's cached export follows the flag: a left-right asymmetric image embeds differently
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:, :20] = 230
+    img[8:30, 40:60, 1] = 180
+    # (this small random network is nearly mirror-symmetric: the two differ by ~1e-3, onnxruntime and torch by ~1e-6)
+    with_flip = model.encode([img], engine="onnxruntime")
+    assert np.abs(with_flip - model.encode([img], engine="torch")).max() <= 2e-5
+    model.config.test_time_flip = False
+    without = model.encode([img], engine="onnxruntime")
+    assert np.abs(without - model.encode([img], engine="torch")).max() <= 2e-5
+    assert np.abs(with_flip - without).max() > 2e-4

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModel
 
 import train_accelerate
 from animal_reid.training.config import parse_config
@@ -473,6 +474,34 @@ def test_run_exports_the_interpolation_chosen_on_validation(corpus, tmp_path, mo
     _kill_after_first_checkpoint(monkeypatch, argv)
     resumed = train_accelerate.main([*argv, "--resume"])
     assert resumed["interpolation"] == interp and resumed["test"] == results["test"]
+
+
+def test_test_time_flip_auto_is_chosen_on_validation_and_exported(corpus, tmp_path):
+    run_dir = tmp_path / "flip"
+    results = train_accelerate.main(tiny_args(corpus, run_dir, "--test_time_flip", "auto"))
+    flip = results["test_time_flip"]
+    rank = lambda m: (m["top1"], m["mAP"])  # noqa: E731 - the run's metric_for_best is top1
+    assert flip["chosen"] == (rank(flip["val_flip"]) > rank(flip["val_plain"]))
+    assert results["val_best"] == (flip["val_flip"] if flip["chosen"] else flip["val_plain"])
+    assert ("test_plain" in flip) == flip["chosen"]
+    export = AutoModel.from_pretrained(run_dir / "export", trust_remote_code=True)
+    assert export.config.test_time_flip is flip["chosen"]
+    assert "Test-time flip" in (run_dir / "export" / "README.md").read_text()
+    assert results["config_summary"]["test_time_flip"] == "auto"
+
+
+def test_test_time_flip_choices_and_refits(corpus, tmp_path):
+    cfg = parse_config(tiny_args(corpus, tmp_path / "on", "--test_time_flip", "on"))
+    model, _ = train_accelerate.build_model(cfg, 3)
+    assert model.config.test_time_flip is True
+    off = parse_config(tiny_args(corpus, tmp_path / "off"))
+    assert train_accelerate.build_model(off, 3)[0].config.test_time_flip is False
+    with pytest.raises(ValueError, match="test_time_flip"):
+        parse_config(tiny_args(corpus, tmp_path / "bad", "--test_time_flip", "yes"))
+    with pytest.raises(ValueError, match="train_on_validation"):
+        parse_config(
+            tiny_args(corpus, tmp_path / "r", "--train_on_validation", "true", "--test_time_flip", "auto")
+        )
 
 
 def test_interpolate_alphas_must_lie_strictly_between_0_and_1(corpus, tmp_path):

@@ -19,6 +19,7 @@ from transformers import HfArgumentParser
 logger = logging.getLogger(__name__)
 
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+TEST_TIME_FLIP_CHOICES = ("off", "on", "auto")
 INIT_WEIGHTS_CHOICES = ("imagenet", "none")
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 METRIC_CHOICES = ("top1", "top5", "mAP")
@@ -315,6 +316,14 @@ class TrainArguments:
             "use it for validation, the best epoch and the export (the rate warms up as (1 + t) / (10 + t))."
         },
     )
+    test_time_flip: str = field(
+        default="off",
+        metadata={
+            "help": "Embed each image and its mirror image and average them at inference (the exported config's "
+            "test_time_flip). 'on': in every evaluation and the export; 'auto': after training, scored on validation "
+            "and kept only if it raises the validation metric (then mAP); 'off' (default)."
+        },
+    )
     interpolate_alphas: list[float] | None = field(
         default=None,
         metadata={
@@ -368,6 +377,10 @@ class TrainArguments:
             raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.test_time_flip not in TEST_TIME_FLIP_CHOICES:
+            raise ValueError(
+                f"test_time_flip must be one of {TEST_TIME_FLIP_CHOICES}, got {self.test_time_flip!r}"
+            )
         for alpha in self.interpolate_alphas or []:
             if not 0 < alpha < 1:
                 raise ValueError(f"interpolate_alphas must lie in (0, 1), got {alpha}")
@@ -386,6 +399,11 @@ class TrainConfig:
     train: TrainArguments
 
     def __post_init__(self) -> None:
+        if self.data.train_on_validation and self.train.test_time_flip == "auto":
+            raise ValueError(
+                "test_time_flip=auto chooses on validation, which train_on_validation trains on: set it 'on' or "
+                "'off' as the run trained on the train split chose"
+            )
         if self.data.train_on_validation and self.train.interpolate_alphas:
             raise ValueError(
                 "interpolate_alphas chooses on validation, which train_on_validation trains on: use one or the other"

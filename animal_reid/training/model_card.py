@@ -153,6 +153,18 @@ def _interp_desc(interp: dict[str, Any] | None, metric: str | None) -> str:
     )
 
 
+def _flip_desc(flip: dict[str, Any] | None, setting: str, metric: str | None) -> str:
+    """Test-time flip line of the card: on by request, or chosen on validation (with both scores)."""
+    if setting == "on":
+        return "on (`--test_time_flip on`): each image and its mirror image are embedded and averaged"
+    if not flip:
+        return ""
+    with_, without = _pct(flip["val_flip"].get(metric)), _pct(flip["val_plain"].get(metric))
+    scores = f"validation {metric} {with_} with it, {without} without"
+    verdict = "on: each image and its mirror image are embedded and averaged" if flip["chosen"] else "off"
+    return f"{verdict}; chosen on validation (`--test_time_flip auto`: {scores})"
+
+
 def render_model_card(
     *,
     config,
@@ -268,6 +280,7 @@ def render_model_card(
         + f", s = {m.scale:g}",
         head_init=m.head_init,
         interp_desc=_interp_desc(results.get("interpolation"), results.get("metric_for_best")),
+        flip_desc=_flip_desc(results.get("test_time_flip"), t.test_time_flip, results.get("metric_for_best")),
         best_epoch=results.get("best_epoch"),
         metric_for_best=results.get("metric_for_best"),
         history_rows=history_rows,
