@@ -306,7 +306,8 @@ def test_table1_scores_an_arm_again_with_test_time_flip_on_the_same_weights(tmp_
     refused = reid_real.main([*argv, "closed_flip_tta=[peer]"])  # not trained here: refused before training
     assert "closed_flip_tta ['peer']: not arms this config trains (['t1_ours'])" in refused["skipped"][0]
     assert not (work / "runs" / "t1_ours").exists()
-    t1 = reid_real.main([*argv, "closed_flip_tta=[ours]"])["tables"]["1"]
+    argv[-1] = "closed_arms=[ours, ours_refit]"
+    t1 = reid_real.main([*argv, "closed_refit=true", "closed_flip_tta=[ours, ours_refit]"])["tables"]["1"]
     export = work / "runs" / "t1_ours" / "export"
     flipped = export.parent / "export_test_time_flip"
     assert json.loads((flipped / "config.json").read_text())["test_time_flip"] is True
@@ -317,6 +318,9 @@ def test_table1_scores_an_arm_again_with_test_time_flip_on_the_same_weights(tmp_
     assert label in t1["rows"] and t1["rows"][label] != t1["rows"][plain]
     val = t1["test_time_flip_validation"][label]
     assert set(val) == set(t1["species"]) and all(0 <= m["top1"] <= 1 for m in val.values())
+    # the refit trained on the validation images: scored on test with the flip, no validation reported
+    assert "ours, ours_refit, + test-time flip (same weights)" in t1["rows"]
+    assert list(t1["test_time_flip_validation"]) == [label]
     assert "+ test-time flip" in (tmp_path / "r").with_suffix(".md").read_text()
 
 
