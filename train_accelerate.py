@@ -1142,11 +1142,8 @@ def _final_results(run: RunParts) -> dict[str, Any]:
             test = run.evaluator.test(run.model)
     flip = choose_test_time_flip(config, accelerator, run.model, run.evaluator, val_best)
     if flip is not None and flip["chosen"]:
-        val_best, flip["test_plain"] = (
-            flip["val_flip"],
-            summary_metrics(test),
-        )  # test_plain: for the report only
-        test = run.evaluator.test(run.model)
+        flip["test_plain"] = summary_metrics(test)  # for the report only (the flip was chosen on validation)
+        val_best, test = flip["val_flip"], run.evaluator.test(run.model)
     speeds = [h["images_per_s"] for h in state.history]
     return {
         "best_epoch": state.best_epoch,

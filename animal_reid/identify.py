@@ -659,9 +659,8 @@ class QueryResult:
     candidate_items: list[ImageItem] = field(default_factory=list, repr=False)
     matches: list | None = field(default=None, repr=False)  # PairMatch per candidate under local re-ranking
     match_config: Any = field(default=None, repr=False)  # its LocalFeatureConfig (for drawing)
-    query_in_gallery: bool | None = (
-        None  # whether query_identity has gallery images (None: no query_identity)
-    )
+    # whether query_identity has gallery images (None: no query_identity)
+    query_in_gallery: bool | None = None
 
     @property
     def predicted_identity(self) -> str | None:

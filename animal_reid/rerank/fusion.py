@@ -4,18 +4,17 @@
 
 :func:`fit_fusion` picks ``scale`` and a global ``weight`` maximising the species-averaged top-1 of the re-ranked
 shortlist on validation queries (ties: higher mean reciprocal rank of the first true match, then the smaller
-weight), then each species with at least ``min_per_species`` validation queries gets its own best weight. A
-weight above 0 (global or per species) must raise validation top-1 over the cosine alone: one that only ties it
-(won on the reciprocal-rank tie-break) falls back to 0. On the 480-dog open split the trained model's dog weight
-was won that way (top-1 tied, reciprocal rank up, mAP down 2.2 points) and lost 3 test queries (BENCHMARKS.md §9). ``significance`` < 1 adds a guard: a species
-then keeps its own weight only where a one-sided sign test of the queries it puts right against those it puts
-wrong passes at that level, else 0. It is off by default (1.0): on the six-species open split it removed every
-gain of the trained model (cattle, lion and nyala got p 0.12-0.32 from 64-140 validation queries), and
-ImageNet lion's loss, which it was meant to stop, is not separable on validation from trained nyala's gain
-(BENCHMARKS.md §9). The grid includes 0: on the validation data the fusion never does worse than the cosine
-alone. The fitted :class:`Fusion`, its top-1-vs-weight curve and the feature settings it was
-fitted with are saved as JSON (``rerank_fusion.json`` beside a model or a gallery).
-"""
+weight), then each species with at least ``min_per_species`` validation queries gets its own best weight. A weight
+above 0 (global or per species) must raise validation top-1 over the cosine alone: one that only ties it (won on
+the reciprocal-rank tie-break) falls back to 0. On the 480-dog open split the trained model's dog weight was won
+that way (top-1 tied, reciprocal rank up, mAP down 2.2 points) and lost 3 test queries (BENCHMARKS.md §9).
+``significance`` < 1 adds a guard: a species then keeps its own weight only where a one-sided sign test of the
+queries it puts right against those it puts wrong passes at that level, else 0. It is off by default (1.0): on the
+six-species open split it removed every gain of the trained model (cattle, lion and nyala got p 0.12-0.32 from
+64-140 validation queries), and ImageNet lion's loss, which it was meant to stop, is not separable on validation
+from trained nyala's gain (BENCHMARKS.md §9). The grid includes 0: on the validation data the fusion never does
+worse than the cosine alone. The fitted :class:`Fusion`, its top-1-vs-weight curve and the feature settings it was
+fitted with are saved as JSON (``rerank_fusion.json`` beside a model or a gallery). """
 
 from __future__ import annotations
 
