@@ -15,13 +15,16 @@ The run directory (``output_dir``) receives ``config.yaml`` (the resolved config
 (the weights of the best validation epoch), ``results.json`` and ``export/`` (feature extractor, processor and
 README.md model card, ready for ``AutoModel.from_pretrained(dir, trust_remote_code=True)``).
 See docs/training.md.
+
+This file is the run's flow only (``main`` -> ``run`` -> the named steps of ``_run``); the parts it is made of
+(model, optimiser, evaluation, start/interpolation/flip choices, checkpointed state, export) live in the
+``animal_reid.training`` package.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import sys
 import time
@@ -30,6 +33,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from animal_reid.extras import MissingExtraError, require_extra
+
+try:  # before accelerate and datasets are imported: a missing extra is one line, not a traceback
+    require_extra("animal-reid-train", "train")
+except MissingExtraError as err:
+    print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(1) from None
 
 import numpy as np
 import torch
@@ -40,9 +51,8 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from animal_reid.metrics import evaluate_reid
-from animal_reid.training.augment import ReIDAugment
-from animal_reid.training.config import TrainConfig, parse_config, save_config
+from animal_reid.training.augment import build_augment
+from animal_reid.training.config import TrainConfig, config_summary, parse_config, save_config
 from animal_reid.training.data import (
     ReIDImageDataset,
     SeededBatches,
@@ -54,544 +64,34 @@ from animal_reid.training.data import (
     split_metadata,
 )
 from animal_reid.training.ema import WeightEMA
-from animal_reid.training.interpolate import (
-    choose_alpha,
-    interpolate_state,
-    load_snapshot,
-    save_snapshot,
-    snapshot,
+from animal_reid.training.evaluation import (
+    EvalSets,
+    Evaluator,
+    format_metric,
+    resolve_protocol,
+    summary_metrics,
 )
-from animal_reid.training.model_card import render_model_card
+from animal_reid.training.export import push_export, save_export, write_model_card
+from animal_reid.training.model import (
+    build_model,
+    build_optimizer,
+    set_backbone_frozen,
+)
 from animal_reid.training.plots import plot_history
-from animal_reid.training.sampler import PKBatchSampler, RandomBatchSampler
+from animal_reid.training.sampler import build_sampler
 from animal_reid.training.schedule import build_scheduler
-from modeling import AnimalReIDConfig, AnimalReIDForMetricLearning, AnimalReIDImageProcessor, AnimalReIDModel
+from animal_reid.training.selection import (
+    beats_baseline,
+    choose_test_time_flip,
+    interpolate_best,
+    keep_start_weights,
+    log_against_start,
+    start_model,
+)
+from animal_reid.training.state import TrainingState
+from modeling import AnimalReIDForMetricLearning, AnimalReIDImageProcessor
 
 logger = get_logger(__name__)
-
-REPORTED_METRICS = ("top1", "top5", "mAP")
-
-
-class TrainingState:
-    """Progress that is not in the model, optimiser or scheduler; saved with every checkpoint."""
-
-    def __init__(self) -> None:
-        self.epochs_done = 0
-        self.best_score: float | None = None
-        self.best_epoch: int | None = None
-        self.history: list[dict[str, Any]] = []
-        self.baseline: dict[str, Any] | None = None  # the starting model on validation and test
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "baseline": self.baseline,
-            "epochs_done": self.epochs_done,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "history": self.history,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epochs_done = int(state["epochs_done"])
-        self.best_score = state["best_score"]
-        self.best_epoch = state["best_epoch"]
-        self.history = list(state["history"])
-        self.baseline = state.get("baseline")
-
-
-# --------------------------------------------------------------------------- model
-
-
-def head_options(config: TrainConfig, num_classes: int) -> dict[str, Any]:
-    m = config.model
-    return {
-        "num_classes": num_classes,
-        "subcenters": m.subcenters,
-        "scale": m.scale,
-        "margin_mode": "dynamic" if m.dynamic_margins else "fixed",
-        "margin_rad": m.margin_max,
-        "margin_min_rad": m.margin_min,
-        "margin_max_rad": m.margin_max,
-    }
-
-
-def build_model(
-    config: TrainConfig, num_classes: int
-) -> tuple[AnimalReIDForMetricLearning, AnimalReIDImageProcessor]:
-    """The training model and its processor: from scratch/ImageNet, or from an exported feature extractor. Its
-    ``test_time_flip`` is on only with ``--test_time_flip on`` ('auto' decides after training)."""
-    model, processor = _build_model(config, num_classes)
-    model.config.test_time_flip = config.train.test_time_flip == "on"
-    return model, processor
-
-
-def _build_model(
-    config: TrainConfig, num_classes: int
-) -> tuple[AnimalReIDForMetricLearning, AnimalReIDImageProcessor]:
-    m = config.model
-    head = head_options(config, num_classes)
-    if m.init_from:
-        fe = AnimalReIDModel.from_pretrained(m.init_from)
-        fe_cfg = fe.config.to_dict()
-        for key in (
-            "head",
-            "architectures",
-            "auto_map",
-            "model_type",
-            "transformers_version",
-            "_name_or_path",
-        ):
-            fe_cfg.pop(key, None)
-        model = AnimalReIDForMetricLearning(AnimalReIDConfig(**fe_cfg, head=head))
-        result = model.load_state_dict(fe.state_dict(), strict=False)
-        unexpected = list(result.unexpected_keys)
-        not_head = [k for k in result.missing_keys if not k.startswith("head.")]
-        if unexpected or not_head:
-            raise ValueError(
-                f"{m.init_from}: expected a feature extractor whose weights cover everything but the head; "
-                f"missing {not_head[:5]}, unexpected {unexpected[:5]}"
-            )
-        try:
-            processor = AnimalReIDImageProcessor.from_pretrained(m.init_from)
-        except OSError:
-            processor = AnimalReIDImageProcessor.from_model_config(model.config)
-        ignored = {
-            k: getattr(m, k)
-            for k, v in (("backbone", fe.config.backbone), ("embedding_dim", fe.config.embedding_dim))
-            if getattr(m, k) != v
-        }
-        if [m.image_size, m.image_size] != list(fe.config.image_size):
-            ignored["image_size"] = m.image_size
-        if ignored:
-            logger.warning(
-                "fine-tuning keeps the architecture and input size of %s; ignoring %s",
-                m.init_from,
-                ignored,
-                main_process_only=True,
-            )
-        del fe
-        return model, processor
-
-    from animal_reid.weights import input_normalization
-
-    mean, std = input_normalization(m.backbone, m.init_weights, m.normalization)
-    model_cfg = AnimalReIDConfig(
-        backbone=m.backbone,
-        embedding_dim=m.embedding_dim,
-        image_size=m.image_size,
-        pooling=m.pooling,
-        neck_bn=m.neck_bn,
-        image_mean=mean,
-        image_std=std,
-        head=head,
-    )
-    model = AnimalReIDForMetricLearning(model_cfg)
-    if m.init_weights == "imagenet":
-        from animal_reid.weights import load_imagenet_backbone
-
-        load_imagenet_backbone(model)
-    elif m.init_weights != "none":
-        from animal_reid.weights import load_backbone_file
-
-        load_backbone_file(model, m.init_weights)
-    return model, AnimalReIDImageProcessor.from_model_config(model.config, jpeg_draft=m.jpeg_draft)
-
-
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the default: what won on validation, BENCHMARKS.md) or AdamW, over `parameter_groups`."""
-    t = config.train
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(parameter_groups(model, config), momentum=t.momentum)
-    return torch.optim.AdamW(parameter_groups(model, config))
-
-
-def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """Groups: backbone vs the rest (pooling, neck, head), each split into decayed / not decayed."""
-    t = config.train
-    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        part = "backbone" if name.startswith("backbone.") else "head"
-        decay = p.ndim >= 2  # matrices and kernels; not biases, norms, GeM p or margins
-        groups.setdefault((part, decay), []).append(p)
-    out = []
-    for (part, decay), params in sorted(groups.items()):
-        out.append(
-            {
-                "params": params,
-                "lr": t.lr_backbone if part == "backbone" else t.lr_head,
-                "weight_decay": t.weight_decay if decay else 0.0,
-                "name": f"{part}{'' if decay else '_no_decay'}",
-            }
-        )
-    return out
-
-
-def build_augment(tc, processor) -> ReIDAugment | None:
-    if tc.augment == "none":
-        return None
-    make = ReIDAugment.light if tc.augment == "light" else ReIDAugment
-    return make(processor.image_mean, processor.image_std, hflip=tc.hflip)
-
-
-def build_sampler(tc, train_meta: dict[str, list], label_of: dict[str, int], accelerator: Accelerator):
-    """Random batches of P*K images (default) or identity-balanced P x K batches, sharded over processes."""
-    shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index}
-    if tc.sampler == "random":
-        return RandomBatchSampler(
-            len(train_meta["identity"]), tc.batch_size, tc.seed, tc.batches_per_epoch, **shard
-        )
-    return PKBatchSampler(
-        [label_of[i] for i in train_meta["identity"]],
-        tc.identities_per_batch,
-        tc.images_per_identity,
-        seed=tc.seed,
-        batches_per_epoch=tc.batches_per_epoch,
-        species=train_meta["species"],
-        one_species_per_batch=tc.one_species_per_batch,
-        **shard,
-    )
-
-
-def set_backbone_frozen(model: torch.nn.Module, frozen: bool) -> None:
-    """Head-only warm-up: no gradient into the backbone and its BatchNorm layers in eval mode.
-
-    Eval mode keeps the running statistics of the pretrained backbone (a train-mode BatchNorm updates them
-    on every forward pass even when its weights get no gradient). Call after ``model.train()``.
-    """
-    backbone = model.backbone
-    for p in backbone.parameters():
-        p.requires_grad_(not frozen)
-    if frozen:
-        backbone.eval()
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def embed(accelerator: Accelerator, model, processor, loader, desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and dataset row indices of a prepared loader, gathered from every process.
-
-    The loader yields uint8 images (`ReIDImageDataset`); ``processor.normalize_uint8`` finishes them on the
-    device, exactly as ``processor.preprocess_one`` would have.
-    """
-    model.eval()
-    embs, idxs = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
-        pixel_values = processor.normalize_uint8(batch["pixel_values"].to(accelerator.device))
-        with accelerator.autocast():
-            out = model(pixel_values=pixel_values)
-        emb, idx = accelerator.gather_for_metrics((out.embeddings.float().contiguous(), batch["index"]))
-        embs.append(emb.cpu())
-        idxs.append(idx.cpu())
-    return torch.cat(embs).numpy(), torch.cat(idxs).numpy()
-
-
-def evaluate(
-    accelerator: Accelerator,
-    model,
-    processor,
-    loader,
-    meta: dict[str, list],
-    desc: str,
-    gallery: tuple[np.ndarray, dict[str, list]] | None = None,
-) -> dict[str, Any]:
-    """Re-ID metrics of one split (per species and averaged), with ``animal_reid.metrics.evaluate_reid``."""
-    emb, idx = embed(accelerator, model, processor, loader, desc)
-    order = np.argsort(idx, kind="stable")
-    emb, idx = emb[order], idx[order]
-    labels = [meta["identity"][i] for i in idx]
-    species = [meta["species"][i] for i in idx]
-    encounters = [meta["encounter"][i] for i in idx] if "encounter" in meta else None
-    kwargs: dict[str, Any] = {}
-    if gallery is not None:
-        g_emb, g_meta = gallery
-        kwargs = {
-            "gallery_embeddings": g_emb,
-            "gallery_labels": g_meta["identity"],
-            "gallery_encounters": g_meta.get("encounter"),
-            "gallery_species": g_meta["species"],
-        }
-    return evaluate_reid(emb, labels, encounters, species, topk=(1, 5, 10), **kwargs)
-
-
-class Evaluator:
-    """Validation and test scores of the model under the run's protocol, and the train split's embeddings.
-
-    ``leave_one_out``: every evaluation image queries the others of its split. ``query_gallery``: validation
-    images query the train images; test images query train + validation (closed set, MegaDescriptor's).
-    ``refit`` (``train_on_validation``): the train split holds the validation images, so validation is not
-    scored (an empty result) and test queries the train split alone, the same gallery without duplicates.
-    """
-
-    def __init__(
-        self,
-        accelerator,
-        processor,
-        loaders: dict[str, DataLoader],
-        metas: dict[str, dict],
-        protocol,
-        refit: bool = False,
-    ):
-        self.accelerator, self.processor = accelerator, processor
-        self.loaders, self.metas, self.protocol, self.refit = loaders, metas, protocol, refit
-
-    def embeddings(self, model, split: str) -> tuple[np.ndarray, dict[str, list]]:
-        """``(embeddings, metadata)`` of a split in row order (un-augmented, eval mode)."""
-        emb, idx = embed(self.accelerator, model, self.processor, self.loaders[split], split)
-        order = np.argsort(idx, kind="stable")
-        return emb[order], {k: [v[i] for i in idx[order]] for k, v in self.metas[split].items()}
-
-    def validation(self, model, train: tuple | None = None) -> dict[str, Any]:
-        if self.refit:
-            return {}
-        gallery = None
-        if self.protocol == "query_gallery":
-            gallery = train or self.embeddings(model, "train")
-        return self._score(model, "validation", gallery)
-
-    def test(self, model, train: tuple | None = None) -> dict[str, Any]:
-        gallery = None
-        if self.protocol == "query_gallery":
-            gallery = train or self.embeddings(model, "train")
-            if not self.refit:  # a refit's train split already holds the validation images
-                (g_emb, g_meta), (v_emb, v_meta) = gallery, self.embeddings(model, "validation")
-                gallery = (np.concatenate([g_emb, v_emb]), {k: g_meta[k] + v_meta[k] for k in g_meta})
-        return self._score(model, "test", gallery)
-
-    def _score(self, model, split: str, gallery) -> dict[str, Any]:
-        return evaluate(
-            self.accelerator, model, self.processor, self.loaders[split], self.metas[split], split, gallery
-        )
-
-
-@torch.no_grad()
-def calibrate_neck(accelerator, model, processor, loader) -> None:
-    """Set the BNNeck's running statistics to the train images' (one pass, backbone in eval mode).
-
-    Without it the neck starts as the identity in eval mode but standardises per batch in train mode, so the
-    class centers of ``head_init='mean'`` would sit in another space than the training embeddings.
-    """
-    neck = accelerator.unwrap_model(model).neck_bn
-    model.eval()
-    neck.reset_running_stats()
-    neck.momentum, saved = None, neck.momentum  # cumulative average over the pass
-    neck.train()
-    for batch in loader:
-        with accelerator.autocast():
-            model(pixel_values=processor.normalize_uint8(batch["pixel_values"].to(accelerator.device)))
-    neck.momentum = saved
-    model.eval()
-
-
-def class_centers(emb: np.ndarray, identities: list[str], label_of: dict[str, int], num_classes: int):
-    """``[C, D]`` sum (so the direction of the mean) of each training class's embeddings; zero rows for none."""
-    labels = torch.tensor([label_of[i] for i in identities])
-    sums = torch.zeros(num_classes, emb.shape[1]).index_add_(0, labels, torch.from_numpy(emb).float())
-    return sums
-
-
-def init_head(model, mode: str, centers: torch.Tensor | None, seed: int) -> None:
-    """Class weights of the ArcFace head: class means of the starting embeddings, N(0, 0.01) or Xavier."""
-    head = model.head
-    if mode == "xavier":
-        torch.nn.init.xavier_uniform_(head.weight)
-        return
-    # its own generator: the draws do not depend on how many loaders ran before (image cache or not)
-    noise = torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(seed))
-    head.weight.data.copy_(noise * 0.01)
-    if mode == "mean":
-        head.set_class_centers(centers, row_norm=0.01 * head.in_features**0.5, seed=seed)
-
-
-def resolve_protocol(val_identities: list[str], label_of: dict[str, int]) -> str:
-    """``query_gallery`` for a closed-set split (every validation identity is trained on), else ``leave_one_out``."""
-    closed = bool(val_identities) and all(i in label_of for i in val_identities)
-    return "query_gallery" if closed else "leave_one_out"
-
-
-def start_model(config, accelerator, model, processor, evaluator, corpus, calibrate: bool) -> dict[str, Any]:
-    """Before the first step: calibrate the BNNeck, score the starting model, initialise the ArcFace head.
-
-    Returns the baseline (``{"val": ..., "test": ...}``, the keys of ``summary_metrics``) that every trained
-    epoch is compared with. Scoring test here is for the report only; nothing is chosen on it.
-    """
-    if calibrate:
-        calibrate_neck(accelerator, model, processor, evaluator.loaders["train"])
-    train = evaluator.embeddings(model, "train") if "train" in evaluator.loaders else None
-    baseline = {
-        "val": summary_metrics(evaluator.validation(model, train)),
-        "test": summary_metrics(evaluator.test(model, train)),
-    }
-    centers = None
-    if config.model.head_init == "mean":
-        centers = class_centers(train[0], train[1]["identity"], corpus.label_of, corpus.num_classes)
-    init_head(accelerator.unwrap_model(model), config.model.head_init, centers, config.train.seed)
-    logger.info(
-        "starting point (no training yet): val top-1 %s mAP %s; test top-1 %s mAP %s; head init %r",
-        _fmt(baseline["val"]["top1"]),
-        _fmt(baseline["val"]["mAP"]),
-        _fmt(baseline["test"]["top1"]),
-        _fmt(baseline["test"]["mAP"]),
-        config.model.head_init,
-        main_process_only=True,
-    )
-    return baseline
-
-
-def keep_start_weights(
-    config, accelerator, unwrapped, path: Path, fresh: bool
-) -> dict[str, torch.Tensor] | None:
-    """The starting weights for ``interpolate_alphas``: taken before the first step and saved beside the
-    checkpoints, or read back when a run resumes (None if a resumed run never saved them)."""
-    if not config.train.interpolate_alphas:
-        return None
-    if not fresh:
-        return load_snapshot(path) if path.is_file() else None
-    weights = snapshot(unwrapped)
-    if accelerator.is_main_process:
-        save_snapshot(weights, path)
-    return weights
-
-
-def interpolate_best(config, accelerator, model, evaluator, start, val_best) -> dict[str, Any] | None:
-    """WiSE-FT: score ``(1 - a) * start + a * trained`` on validation for each ``a``; load the best.
-
-    The model holds the trained (best-epoch) weights on entry and the chosen ones on return. Returns
-    ``{"chosen_alpha", "val": {alpha: validation metrics}}`` or None when not asked for or not possible.
-    """
-    alphas, metric = config.train.interpolate_alphas, config.train.metric_for_best
-    if not alphas:
-        return None
-    if start is None or val_best is None:
-        logger.warning(
-            "interpolate_alphas: no starting weights or no scored epoch; exporting the trained model"
-        )
-        return None
-    unwrapped = accelerator.unwrap_model(model)
-    trained = snapshot(unwrapped)
-
-    def score(alpha: float) -> dict[str, Any]:
-        unwrapped.load_state_dict(interpolate_state(start, trained, alpha))
-        val = summary_metrics(evaluator.validation(model))
-        logger.info("interpolation a=%g: val %s %s", alpha, metric, _fmt(val[metric]), main_process_only=True)
-        return val
-
-    chosen, scored = choose_alpha(score, alphas, val_best, metric)
-    unwrapped.load_state_dict(interpolate_state(start, trained, chosen))
-    logger.info(
-        "interpolation: a=%g chosen on validation (%s %s; trained a=1: %s)",
-        chosen,
-        metric,
-        _fmt(scored[f"{chosen:g}"][metric]),
-        _fmt(val_best[metric]),
-        main_process_only=True,
-    )
-    return {"chosen_alpha": chosen, "val": scored}
-
-
-def choose_test_time_flip(config, accelerator, model, evaluator, val_best) -> dict[str, Any] | None:
-    """``--test_time_flip auto``: score validation with mirror-image averaging and keep it if it beats the chosen
-    weights' validation (the metric for the best epoch, then mAP). Returns the choice and both scores, or None."""
-    if config.train.test_time_flip != "auto":
-        return None
-    if val_best is None:
-        logger.warning("test_time_flip=auto: no scored validation; exporting without it")
-        return None
-    metric, cfg = config.train.metric_for_best, accelerator.unwrap_model(model).config
-    cfg.test_time_flip = True
-    val_flip = summary_metrics(evaluator.validation(model))
-    rank = lambda m: (m[metric] or 0.0, m["mAP"] or 0.0)  # noqa: E731
-    cfg.test_time_flip = rank(val_flip) > rank(val_best)
-    logger.info(
-        "test-time flip %s on validation (%s %s with it, %s without)",
-        "kept" if cfg.test_time_flip else "not kept",
-        metric,
-        _fmt(val_flip[metric]),
-        _fmt(val_best[metric]),
-        main_process_only=True,
-    )
-    return {"chosen": cfg.test_time_flip, "val_flip": val_flip, "val_plain": val_best}
-
-
-def config_summary(config: TrainConfig) -> dict[str, Any]:
-    """The recipe choices a reader of results.json needs to tell runs apart."""
-    m, t = config.model, config.train
-    keys_m = (
-        "backbone",
-        "image_size",
-        "embedding_dim",
-        "pooling",
-        "neck_bn",
-        "head_init",
-        "subcenters",
-        "scale",
-    )
-    keys_m += ("margin_min", "margin_max", "dynamic_margins")
-    keys_t = (
-        "optimizer",
-        "lr_backbone",
-        "lr_head",
-        "sampler",
-        "augment",
-        "epochs",
-        "mixed_precision",
-        "ema_decay",
-        "test_time_flip",
-    )
-    return {k: getattr(m, k) for k in keys_m} | {k: getattr(t, k) for k in keys_t}
-
-
-def beats_baseline(baseline: dict[str, Any] | None, val_best: dict[str, Any] | None, key: str) -> bool | None:
-    """Whether the chosen epoch's validation score beats the starting model's (None when either is missing)."""
-    start = ((baseline or {}).get("val") or {}).get(key)
-    best = (val_best or {}).get(key)
-    if start is None or best is None:
-        return None
-    return bool(best > start)
-
-
-def log_against_start(results: dict[str, Any]) -> None:
-    """Per species, trained vs start on validation and test; a loud warning when training did not help."""
-    base = results.get("baseline") or {}
-    for split, trained in (("val", results.get("val_best")), ("test", results.get("test"))):
-        start = base.get(split) or {}
-        for sp, now in sorted(((trained or {}).get("per_species") or {}).items()):
-            was = (start.get("per_species") or {}).get(sp, {})
-            logger.info(
-                "%s %s: top-1 %s -> %s, mAP %s -> %s (start -> trained, %s queries)",
-                split,
-                sp,
-                _fmt(was.get("top1")),
-                _fmt(now.get("top1")),
-                _fmt(was.get("mAP")),
-                _fmt(now.get("mAP")),
-                now.get("n_queries"),
-                main_process_only=True,
-            )
-    if results.get("beats_baseline") is False:
-        logger.warning(
-            "!!! TRAINING DID NOT BEAT ITS STARTING POINT: the chosen epoch's validation %s is not above the "
-            "untrained model's (%s vs %s). The export is no better than its starting weights. !!!",
-            results.get("metric_for_best"),
-            _fmt((results.get("val_best") or {}).get(results.get("metric_for_best"))),
-            _fmt((base.get("val") or {}).get(results.get("metric_for_best"))),
-            main_process_only=True,
-        )
-
-
-def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
-    """The part of an ``evaluate_reid`` result kept per epoch: averages and per-species top-1/top-5/mAP."""
-    out = {k: result.get(k) for k in REPORTED_METRICS}
-    out["n_queries"] = result.get("n_queries")
-    out["per_species"] = {
-        sp: {k: v.get(k) for k in (*REPORTED_METRICS, "n_queries")}
-        for sp, v in result.get("per_species", {}).items()
-    }
-    return out
-
-
-# --------------------------------------------------------------------------- run
 
 
 def _reset_accelerate_singletons() -> None:
@@ -674,47 +174,6 @@ def run(config: TrainConfig) -> dict[str, Any]:
         release_workers(*loaders)
         accelerator.end_training()
         _restore_logging(handler, previous_level)
-
-
-class EvalSets:
-    """Un-augmented datasets and loaders of the corpus splits, for scoring; ``train`` shares the training cache."""
-
-    def __init__(self, config: TrainConfig, corpus, processor, train_ds: ReIDImageDataset, pin: bool) -> None:
-        self.config, self.corpus, self.processor, self.train_ds, self.pin = (
-            config,
-            corpus,
-            processor,
-            train_ds,
-            pin,
-        )
-        self.sets: dict[str, ReIDImageDataset] = {}
-
-    def dataset(self, split: str) -> ReIDImageDataset:
-        if split not in self.sets:
-            ds = ReIDImageDataset(
-                self.corpus.splits[split],
-                self.processor,
-                self.corpus.label_of,
-                None,
-                self.config.data.use_boxes,
-            )
-            if split == "train" and self.train_ds.cache is not None:
-                ds.cache = self.train_ds.cache  # same rows, same preprocessing
-            self.sets[split] = ds
-        return self.sets[split]
-
-    def loader(self, split: str) -> DataLoader:
-        # Evaluation workers live only while an evaluation runs, and none are started when the images are cached
-        # (a batch is then an index into shared memory). Persistent ones sat idle between evaluations, each
-        # holding its copy of the trainer's heap (about 3 GB at 224 px): two 224-px runs at once ran out of 24 GB.
-        ds = self.dataset(split)
-        workers = 0 if ds.cache is not None else self.config.data.num_workers
-        return DataLoader(
-            ds,
-            batch_size=self.config.train.eval_batch_size,
-            shuffle=False,
-            **dataloader_kwargs(workers, pin_memory=self.pin, persistent_workers=False),
-        )
 
 
 @dataclass
@@ -1081,9 +540,9 @@ def _close_epoch(run: RunParts, epoch: int, fit: dict[str, Any]) -> None:
         epoch + 1,
         record["train_loss"],
         record["images_per_s"],
-        _fmt(record["val"]["top1"]),
-        _fmt(record["val"]["top5"]),
-        _fmt(record["val"]["mAP"]),
+        format_metric(record["val"]["top1"]),
+        format_metric(record["val"]["top5"]),
+        format_metric(record["val"]["mAP"]),
         " (best)" if improved else "",
         main_process_only=True,
     )
@@ -1171,96 +630,21 @@ def _export(run: RunParts, results: dict[str, Any], t_start: float) -> None:
     """Main process: the feature extractor, processor, handler and model card; results.json; the Hub push."""
     tc, corpus = run.config.train, run.corpus
     export_dir = run.run_dir / "export"
-    fe = run.unwrapped.export_feature_extractor()
-    fe.save_pretrained(export_dir, safe_serialization=True)
-    run.processor.save_pretrained(export_dir)
-    from animal_reid.serve.handler import write_handler  # stdlib only: no service dependencies
-
-    write_handler(export_dir)  # Inference Endpoints custom handler (docs/serve.md)
+    fe = save_export(run.unwrapped, run.processor, export_dir)
     results["wall_time_s"] = time.time() - t_start
-    card = render_model_card(
-        widget=write_widget_examples(corpus, export_dir, tc.push_to_hub) if not tc.widget_images else None,
-        config=run.config,
-        model_config=fe.config,
-        results=results,
-        history=run.state.history,
-        corpus_info=corpus.card_info(),
-        train_counts={"images": len(corpus.splits["train"]), "identities": corpus.num_classes},
-        num_parameters=sum(p.numel() for p in fe.parameters()),
-    )
-    card.save(export_dir / "README.md")
+    write_model_card(run.config, fe, corpus, results, run.state.history, export_dir)
     (run.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     log_against_start(results)
     logger.info(
         "test (%s): top-1 %s, top-5 %s, mAP %s; exported to %s",
         results["test_protocol"],
-        _fmt(results["test"]["top1"]),
-        _fmt(results["test"]["top5"]),
-        _fmt(results["test"]["mAP"]),
+        format_metric(results["test"]["top1"]),
+        format_metric(results["test"]["top5"]),
+        format_metric(results["test"]["mAP"]),
         export_dir,
     )
     if tc.push_to_hub:
         push_export(export_dir, tc.push_to_hub, private=tc.hub_private)
-
-
-def write_widget_examples(
-    corpus, export_dir: Path, repo_id: str | None, per_species: int = 1
-) -> list[dict] | None:
-    """Widget examples for the card: test images copied into ``export/examples``, **only for synthetic corpora**.
-
-    Real photos are never copied (most sources forbid redistribution); pass ``widget_images`` URLs instead.
-    """
-    test = corpus.splits["test"]
-    sources = set(test["source"]) if "source" in test.column_names else set()
-    if sources != {"synthetic"}:
-        return None
-    from huggingface_hub import constants
-
-    examples = export_dir / "examples"
-    examples.mkdir(parents=True, exist_ok=True)
-    base = f"{constants.ENDPOINT}/{repo_id}/resolve/main/" if repo_id else ""
-    widget, seen = [], {}
-    for i, species in enumerate(test["species"]):
-        if seen.get(species, 0) >= per_species:
-            continue
-        seen[species] = seen.get(species, 0) + 1
-        image = test[i]["image"]
-        data = image.get("bytes") or Path(image["path"]).read_bytes()
-        name = f"{species}_{seen[species]}.jpg"
-        (examples / name).write_bytes(data)
-        widget.append({"src": f"{base}examples/{name}", "example_title": f"{species} (synthetic)"})
-    return widget
-
-
-def push_export(export_dir: Path, repo_id: str, private: bool = False) -> str:
-    """Push the exported model, its processor, then the model card (``push_to_hub`` writes its own README)."""
-    from huggingface_hub import HfApi, ModelCard
-
-    model = AnimalReIDModel.from_pretrained(export_dir)
-    processor = AnimalReIDImageProcessor.from_pretrained(export_dir)
-    model.push_to_hub(repo_id, private=private, commit_message="Upload AnimalReID feature extractor")
-    processor.push_to_hub(repo_id, commit_message="Upload image processor")
-    api = HfApi()
-    if (export_dir / "examples").is_dir():
-        api.upload_folder(
-            folder_path=str(export_dir),
-            repo_id=repo_id,
-            allow_patterns=["examples/*"],
-            commit_message="Upload widget examples",
-        )
-    extras = [n for n in ("handler.py", "requirements.txt") if (export_dir / n).is_file()]
-    if extras:
-        api.upload_folder(
-            folder_path=str(export_dir),
-            repo_id=repo_id,
-            allow_patterns=extras,
-            commit_message="Upload the Inference Endpoints handler",
-        )
-    card = ModelCard.load(export_dir / "README.md")
-    card.push_to_hub(repo_id, commit_message="Upload model card generated by the training run")
-    url = api.repo_info(repo_id).id
-    logging.getLogger(__name__).info("pushed %s to the Hub as %s", export_dir, url)
-    return url
 
 
 def _best_dir(run_dir: Path, epoch: int) -> Path:
@@ -1282,10 +666,6 @@ def _group_lr(optimizer, part: str) -> float | None:
     return None
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
-
-
 def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl from the state's history (so a resumed run holds each epoch exactly once)."""
     with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
@@ -1300,8 +680,8 @@ if __name__ == "__main__":
     res = main(sys.argv[1:])
     test_m = res["test"]
     print(
-        f"best epoch {res['best_epoch']}; test top-1 {_fmt(test_m['top1'])}, top-5 {_fmt(test_m['top5'])}, "
-        f"mAP {_fmt(test_m['mAP'])}; wall time {res['wall_time_s']:.0f} s; export: {res['export_dir']}"
+        f"best epoch {res['best_epoch']}; test top-1 {format_metric(test_m['top1'])}, top-5 {format_metric(test_m['top5'])}, "
+        f"mAP {format_metric(test_m['mAP'])}; wall time {res['wall_time_s']:.0f} s; export: {res['export_dir']}"
         if res["wall_time_s"] is not None
         else "done"
     )

@@ -155,6 +155,56 @@ def _auto_chunk(n_gallery: int, budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES)
     return max(1, min(4096, budget_bytes // max(1, 32 * n_gallery)))
 
 
+def _check_row_counts(arrays: Sequence[tuple[str, Sequence | np.ndarray | None, int]]) -> None:
+    """Raise :class:`ValueError` for a ``(name, array, rows)`` whose array is given with another length."""
+    for name, arr, n in arrays:
+        if arr is not None and len(arr) != n:
+            raise ValueError(f"{name} has {len(arr)} entries, expected {n} (one per embedding row)")
+
+
+def _codes(arr: Sequence | np.ndarray, device: torch.device) -> torch.Tensor:
+    """Integer codes as an int64 tensor on ``device``."""
+    return torch.as_tensor(np.asarray(arr, dtype=np.int64), device=device)
+
+
+def _rank_chunk(
+    scores: torch.Tensor,
+    query_labels: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    query_encounters: torch.Tensor | None,
+    gallery_encounters: torch.Tensor | None,
+    query_self: torch.Tensor | None,
+    positions: torch.Tensor,
+) -> tuple[np.ndarray, np.ndarray]:
+    """First-match rank and AP of a chunk of queries, from their ``scores`` against the whole gallery.
+
+    Gallery images of the same identity and encounter as the query, and the query itself (``query_self``), are
+    removed first; ``positions`` is ``1..n_gallery``. Arguments other than the gallery's are the chunk's rows.
+    """
+    same_id = query_labels[:, None] == gallery_labels[None, :]
+    remove = torch.zeros_like(same_id)
+    if query_encounters is not None:
+        remove |= same_id & (query_encounters[:, None] == gallery_encounters[None, :])
+    if query_self is not None:
+        rows = torch.arange(query_self.shape[0], device=scores.device)
+        has_self = query_self >= 0
+        remove[rows[has_self], query_self[has_self]] = True
+    scores.masked_fill_(remove, float("-inf"))
+    match = same_id & ~remove
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    hits = torch.gather(match, 1, order)
+    n_pos = hits.sum(dim=1)
+    has = n_pos > 0
+    fr = torch.where(has, hits.int().argmax(dim=1), torch.full_like(n_pos, -1))
+    hitf = hits.float()
+    precision_at_hit = hitf.cumsum(dim=1) / positions
+    ap_chunk = (precision_at_hit * hitf).sum(dim=1) / n_pos.clamp(min=1)
+    ap_chunk = torch.where(
+        has, ap_chunk.double(), torch.full_like(ap_chunk, float("nan"), dtype=torch.float64)
+    )
+    return fr.cpu().numpy(), ap_chunk.cpu().numpy()
+
+
 @torch.inference_mode()
 def rank_queries(
     query_embeddings,
@@ -178,30 +228,26 @@ def rank_queries(
     nq, ng = q.shape[0], g.shape[0]
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"query and gallery embedding widths differ: {q.shape[1]} vs {g.shape[1]}")
-    for name, arr, n in (
-        ("query_labels", query_labels, nq),
-        ("gallery_labels", gallery_labels, ng),
-        ("query_encounters", query_encounters, nq),
-        ("gallery_encounters", gallery_encounters, ng),
-        ("query_gallery_index", query_gallery_index, nq),
-    ):
-        if arr is not None and len(arr) != n:
-            raise ValueError(f"{name} has {len(arr)} entries, expected {n} (one per embedding row)")
+    _check_row_counts(
+        [
+            ("query_labels", query_labels, nq),
+            ("gallery_labels", gallery_labels, ng),
+            ("query_encounters", query_encounters, nq),
+            ("gallery_encounters", gallery_encounters, ng),
+            ("query_gallery_index", query_gallery_index, nq),
+        ]
+    )
     if nq == 0:
         return RankingResult.concatenate([])
     if ng == 0:
         return RankingResult(np.full(nq, -1, dtype=np.int64), np.full(nq, np.nan))
 
     dev = q.device
-    ql = torch.as_tensor(np.asarray(query_labels, dtype=np.int64), device=dev)
-    gl = torch.as_tensor(np.asarray(gallery_labels, dtype=np.int64), device=dev)
+    ql, gl = _codes(query_labels, dev), _codes(gallery_labels, dev)
     qe = ge = None
     if query_encounters is not None and gallery_encounters is not None:
-        qe = torch.as_tensor(np.asarray(query_encounters, dtype=np.int64), device=dev)
-        ge = torch.as_tensor(np.asarray(gallery_encounters, dtype=np.int64), device=dev)
-    qself = None
-    if query_gallery_index is not None:
-        qself = torch.as_tensor(np.asarray(query_gallery_index, dtype=np.int64), device=dev)
+        qe, ge = _codes(query_encounters, dev), _codes(gallery_encounters, dev)
+    qself = _codes(query_gallery_index, dev) if query_gallery_index is not None else None
 
     chunk = chunk_size or _auto_chunk(ng)
     first_rank = np.empty(nq, dtype=np.int64)
@@ -209,31 +255,15 @@ def rank_queries(
     positions = torch.arange(1, ng + 1, device=dev, dtype=torch.float32)
     for start in range(0, nq, chunk):
         stop = min(nq, start + chunk)
-        scores = q[start:stop] @ g.T
-        same_id = ql[start:stop, None] == gl[None, :]
-        remove = torch.zeros_like(same_id)
-        if qe is not None:
-            remove |= same_id & (qe[start:stop, None] == ge[None, :])
-        if qself is not None:
-            rows = torch.arange(stop - start, device=dev)
-            own = qself[start:stop]
-            has_self = own >= 0
-            remove[rows[has_self], own[has_self]] = True
-        scores.masked_fill_(remove, float("-inf"))
-        match = same_id & ~remove
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        hits = torch.gather(match, 1, order)
-        n_pos = hits.sum(dim=1)
-        has = n_pos > 0
-        fr = torch.where(has, hits.int().argmax(dim=1), torch.full_like(n_pos, -1))
-        hitf = hits.float()
-        precision_at_hit = hitf.cumsum(dim=1) / positions
-        ap_chunk = (precision_at_hit * hitf).sum(dim=1) / n_pos.clamp(min=1)
-        ap_chunk = torch.where(
-            has, ap_chunk.double(), torch.full_like(ap_chunk, float("nan"), dtype=torch.float64)
+        first_rank[start:stop], ap[start:stop] = _rank_chunk(
+            q[start:stop] @ g.T,
+            ql[start:stop],
+            gl,
+            qe[start:stop] if qe is not None else None,
+            ge,
+            qself[start:stop] if qself is not None else None,
+            positions,
         )
-        first_rank[start:stop] = fr.cpu().numpy()
-        ap[start:stop] = ap_chunk.cpu().numpy()
     return RankingResult(first_rank, ap)
 
 

@@ -4,7 +4,7 @@
   single-threaded onnxruntime session.
 * **decode thread + one forward** (before commit 5efcc0d): one onnxruntime session using every core runs the
   batches one after another while a background thread decodes the next one. Rebuilt here from the same parts
-  (``_ThreadPrefetch``, ``onnxruntime_engine``), so only the scheduling differs.
+  (``ThreadPrefetch``, ``onnxruntime_engine``), so only the scheduling differs.
 
 Both write the same embeddings; rounds are interleaved, and the medians are printed with their ratio.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -25,20 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from bench_embed import DEFAULT_DATA, _machine, build, find_images  # noqa: E402
-
-import modeling.modeling_animal_reid as mar  # noqa: E402
+from benchmarks import report
+from benchmarks.bench_embed import DEFAULT_DATA, build, find_images
+from modeling.encoding_animal_reid import ThreadPrefetch, onnxruntime_engine
 
 
 def old_path(model, proc, files: list[str], batch_size: int) -> np.ndarray:
     """The pre-streams loop: decode one batch ahead in a thread, forward on every core in the main thread."""
-    run = mar.onnxruntime_engine(
-        model, proc.size["height"], proc.size["width"], threads=torch.get_num_threads()
-    )
+    run = onnxruntime_engine(model, proc.size["height"], proc.size["width"], threads=torch.get_num_threads())
 
     class Inputs(torch.utils.data.Dataset):
         def __len__(self):
@@ -47,10 +40,7 @@ def old_path(model, proc, files: list[str], batch_size: int) -> np.ndarray:
         def __getitem__(self, i):
             return proc.preprocess_uint8(files[i])
 
-    out = [
-        F.normalize(run(proc.normalize_uint8(b)), dim=-1)
-        for b in mar._ThreadPrefetch(Inputs(), batch_size, 1)
-    ]
+    out = [F.normalize(run(proc.normalize_uint8(b)), dim=-1) for b in ThreadPrefetch(Inputs(), batch_size, 1)]
     return torch.cat(out).numpy()
 
 
@@ -64,6 +54,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
+    report.require_extra("onnx")
     files = find_images(args.data_root, args.n_images)
     model, proc, _ = build(args.backbone, args.size, torch.device("cpu"))
     paths = {
@@ -83,7 +74,7 @@ def main(argv=None) -> dict:
     med = {k: float(np.median(v)) for k, v in speeds.items()}
     out = {
         "date": dt.date.today().isoformat(),
-        "machine": _machine(),
+        "machine": report.machine_description(),
         "backbone": args.backbone,
         "size": args.size,
         "n_images": len(files),
@@ -95,7 +86,7 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(out))
     if args.json_out:
-        args.json_out.write_text(json.dumps(out, indent=2))
+        report.write_json(args.json_out, out)
     return out
 
 

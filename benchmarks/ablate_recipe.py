@@ -2,7 +2,7 @@
 """Recipe ablation on validation data (issue 12): one base recipe, one change per arm, scored on validation only.
 
     python benchmarks/ablate_recipe.py --corpus runs/bench224/corpora/closed --out runs/ablate \\
-        --base configs/ablate_closed224.yaml --arms base head_init=normal pooling=gem ... --parallel 2
+        --base benchmarks/configs/ablate_closed224.yaml --arms base head_init=normal pooling=gem ... --parallel 2
 
 Every arm is ``train_accelerate.main`` with the base YAML plus that arm's ``key=value`` overrides (several
 separated by ``,``). The table reports, per species, the starting model's validation top-1 / mAP (the run's own
@@ -21,6 +21,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from benchmarks import report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,12 +51,14 @@ def run_arm(base: str, corpus: str, out: Path, arm: str, threads: int) -> dict:
         log = out / f"{arm_name(arm)}.log"
         t0 = time.time()
         with open(log, "w", encoding="utf-8") as fh:
-            rc = subprocess.call([sys.executable, str(REPO / "train_accelerate.py"), *argv], stdout=fh, stderr=fh)
+            rc = subprocess.call(
+                [sys.executable, str(REPO / "train_accelerate.py"), *argv], stdout=fh, stderr=fh
+            )
         if rc != 0 or not done.is_file():
             raise RuntimeError(f"arm {arm!r} failed (exit {rc}); see {log}")
         res = json.loads(done.read_text(encoding="utf-8"))
         res["ablation_wall_s"] = time.time() - t0
-        done.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        report.write_json(done, res, newline=True)
     return json.loads(done.read_text(encoding="utf-8"))
 
 
@@ -64,7 +68,9 @@ def _cell(m: dict | None, key: str) -> str:
 
 
 def render(results: dict[str, dict], command: str) -> str:
-    species = sorted({sp for r in results.values() for sp in ((r.get("val_best") or {}).get("per_species") or {})})
+    species = sorted(
+        {sp for r in results.values() for sp in ((r.get("val_best") or {}).get("per_species") or {})}
+    )
     head = "| arm | " + " | ".join(f"{sp} val top-1 (start → trained) | {sp} val mAP" for sp in species)
     head += " | mean val top-1 | best epoch | wall (min) |"
     lines = [head, "|" + "---|" * (2 * len(species) + 4)]
@@ -77,11 +83,19 @@ def render(results: dict[str, dict], command: str) -> str:
             cells.append(f"{_cell(base.get(sp), 'mAP')} → {_cell(best.get(sp), 'mAP')}")
         wall = r.get("ablation_wall_s") or r.get("wall_time_s") or 0
         lines.append(
-            f"| `{arm}` | " + " | ".join(cells)
+            f"| `{arm}` | "
+            + " | ".join(cells)
             + f" | {_cell(r.get('val_best'), 'top1')} | {r.get('best_epoch')}/{r.get('epochs')} | {wall / 60:.1f} |"
         )
-    queries = {sp: ((next(iter(results.values())).get("val_best") or {}).get("per_species") or {}).get(sp, {}).get("n_queries") for sp in species}
-    note = ", ".join(f"{sp}: {n} validation queries (1 query = {100 / n:.2f} points)" for sp, n in queries.items() if n)
+    queries = {
+        sp: ((next(iter(results.values())).get("val_best") or {}).get("per_species") or {})
+        .get(sp, {})
+        .get("n_queries")
+        for sp in species
+    }
+    note = ", ".join(
+        f"{sp}: {n} validation queries (1 query = {100 / n:.2f} points)" for sp, n in queries.items() if n
+    )
     return f"Command: `{command}`\n\n{note}\n\n" + "\n".join(lines) + "\n"
 
 
@@ -93,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", required=True, help="'base' or key=value[,key=value...] per arm")
     p.add_argument("--parallel", type=int, default=1)
     args = p.parse_args(argv)
+    report.require_extra("train")  # every arm is a train_accelerate.py run
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
@@ -105,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as err:
                 print(f"error: {err}", file=sys.stderr)
     md = render(results, "python benchmarks/ablate_recipe.py " + " ".join(argv or sys.argv[1:]))
-    (out / "ablation.md").write_text(md, encoding="utf-8")
-    (out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    report.write_text(out / "ablation.md", md)
+    report.write_json(out / "ablation.json", results, newline=True)
     print(md)
     return 0 if len(results) == len(args.arms) else 1
 

@@ -23,7 +23,6 @@ import datetime as dt
 import io
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -31,10 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from modeling import AnimalReIDImageProcessor  # noqa: E402
+from benchmarks import report
+from modeling import AnimalReIDImageProcessor
 
 
 def photos(n: int, w: int, h: int, seed: int = 0) -> list[tuple[bytes, list[float] | None, float]]:
@@ -67,6 +64,22 @@ def time_path(proc, items, repeats: int) -> tuple[float, list[torch.Tensor]]:
     return best, outs
 
 
+def measure_size(size: int, items, repeats: int) -> dict:
+    """One table row: both decoding paths at one model input size, their speeds and pixel difference."""
+    full = AnimalReIDImageProcessor(size=size)
+    fast = AnimalReIDImageProcessor(size=size, jpeg_draft=True)
+    full_ips, a = time_path(full, items, repeats)
+    fast_ips, b = time_path(fast, items, repeats)
+    diff = float(np.mean([(x.int() - y.int()).abs().float().mean() for x, y in zip(a, b, strict=True)]))
+    return {
+        "size": size,
+        "full_decode_img_s": round(full_ips, 2),
+        "jpeg_draft_img_s": round(fast_ips, 2),
+        "speedup": round(fast_ips / full_ips, 2),
+        "mean_abs_diff_grey_levels": round(diff, 2),
+    }
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=24, help="photos")
@@ -87,31 +100,21 @@ def main(argv=None) -> dict:
         "rows": [],
     }
     for size in (int(s) for s in args.sizes.split(",")):
-        full = AnimalReIDImageProcessor(size=size)
-        fast = AnimalReIDImageProcessor(size=size, jpeg_draft=True)
-        full_ips, a = time_path(full, items, args.repeats)
-        fast_ips, b = time_path(fast, items, args.repeats)
-        diff = float(np.mean([(x.int() - y.int()).abs().float().mean() for x, y in zip(a, b, strict=True)]))
-        row = {
-            "size": size,
-            "full_decode_img_s": round(full_ips, 2),
-            "jpeg_draft_img_s": round(fast_ips, 2),
-            "speedup": round(fast_ips / full_ips, 2),
-            "mean_abs_diff_grey_levels": round(diff, 2),
-        }
-        res["rows"].append(row)
-        print(json.dumps(row), flush=True)
-    print(f"\n{res['photo']}; {res['machine']}; {res['date']}; load {res['load']}")
-    print("| input px | full decode img/s | jpeg_draft img/s | speed-up | mean abs difference (0-255) |")
-    print("|---|---|---|---|---|")
-    for r in res["rows"]:
-        print(
-            f"| {r['size']} | {r['full_decode_img_s']} | {r['jpeg_draft_img_s']} | {r['speedup']}x "
-            f"| {r['mean_abs_diff_grey_levels']} |"
-        )
-    if args.json_out:
-        args.json_out.write_text(json.dumps(res, indent=2))
-    return res
+        res["rows"].append(measure_size(size, items, args.repeats))
+        print(json.dumps(res["rows"][-1]), flush=True)
+    columns = ["input px", "full decode img/s", "jpeg_draft img/s", "speed-up", "mean abs difference (0-255)"]
+    cells = [
+        [
+            r["size"],
+            r["full_decode_img_s"],
+            r["jpeg_draft_img_s"],
+            f"{r['speedup']}x",
+            r["mean_abs_diff_grey_levels"],
+        ]
+        for r in res["rows"]
+    ]
+    title = f"{res['photo']}; {res['machine']}; {res['date']}; load {res['load']}"
+    return report.finish(res, args.json_out, title, report.markdown_table(columns, cells))
 
 
 if __name__ == "__main__":

@@ -24,9 +24,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,27 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import report
+from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel
+from modeling.encoding_animal_reid import onnxruntime_available, onnxruntime_engine
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel  # noqa: E402
-from modeling.modeling_animal_reid import onnxruntime_available, onnxruntime_engine  # noqa: E402
-
 DEFAULT_DATA = Path(os.environ.get("REID_DATA_ROOT", REPO.parent / "shared" / "data"))
-
-
-def _machine() -> str:
-    try:
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(
-            (ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?"
-        )
-    except OSError:
-        name = platform.processor()
-    desc = f"{os.cpu_count()} cores, {name}"
-    if torch.cuda.is_available():
-        desc += f", GPU {torch.cuda.get_device_name(0)}"
-    return desc
 
 
 def find_images(root: Path, n: int) -> list[str]:
@@ -167,7 +149,8 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def main(argv=None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--device", default="cpu")
@@ -193,80 +176,95 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best of each is kept")
     ap.add_argument("--json-out", type=Path, default=None)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def best_of_rounds(
+    model, proc, files, bs: int, workers: int, model_dir, device, args
+) -> tuple[float, dict, float]:
+    """``(forward torch, forward per onnxruntime mode, encode)`` images/s, the best of ``--repeats`` rounds.
+
+    Repeated and interleaved, best of each: other tenants of a shared machine slow single measurements.
+    """
+    fwd, enc = 0.0, 0.0
+    ort_modes = {"onnxruntime": 0.0, "onnxruntime-spin": 0.0, "onnxruntime-streams": 0.0}
+    use_ort = device.type == "cpu" and args.precision == "fp32" and onnxruntime_available()
+    for _ in range(args.repeats):
+        fwd = max(fwd, time_forward(model, proc, files, bs, device, True, precision=args.precision))
+        if use_ort:
+            for eng in ort_modes:
+                ort_modes[eng] = max(
+                    ort_modes[eng], time_forward(model, proc, files, bs, device, False, engine=eng)
+                )
+        enc = max(enc, time_encode(model, files, bs, workers, model_dir, args.precision, args.engine))
+    return fwd, ort_modes, enc
+
+
+def measure_backbone(spec: str, args: argparse.Namespace, device: torch.device, workers: int) -> dict:
+    """One table row: forward, end-to-end and pipeline images/s of one ``backbone:size``, and their ratios."""
+    backbone, size = spec.split(":")
+    size = int(size)
+    n = args.n_images if "lite" in backbone else args.n_images_large
+    files = find_images(args.data_root, n)
+    model, proc, model_dir = build(backbone, size, device)
+    bs = min(args.batch_size or (32 if device.type == "cuda" else 4), n)
+    fwd, ort_modes, enc = best_of_rounds(model, proc, files, bs, workers, model_dir, device, args)
+    fwd_ort = max(ort_modes.values())
+    limit = max(fwd, fwd_ort)
+    n_pipe = min(args.n_pipeline or n, n)
+    naive = time_pipeline(model_dir, files[:n_pipe], device)
+    return {
+        "backbone": backbone,
+        "size": size,
+        "n_images": n,
+        "batch_size": bs,
+        "workers": workers,
+        "precision": args.precision,
+        "engine": args.engine,
+        "forward_img_s": round(fwd, 2),
+        "forward_onnxruntime_img_s": round(fwd_ort, 2) if fwd_ort else None,
+        "forward_onnxruntime_modes_img_s": {k: round(v, 2) for k, v in ort_modes.items()}
+        if fwd_ort
+        else None,
+        "repeats": args.repeats,
+        "limit_img_s": round(limit, 2),
+        "encode_img_s": round(enc, 2),
+        "pipeline_img_s": round(naive, 2),
+        "encode_vs_forward": round(enc / limit, 3),
+        "encode_vs_pipeline": round(enc / naive, 2),
+    }
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The per-backbone table of forward, end-to-end and pipeline throughput."""
+    columns = ["backbone", "px", "batch", "forward torch img/s", "forward onnxruntime img/s", "end-to-end img/s",
+               "pipeline loop img/s", "e2e / best forward", "e2e / pipeline"]  # fmt: skip
+    cells = [[r["backbone"], r["size"], r["batch_size"], r["forward_img_s"], r["forward_onnxruntime_img_s"] or "-",
+              r["encode_img_s"], r["pipeline_img_s"], r["encode_vs_forward"], f"{r['encode_vs_pipeline']}x"]
+             for r in rows]  # fmt: skip
+    return report.markdown_table(columns, cells)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     workers = args.num_workers if args.num_workers is not None else (8 if device.type == "cuda" else 0)
     results = {
         "date": dt.date.today().isoformat(),
-        "machine": _machine(),
+        "machine": report.machine_description(),
         "torch": torch.__version__,
         "rows": [],
     }
     for spec in args.backbones.split(","):
-        backbone, size = spec.split(":")
-        size = int(size)
-        n = args.n_images if "lite" in backbone else args.n_images_large
-        files = find_images(args.data_root, n)
-        model, proc, model_dir = build(backbone, size, device)
-        bs = min(args.batch_size or (32 if device.type == "cuda" else 4), n)
-        # Repeated and interleaved, best of each: other tenants of a shared machine slow single measurements.
-        fwd, enc = 0.0, 0.0
-        ort_modes = {"onnxruntime": 0.0, "onnxruntime-spin": 0.0, "onnxruntime-streams": 0.0}
-        use_ort = device.type == "cpu" and args.precision == "fp32" and onnxruntime_available()
-        for _ in range(args.repeats):
-            fwd = max(fwd, time_forward(model, proc, files, bs, device, True, precision=args.precision))
-            if use_ort:
-                for eng in ort_modes:
-                    ort_modes[eng] = max(
-                        ort_modes[eng], time_forward(model, proc, files, bs, device, False, engine=eng)
-                    )
-            enc = max(enc, time_encode(model, files, bs, workers, model_dir, args.precision, args.engine))
-        fwd_ort = max(ort_modes.values())
-        limit = max(fwd, fwd_ort)
-        n_pipe = min(args.n_pipeline or n, n)
-        naive = time_pipeline(model_dir, files[:n_pipe], device)
-        row = {
-            "backbone": backbone,
-            "size": size,
-            "n_images": n,
-            "batch_size": bs,
-            "workers": workers,
-            "precision": args.precision,
-            "engine": args.engine,
-            "forward_img_s": round(fwd, 2),
-            "forward_onnxruntime_img_s": round(fwd_ort, 2) if fwd_ort else None,
-            "forward_onnxruntime_modes_img_s": {k: round(v, 2) for k, v in ort_modes.items()}
-            if fwd_ort
-            else None,
-            "repeats": args.repeats,
-            "limit_img_s": round(limit, 2),
-            "encode_img_s": round(enc, 2),
-            "pipeline_img_s": round(naive, 2),
-            "encode_vs_forward": round(enc / limit, 3),
-            "encode_vs_pipeline": round(enc / naive, 2),
-        }
-        results["rows"].append(row)
-        print(json.dumps(row), flush=True)
-    print(
-        f"\n{results['machine']}, torch {results['torch']}, {results['date']}, precision {args.precision}, "
+        results["rows"].append(measure_backbone(spec, args, device, workers))
+        print(json.dumps(results["rows"][-1]), flush=True)
+    title = (
+        f"{results['machine']}, torch {results['torch']}, {results['date']}, precision {args.precision}, "
         f"encode engine {args.engine} (pipeline: torch fp32)"
     )
-    print(
-        "| backbone | px | batch | forward torch img/s | forward onnxruntime img/s | end-to-end img/s "
-        "| pipeline loop img/s | e2e / best forward | e2e / pipeline |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results["rows"]:
-        print(
-            f"| {r['backbone']} | {r['size']} | {r['batch_size']} | {r['forward_img_s']} "
-            f"| {r['forward_onnxruntime_img_s'] or '-'} | {r['encode_img_s']} | {r['pipeline_img_s']} "
-            f"| {r['encode_vs_forward']} | {r['encode_vs_pipeline']}x |"
-        )
-    if args.json_out:
-        args.json_out.write_text(json.dumps(results, indent=2))
-    return results
+    return report.finish(results, args.json_out, title, summary_table(results["rows"]))
 
 
 if __name__ == "__main__":

@@ -16,12 +16,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from animal_reid import fastmalloc  # noqa: E402
+from animal_reid import fastmalloc
 
 CHILD = """
 import json, sys, time, timm, torch

@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,11 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from animal_reid.onnx_export import export_onnx, onnx_embed, onnx_session  # noqa: E402
-from modeling import AnimalReIDConfig, AnimalReIDModel  # noqa: E402
+from animal_reid.onnx_export import export_onnx, onnx_embed, onnx_session
+from benchmarks import report
+from modeling import AnimalReIDConfig, AnimalReIDModel
 
 MODELS = {
     "lite0": dict(backbone="efficientnet_lite0", image_size=224, embedding_dim=512),
@@ -108,6 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = set(names) - set(MODELS)
     if unknown:
         parser.error(f"unknown model(s) {sorted(unknown)}; choose from {sorted(MODELS)}")
+    report.require_extra("onnx")
     torch.set_num_threads(args.threads)
     import onnxruntime
 

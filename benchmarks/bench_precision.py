@@ -17,19 +17,18 @@ import csv
 import datetime as dt
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from animal_reid.metrics import evaluate_reid
+from benchmarks import report
+from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel
+from modeling.encoding_animal_reid import onnxruntime_available
 
-from animal_reid.metrics import evaluate_reid  # noqa: E402
-from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel  # noqa: E402
-from modeling.modeling_animal_reid import onnxruntime_available  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = Path(os.environ.get("REID_DATA_ROOT", REPO.parent / "shared" / "data"))
 SPLITS = {
@@ -64,6 +63,99 @@ def load_split(data_root: Path, name: str) -> tuple[list[str], np.ndarray, np.nd
     return paths, np.array([r["identity"] for r in rows]), np.array([r["split"] for r in rows])
 
 
+def load_model(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[AnimalReIDModel, AnimalReIDImageProcessor, str]:
+    """``(model on the device, processor, description)``: ``--model``, or ImageNet Lite0 features."""
+    if args.model:
+        # This repository's classes, not the code saved beside the weights (which may predate encode's engines).
+        model = AnimalReIDModel.from_pretrained(args.model)
+        proc, desc = AnimalReIDImageProcessor.from_pretrained(args.model), f"re-ID model {args.model}"
+    else:
+        model, proc, desc = imagenet_lite0(args.size)
+    return model.eval().to(device), proc, desc
+
+
+def embed_and_score(model, proc, paths, ids, q, g, args, device: torch.device) -> dict[str, dict]:
+    """Per precision (``fp32``, ``bf16``, and ``ort`` on the CPU): embeddings, top-1/5, mAP, seconds, 1-NN."""
+    res = {}
+    variants = [("fp32", "torch"), ("bf16", "torch")]
+    if device.type == "cpu" and onnxruntime_available():
+        variants.append(("fp32", "onnxruntime"))  # what encode() runs by default on the CPU
+    for precision, engine in variants:
+        t = time.perf_counter()
+        emb = model.encode(
+            paths,
+            batch_size=args.batch_size,
+            processor=proc,
+            precision=precision,
+            num_workers=args.num_workers,
+            engine=engine,
+        )
+        if engine == "onnxruntime":
+            precision = "ort"
+        secs = time.perf_counter() - t
+        r = evaluate_reid(emb[q], ids[q], gallery_embeddings=emb[g], gallery_labels=ids[g], topk=(1, 5))
+        nn = (emb[q] @ emb[g].T).argmax(1)
+        res[precision] = {
+            "emb": emb,
+            "top1": r["top1"],
+            "top5": r["top5"],
+            "mAP": r["mAP"],
+            "secs": secs,
+            "nn": nn,
+        }
+    return res
+
+
+def compare_split(model, proc, name: str, args, device: torch.device) -> dict:
+    """One table row: a split's figures in fp32 and bf16 (and onnxruntime), and what changed between them."""
+    paths, ids, split = load_split(args.data_root, name)
+    q, g = split == "test", split == "train"
+    res = embed_and_score(model, proc, paths, ids, q, g, args, device)
+    cos = float(np.mean(np.sum(res["fp32"]["emb"] * res["bf16"]["emb"], axis=1)))
+    row = {
+        "dataset": name,
+        "n_query": int(q.sum()),
+        "n_database": int(g.sum()),
+        "top1_fp32": round(100 * res["fp32"]["top1"], 2),
+        "top1_bf16": round(100 * res["bf16"]["top1"], 2),
+        "mAP_fp32": round(100 * res["fp32"]["mAP"], 2),
+        "mAP_bf16": round(100 * res["bf16"]["mAP"], 2),
+        "nn_changed_pct": round(100 * float(np.mean(res["fp32"]["nn"] != res["bf16"]["nn"])), 2),
+        "mean_cosine_fp32_bf16": round(cos, 5),
+        "speedup_bf16": round(res["fp32"]["secs"] / res["bf16"]["secs"], 2),
+    }
+    if "ort" in res:
+        row.update(
+            top1_onnxruntime=round(100 * res["ort"]["top1"], 2),
+            nn_changed_onnxruntime_pct=round(100 * float(np.mean(res["fp32"]["nn"] != res["ort"]["nn"])), 2),
+            speedup_onnxruntime=round(res["fp32"]["secs"] / res["ort"]["secs"], 2),
+        )
+    return row
+
+
+def summary_tables(rows: list[dict]) -> list[str]:
+    """The fp32 / bf16 table, and the torch / onnxruntime one when onnxruntime was scored."""
+    columns = ["dataset", "queries", "top-1 fp32", "top-1 bf16", "mAP fp32", "mAP bf16", "1-NN changed",
+               "cos(fp32, bf16)", "bf16 speed-up"]  # fmt: skip
+    cells = [[r["dataset"], r["n_query"], r["top1_fp32"], r["top1_bf16"], r["mAP_fp32"], r["mAP_bf16"],
+              f"{r['nn_changed_pct']}%", r["mean_cosine_fp32_bf16"], f"{r['speedup_bf16']}x"] for r in rows]  # fmt: skip
+    tables = [report.markdown_table(columns, cells)]
+    if any("top1_onnxruntime" in r for r in rows):
+        columns = [
+            "dataset",
+            "top-1 torch fp32",
+            "top-1 onnxruntime fp32",
+            "1-NN changed",
+            "onnxruntime speed-up",
+        ]
+        cells = [[r["dataset"], r["top1_fp32"], r["top1_onnxruntime"], f"{r['nn_changed_onnxruntime_pct']}%",
+                  f"{r['speedup_onnxruntime']}x"] for r in rows]  # fmt: skip
+        tables.append(report.markdown_table(columns, cells))
+    return tables
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
@@ -75,90 +167,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    if args.model:
-        # This repository's classes, not the code saved beside the weights (which may predate encode's engines).
-        model = AnimalReIDModel.from_pretrained(args.model)
-        proc, desc = AnimalReIDImageProcessor.from_pretrained(args.model), f"re-ID model {args.model}"
-    else:
-        model, proc, desc = imagenet_lite0(args.size)
-    model = model.eval().to(device)
+    model, proc, desc = load_model(args, device)
     out = {"date": dt.date.today().isoformat(), "model": desc, "device": str(device), "rows": []}
     for name in SPLITS:
-        paths, ids, split = load_split(args.data_root, name)
-        q, g = split == "test", split == "train"
-        res = {}
-        variants = [("fp32", "torch"), ("bf16", "torch")]
-        if device.type == "cpu" and onnxruntime_available():
-            variants.append(("fp32", "onnxruntime"))  # what encode() runs by default on the CPU
-        for precision, engine in variants:
-            t = time.perf_counter()
-            emb = model.encode(
-                paths,
-                batch_size=args.batch_size,
-                processor=proc,
-                precision=precision,
-                num_workers=args.num_workers,
-                engine=engine,
-            )
-            if engine == "onnxruntime":
-                precision = "ort"
-            secs = time.perf_counter() - t
-            r = evaluate_reid(emb[q], ids[q], gallery_embeddings=emb[g], gallery_labels=ids[g], topk=(1, 5))
-            nn = (emb[q] @ emb[g].T).argmax(1)
-            res[precision] = {
-                "emb": emb,
-                "top1": r["top1"],
-                "top5": r["top5"],
-                "mAP": r["mAP"],
-                "secs": secs,
-                "nn": nn,
-            }
-        cos = float(np.mean(np.sum(res["fp32"]["emb"] * res["bf16"]["emb"], axis=1)))
-        row = {
-            "dataset": name,
-            "n_query": int(q.sum()),
-            "n_database": int(g.sum()),
-            "top1_fp32": round(100 * res["fp32"]["top1"], 2),
-            "top1_bf16": round(100 * res["bf16"]["top1"], 2),
-            "mAP_fp32": round(100 * res["fp32"]["mAP"], 2),
-            "mAP_bf16": round(100 * res["bf16"]["mAP"], 2),
-            "nn_changed_pct": round(100 * float(np.mean(res["fp32"]["nn"] != res["bf16"]["nn"])), 2),
-            "mean_cosine_fp32_bf16": round(cos, 5),
-            "speedup_bf16": round(res["fp32"]["secs"] / res["bf16"]["secs"], 2),
-        }
-        if "ort" in res:
-            row.update(
-                top1_onnxruntime=round(100 * res["ort"]["top1"], 2),
-                nn_changed_onnxruntime_pct=round(
-                    100 * float(np.mean(res["fp32"]["nn"] != res["ort"]["nn"])), 2
-                ),
-                speedup_onnxruntime=round(res["fp32"]["secs"] / res["ort"]["secs"], 2),
-            )
-        out["rows"].append(row)
-        print(json.dumps(row), flush=True)
-    print(f"\n{desc}, {args.size} px, {device}, {out['date']}")
-    print(
-        "| dataset | queries | top-1 fp32 | top-1 bf16 | mAP fp32 | mAP bf16 | 1-NN changed | cos(fp32, bf16) | bf16 speed-up |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in out["rows"]:
-        print(
-            f"| {r['dataset']} | {r['n_query']} | {r['top1_fp32']} | {r['top1_bf16']} | {r['mAP_fp32']} | {r['mAP_bf16']} "
-            f"| {r['nn_changed_pct']}% | {r['mean_cosine_fp32_bf16']} | {r['speedup_bf16']}x |"
-        )
-    if any("top1_onnxruntime" in r for r in out["rows"]):
-        print(
-            "\n| dataset | top-1 torch fp32 | top-1 onnxruntime fp32 | 1-NN changed | onnxruntime speed-up |"
-        )
-        print("|---|---|---|---|---|")
-        for r in out["rows"]:
-            print(
-                f"| {r['dataset']} | {r['top1_fp32']} | {r['top1_onnxruntime']} "
-                f"| {r['nn_changed_onnxruntime_pct']}% | {r['speedup_onnxruntime']}x |"
-            )
-    if args.json_out:
-        args.json_out.write_text(json.dumps(out, indent=2))
-    return out
+        out["rows"].append(compare_split(model, proc, name, args, device))
+        print(json.dumps(out["rows"][-1]), flush=True)
+    title = f"{desc}, {args.size} px, {device}, {out['date']}"
+    return report.finish(out, args.json_out, title, *summary_tables(out["rows"]))
 
 
 if __name__ == "__main__":

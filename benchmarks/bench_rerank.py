@@ -28,24 +28,26 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from animal_reid.identify import Identifier, read_gallery  # noqa: E402
-from animal_reid.metrics import encode_labels, evaluate_reid, rank_queries, summarize  # noqa: E402
-from animal_reid.openset import OpenSetThreshold, open_set_report  # noqa: E402
-from animal_reid.rerank import (  # noqa: E402
+from animal_reid.identify import Identifier, read_gallery
+from animal_reid.metrics import encode_labels, evaluate_reid, rank_queries, summarize
+from animal_reid.openset import OpenSetThreshold, open_set_report
+from animal_reid.rerank import (
     LocalFeatureConfig,
     LocalReranker,
+    RerankOutput,
     best_match_in_shortlist,
     fit_fusion,
     unknown_identities,
 )
-from animal_reid.rerank.fusion import Fusion  # noqa: E402
+from animal_reid.rerank.fusion import Fusion
+from benchmarks import report
+
+ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("bench_rerank")
 
@@ -151,7 +153,7 @@ PROTOCOLS = {
 
 def read_splits(args) -> dict[str, list]:
     """The splits the protocol reads (the open one needs no train images), capped and subsampled as asked."""
-    from animal_reid.training.data import _cap_per_identity
+    from animal_reid.training.data import cap_per_identity
 
     names = ("validation", "test") if args.protocol == "open" else ("train", "validation", "test")
     out = {}
@@ -160,7 +162,7 @@ def read_splits(args) -> dict[str, list]:
         if args.cap_per_identity:
             items = [
                 items[i]
-                for i in _cap_per_identity([it.identity for it in items], args.cap_per_identity, args.seed)
+                for i in cap_per_identity([it.identity for it in items], args.cap_per_identity, args.seed)
             ]
         out[name] = items[:: args.subsample]
     return out
@@ -254,6 +256,13 @@ def loaded_fusion(path: str, config: LocalFeatureConfig, k: int) -> Fusion:
 
 def render_markdown(result: dict) -> str:
     """The result as a Markdown table (with / without re-ranking per species), the fusion curve and the cost."""
+    return "\n".join(
+        accuracy_lines(result) + fusion_lines(result) + open_set_lines(result) + cost_lines(result)
+    )
+
+
+def accuracy_lines(result: dict) -> list[str]:
+    """The page's title, settings and command, and the table of top-1 / mAP with and without re-ranking."""
     lines = [
         f"# Local-feature re-ranking: {result['name']} ({result['date'] if 'date' in result else result['machine']['date']})",
         "",
@@ -273,6 +282,11 @@ def render_markdown(result: dict) -> str:
             frac = f"{held[sp]:.3f}" if sp in held else ""
             lines.append(f"| {split} | {sp} | {g['n_queries']} | {_f4(g['top1'])} | {_f4(r['top1'])} | {_f4(g['mAP'])} | "
                          f"{_f4(r['mAP'])} | {frac} |")  # fmt: skip
+    return lines
+
+
+def fusion_lines(result: dict) -> list[str]:
+    """Which rows the fusion saw, the fusion itself, and its validation top-1 against the weight."""
     f = result["fusion"]
     where = (
         "Validation rows are the data the fusion was fitted on; test rows are held out."
@@ -280,7 +294,7 @@ def render_markdown(result: dict) -> str:
         else "The fusion was loaded, not fitted on these validation rows (for a refit model they are training "
         "images: for the record only); test rows are held out."
     )
-    lines += [
+    lines = [
         "",
         where,
         "",
@@ -304,6 +318,12 @@ def render_markdown(result: dict) -> str:
             lines.append(
                 f"| {w:g} | " + " | ".join(f"{v[i]:.4f}" for v in f["curve"]["top1"].values()) + " |"
             )
+    return lines
+
+
+def open_set_lines(result: dict) -> list[str]:
+    """The new-individual decision's test figures per score and species (none when it was left out)."""
+    lines = []
     if "open_set" in result:
         lines += ["", f"New-individual decision ({result['open_set']['protocol']}): test, per species", "",
                   "| score | species | BAKS | BAUS | √(BAKS·BAUS) | AUROC |", "|---|---|---|---|---|---|"]  # fmt: skip
@@ -311,8 +331,13 @@ def render_markdown(result: dict) -> str:
             for sp, r in rep["per_species"].items():
                 lines.append(f"| {score} | {sp} | {_pct(r['BAKS'])} | {_pct(r['BAUS'])} | {_pct(r['geometric_mean'])} | "
                              f"{_pct(r['AUROC'])} |")  # fmt: skip
+    return lines
+
+
+def cost_lines(result: dict) -> list[str]:
+    """What re-ranking costs: seconds per query and pair at each K, the local-feature cache and extraction."""
     c = result["cost"]
-    lines += ["", f"Cost (one thread, {result['machine']['cpus']} cores shared with a training run; load average at "
+    lines = ["", f"Cost (one thread, {result['machine']['cpus']} cores shared with a training run; load average at "
               f"the end {', '.join(f'{x:.1f}' for x in result['machine']['loadavg_at_end'])}), features cached:", "",
               "| K | s per query | s per pair |", "|---|---|---|"]  # fmt: skip
     for k, v in c["s_per_query"].items():
@@ -325,7 +350,7 @@ def render_markdown(result: dict) -> str:
         f"{c['feature_extraction_s_per_image'] or 'n/a (all cached)'} s per image; image status {json.dumps(c['image_status'])}.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _correct(queries, gallery, idx) -> np.ndarray:
@@ -347,7 +372,8 @@ def _dump(path: str, sides: dict) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def main(argv=None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", default=str(ROOT / "runs/bench224/corpora/closed"))
     p.add_argument("--model", default="imagenet", help="'imagenet' or an exported model directory")
@@ -389,32 +415,33 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--render-only", action="store_true", help="write OUT.md from an existing OUT (JSON) and stop"
     )
-    args = p.parse_args(argv)
-    if args.render_only:
-        result = json.loads(Path(args.out).read_text())
-        Path(args.out).with_suffix(".md").write_text(render_markdown(result))
-        return result
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    import torch
+    return p.parse_args(argv)
 
-    torch.set_num_threads(1)
-    name = args.name or ("imagenet" if args.model == "imagenet" else Path(args.model).parent.name)
-    t_start = time.perf_counter()
-    splits = read_splits(args)
+
+def render_only(out: str) -> dict:
+    """``--render-only``: OUT.md from an existing OUT (JSON); that result."""
+    result = json.loads(Path(out).read_text())
+    report.write_text(Path(out).with_suffix(".md"), render_markdown(result))
+    return result
+
+
+def embed_splits(args: argparse.Namespace, splits: dict[str, list]) -> tuple[dict[str, np.ndarray], int]:
+    """``(global embeddings per split, images embedded now)``: one torch thread, cached under ``--cache-dir``."""
     model, proc, key = load_model(args.model)
     ident = Identifier(_OneThread(model), proc, key, Path(args.cache_dir) / "embeddings", {"model": args.model},
                        batch_size=16)  # fmt: skip
-    emb = {s: ident.embed(items) for s, items in splits.items()}
-    t_embed = time.perf_counter() - t_start
-    logger.info("embeddings ready (%d embedded now, %.0f s)", ident.n_embedded, t_embed)
+    return {s: ident.embed(items) for s, items in splits.items()}, ident.n_embedded
 
-    config = LocalFeatureConfig(method=args.method, max_side=args.max_side, max_keypoints=args.max_keypoints,
-                                geometry=args.geometry)  # fmt: skip
-    feat_cache = Path(args.cache_dir) / "local"
+
+def extract_features(
+    args: argparse.Namespace, config: LocalFeatureConfig, splits: dict[str, list]
+) -> tuple[LocalReranker, dict]:
+    """The reranker, with every image's local features extracted (or cached), and what they cost."""
     every = [it for items in splits.values() for it in items]
     rr = LocalReranker(
-        Fusion(weight=0.0), config, k=args.k, workers=args.workers, cache_dir=feat_cache, progress=False
-    )
+        Fusion(weight=0.0), config, k=args.k, workers=args.workers, cache_dir=Path(args.cache_dir) / "local",
+        progress=False,
+    )  # fmt: skip
     t0 = time.perf_counter()
     feats = rr.store.features(every, args.workers, progress=False)
     t_feat = time.perf_counter() - t0
@@ -423,83 +450,188 @@ def main(argv=None) -> dict:
     kp = np.array([len(f) for f in feats])
     # the cache folder may hold other corpora's images too (same settings): size per image it holds
     cache_bytes, cached_images = rr.store.cache.nbytes(), max(1, len(rr.store.cache))
+    return rr, {
+        "feature_extraction_s_per_image": round(t_feat / max(1, n_computed), 4) if n_computed else None,
+        "features_computed_this_run": n_computed,
+        "keypoints_per_image": {
+            "mean": float(kp.mean()),
+            "median": float(np.median(kp)),
+            "max": int(kp.max()),
+        },
+        "image_status": status,
+        "cache_bytes": cache_bytes,
+        "cache_images": cached_images,
+        "cache_mb_per_1000_images": round(cache_bytes / cached_images * 1000 / 1e6, 2),
+        "n_images": len(every),
+    }
 
-    pairs, loo = protocol_pairs(args.protocol, splits, emb)
-    # tr: the gallery the validation queries rank (train, or validation itself)
-    va, tr, v_emb, tr_emb = pairs["fit"]
-    v_full, v_idx, v_cos = shortlist(v_emb, tr_emb, va, tr, args.k, loo)
+
+@dataclass
+class Ranked:
+    """Queries ranked by cosine against a gallery: embeddings, full matrix [Q, G], top-K indices and cosines."""
+
+    queries: list
+    gallery: list
+    q_emb: np.ndarray
+    g_emb: np.ndarray
+    full: np.ndarray
+    idx: np.ndarray
+    cos: np.ndarray
+
+    @classmethod
+    def of(cls, pair: tuple, k: int, loo: bool) -> Ranked:
+        """The shortlists of one ``(queries, gallery, their embeddings)`` pair of :func:`protocol_pairs`."""
+        queries, gallery, q_emb, g_emb = pair
+        return cls(queries, gallery, q_emb, g_emb, *shortlist(q_emb, g_emb, queries, gallery, k, loo))
+
+
+@dataclass
+class Verified:
+    """The validation shortlists geometrically verified: inliers, stats, which candidates are correct."""
+
+    inliers: np.ndarray
+    stats: dict
+    correct: np.ndarray
+    fit_s: float
+
+
+def fit_on_validation(
+    args: argparse.Namespace, rr: LocalReranker, config: LocalFeatureConfig, val: Ranked
+) -> tuple[Fusion, Verified]:
+    """Verify the validation shortlists and fit the fusion on them (or load ``--fusion``)."""
     t0 = time.perf_counter()
-    v_inl, v_stats = rr.verify(va, tr, v_idx)
-    v_correct = _correct(va, tr, v_idx)
+    inliers, stats = rr.verify(val.queries, val.gallery, val.idx)
+    correct = _correct(val.queries, val.gallery, val.idx)
     if args.fusion:
         fusion = loaded_fusion(args.fusion, config, args.k)
     else:
-        fusion = fit_fusion(v_cos, v_inl, v_correct, [q.species for q in va], feature_config=config.to_dict(),
-                            shortlist_k=args.k, significance=args.significance)  # fmt: skip
-    t_fit = time.perf_counter() - t0
-    out_path = Path(args.out)
-    # saved once its open-set threshold is fitted, below
-    fusion_path = Path(args.fusion) if args.fusion else out_path.with_name(out_path.stem + "_fusion.json")
+        fusion = fit_fusion(val.cos, inliers, correct, [q.species for q in val.queries],
+                            feature_config=config.to_dict(), shortlist_k=args.k,
+                            significance=args.significance)  # fmt: skip
+    verified = Verified(inliers, stats, correct, time.perf_counter() - t0)
     logger.info(
         "fitted fusion: weight %s, scale %s, per species %s", fusion.weight, fusion.scale, fusion.per_species
     )
+    return fusion, verified
 
-    # test -> its gallery (train + validation, or test itself)
-    te, g_items, te_emb, g_emb = pairs["test"]
-    full, t_idx, t_cos = shortlist(te_emb, g_emb, te, g_items, args.k, loo)
-    rr.fusion = fusion
-    t0 = time.perf_counter()
-    out = rr.rerank(te, g_items, t_idx, t_cos)
-    t_test = time.perf_counter() - t0
-    if args.dump_shortlists:
-        _dump(
-            args.dump_shortlists,
-            {
-                "val": (va, v_cos, v_inl, v_correct),
-                "test": (te, t_cos, out.inliers, _correct(te, g_items, t_idx)),
-            },
-        )
-    fused_full = full.copy()
-    np.put_along_axis(fused_full, t_idx, out.scores, 1)
-    base = evaluate_scores(full, te, g_items, loo)
-    check_global(base, te_emb, g_emb, te, g_items, loo)
-    reranked = evaluate_scores(fused_full, te, g_items, loo)
+
+def accuracy(
+    val: Ranked, verified: Verified, te: Ranked, out: RerankOutput, fusion: Fusion, loo: bool
+) -> tuple[dict, dict, np.ndarray]:
+    """``(test figures, validation figures, fused validation shortlist scores)``, global and re-ranked."""
+    fused_full = te.full.copy()
+    np.put_along_axis(fused_full, te.idx, out.scores, 1)
+    base = evaluate_scores(te.full, te.queries, te.gallery, loo)
+    check_global(base, te.q_emb, te.g_emb, te.queries, te.gallery, loo)
+    reranked = evaluate_scores(fused_full, te.queries, te.gallery, loo)
     # validation too (the data the fusion was fitted on), for the record
-    v_fused_short = fusion.fuse(v_cos, v_inl, [q.species for q in va])
-    v_fused = v_full.copy()
-    np.put_along_axis(v_fused, v_idx, v_fused_short, 1)
+    v_fused_short = fusion.fuse(val.cos, verified.inliers, [q.species for q in val.queries])
+    v_fused = val.full.copy()
+    np.put_along_axis(v_fused, val.idx, v_fused_short, 1)
+    test = {"global": _pick(base), "reranked": _pick(reranked), "stats": out.stats,
+            "shortlist_holds_true_individual": shortlist_recall(te)}  # fmt: skip
+    validation = {"global": _pick(evaluate_scores(val.full, val.queries, val.gallery, loo)),
+                  "reranked": _pick(evaluate_scores(v_fused, val.queries, val.gallery, loo)),
+                  "stats": verified.stats}  # fmt: skip
+    return test, validation, v_fused_short
 
-    # the new-individual decision on fused scores (fitted on validation, like the fusion; not with --fusion)
-    open_result = None
-    if not args.fusion:
-        thresholds, open_report = open_set(
-            _side(va, tr, v_idx, v_cos, v_fused_short), _side(te, g_items, t_idx, t_cos, out.scores)
-        )
-        fusion.open_set_threshold = thresholds["reranked"].to_dict()
-        fusion.save(fusion_path)
-        open_result = {"protocol": "half the individuals of each split (seeded) treated as absent from the gallery: "
-                       "their images taken out of their shortlists; threshold fitted on validation, scored on test",
-                       "thresholds": {k: v.to_dict() for k, v in thresholds.items()}, "test": open_report}  # fmt: skip
-    in_shortlist = {
-        sp: float(np.mean([any(g_items[g].identity == q.identity for g in row)
-                           for q, row in zip(te, t_idx, strict=True) if q.species == sp]))
-        for sp in sorted({q.species for q in te})
+
+def shortlist_recall(te: Ranked) -> dict[str, float]:
+    """Per species, the fraction of queries whose shortlist holds an image of their own individual."""
+    return {
+        sp: float(np.mean([any(te.gallery[g].identity == q.identity for g in row)
+                           for q, row in zip(te.queries, te.idx, strict=True) if q.species == sp]))
+        for sp in sorted({q.species for q in te.queries})
     }  # fmt: skip
 
-    # cost per query at several K (features cached: matching + fusion only), on the first test queries
-    cost = {}
-    nq = min(args.cost_queries, len(te))
-    _, c_idx, c_cos = shortlist(
-        te_emb[:nq], g_emb, te[:nq], g_items, max(int(k) for k in args.cost_ks.split(",")), loo
+
+def open_set_decision(
+    val: Ranked, v_fused_short: np.ndarray, te: Ranked, out: RerankOutput, fusion: Fusion, fusion_path: Path
+) -> dict:
+    """The new-individual decision on fused scores (fitted on validation, like the fusion); saves the fusion."""
+    thresholds, open_report = open_set(
+        _side(val.queries, val.gallery, val.idx, val.cos, v_fused_short),
+        _side(te.queries, te.gallery, te.idx, te.cos, out.scores),
     )
-    for k in (int(k) for k in args.cost_ks.split(",")):
-        r = LocalReranker(fusion, config, k=k, workers=args.workers, cache_dir=feat_cache, progress=False)
+    fusion.open_set_threshold = thresholds["reranked"].to_dict()
+    fusion.save(fusion_path)
+    return {"protocol": "half the individuals of each split (seeded) treated as absent from the gallery: "
+            "their images taken out of their shortlists; threshold fitted on validation, scored on test",
+            "thresholds": {k: v.to_dict() for k, v in thresholds.items()}, "test": open_report}  # fmt: skip
+
+
+def cost_per_query(
+    args: argparse.Namespace, fusion: Fusion, config: LocalFeatureConfig, te: Ranked, loo: bool
+) -> dict[str, dict]:
+    """Seconds per query at several K (features cached: matching + fusion only), on the first test queries."""
+    cost = {}
+    nq = min(args.cost_queries, len(te.queries))
+    ks = [int(k) for k in args.cost_ks.split(",")]
+    _, c_idx, c_cos = shortlist(te.q_emb[:nq], te.g_emb, te.queries[:nq], te.gallery, max(ks), loo)
+    for k in ks:
+        r = LocalReranker(fusion, config, k=k, workers=args.workers, cache_dir=Path(args.cache_dir) / "local",
+                          progress=False)  # fmt: skip
         t0 = time.perf_counter()
-        r.rerank(te[:nq], g_items, c_idx[:, :k], c_cos[:, :k])
+        r.rerank(te.queries[:nq], te.gallery, c_idx[:, :k], c_cos[:, :k])
         dt = time.perf_counter() - t0
         cost[str(k)] = {"s_per_query": round(dt / nq, 4), "queries": nq, "s_per_pair": round(dt / (nq * k), 5),
                         "features_computed": r.store.n_computed}  # fmt: skip
+    return cost
 
+
+def machine(args: argparse.Namespace) -> dict:
+    """Where and when the run happened (cores, workers, threads, Python, load at the end, date)."""
+    return {"cpus": os.cpu_count(), "workers": args.workers, "threads": 1, "python": platform.python_version(),
+            "loadavg_at_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+
+
+def write_report(out_path: Path, result: dict) -> None:
+    """OUT (JSON) and OUT.md; prints the per-species figures and the cost."""
+    report.write_results(out_path, result, render_markdown(result))
+    for split in ("validation", "test"):
+        for sp, m in result[split]["global"].items():
+            r2 = result[split]["reranked"][sp]
+            print(
+                f"{split:10s} {sp:6s} top1 {_f4(m['top1'])} -> {_f4(r2['top1'])}   mAP {_f4(m['mAP'])} -> {_f4(r2['mAP'])}"
+            )
+    print(json.dumps(result["cost"], indent=1))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.render_only:
+        return render_only(args.out)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    report.require_extra("dev", "cv2")  # OpenCV: the local features
+    import torch
+
+    torch.set_num_threads(1)
+    name = args.name or ("imagenet" if args.model == "imagenet" else Path(args.model).parent.name)
+    t_start = time.perf_counter()
+    splits = read_splits(args)
+    emb, n_embedded = embed_splits(args, splits)
+    logger.info("embeddings ready (%d embedded now, %.0f s)", n_embedded, time.perf_counter() - t_start)
+    config = LocalFeatureConfig(method=args.method, max_side=args.max_side, max_keypoints=args.max_keypoints,
+                                geometry=args.geometry)  # fmt: skip
+    rr, extraction = extract_features(args, config, splits)
+    pairs, loo = protocol_pairs(args.protocol, splits, emb)
+    val = Ranked.of(pairs["fit"], args.k, loo)  # validation -> train, or validation itself
+    fusion, verified = fit_on_validation(args, rr, config, val)
+    out_path = Path(args.out)
+    # saved once its open-set threshold is fitted, below
+    fusion_path = Path(args.fusion) if args.fusion else out_path.with_name(out_path.stem + "_fusion.json")
+    te = Ranked.of(pairs["test"], args.k, loo)  # test -> its gallery (train + validation, or test itself)
+    rr.fusion = fusion
+    t0 = time.perf_counter()
+    out = rr.rerank(te.queries, te.gallery, te.idx, te.cos)
+    t_test = time.perf_counter() - t0
+    if args.dump_shortlists:
+        _dump(args.dump_shortlists, {"val": (val.queries, val.cos, verified.inliers, verified.correct),
+                                     "test": (te.queries, te.cos, out.inliers, _correct(te.queries, te.gallery, te.idx))})  # fmt: skip
+    test, validation, v_fused_short = accuracy(val, verified, te, out, fusion, loo)
+    open_result = None if args.fusion else open_set_decision(val, v_fused_short, te, out, fusion, fusion_path)
+    cost = {"s_per_query": cost_per_query(args, fusion, config, te, loo), **extraction,
+            "fit_s": round(verified.fit_s, 2), "test_rerank_s": round(t_test, 2)}  # fmt: skip
     result = {
         "model": args.model,
         "name": name,
@@ -510,41 +642,16 @@ def main(argv=None) -> dict:
         "fusion": fusion.to_dict(),
         "fusion_file": str(fusion_path.resolve().relative_to(ROOT) if fusion_path.resolve().is_relative_to(ROOT) else fusion_path),
         "fusion_loaded": bool(args.fusion),
-        "test": {"global": _pick(base), "reranked": _pick(reranked), "stats": out.stats,
-                 "shortlist_holds_true_individual": in_shortlist},  # fmt: skip
-        "validation": {"global": _pick(evaluate_scores(v_full, va, tr, loo)),
-                       "reranked": _pick(evaluate_scores(v_fused, va, tr, loo)),
-                       "stats": v_stats},  # fmt: skip
-        "cost": {
-            "s_per_query": cost,
-            "feature_extraction_s_per_image": round(t_feat / max(1, n_computed), 4) if n_computed else None,
-            "features_computed_this_run": n_computed,
-            "keypoints_per_image": {"mean": float(kp.mean()), "median": float(np.median(kp)), "max": int(kp.max())},
-            "image_status": status,
-            "cache_bytes": cache_bytes,
-            "cache_images": cached_images,
-            "cache_mb_per_1000_images": round(cache_bytes / cached_images * 1000 / 1e6, 2),
-            "n_images": len(every),
-            "fit_s": round(t_fit, 2),
-            "test_rerank_s": round(t_test, 2),
-        },
-        "machine": {"cpus": os.cpu_count(), "workers": args.workers, "threads": 1, "python": platform.python_version(),
-                    "loadavg_at_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+        "test": test,
+        "validation": validation,
+        "cost": cost,
+        "machine": machine(args),
         "wall_s": round(time.perf_counter() - t_start, 1),
         "command": "python benchmarks/bench_rerank.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }  # fmt: skip
     if open_result is not None:
         result["open_set"] = open_result
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2))
-    out_path.with_suffix(".md").write_text(render_markdown(result))
-    for split in ("validation", "test"):
-        for sp, m in result[split]["global"].items():
-            r2 = result[split]["reranked"][sp]
-            print(
-                f"{split:10s} {sp:6s} top1 {_f4(m['top1'])} -> {_f4(r2['top1'])}   mAP {_f4(m['mAP'])} -> {_f4(r2['mAP'])}"
-            )
-    print(json.dumps(result["cost"], indent=1))
+    write_report(out_path, result)
     return result
 
 

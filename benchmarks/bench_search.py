@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import report
+
 ALL_METHODS = ("sklearn", "exact", "exact_fp16", "ivf", "ivf_fp16")
 
 
@@ -164,17 +166,15 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
 def machine() -> str:
     model = platform.processor() or "?"
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), model
-        )
+        model = report.lscpu_model(model)
     except OSError:
         pass
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     return f"{model}, nproc={os.cpu_count()}, {mem_gb:.0f} GiB RAM"
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (with the hidden options of worker mode)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--n-queries", type=int, default=1000)
@@ -194,8 +194,87 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--gallery", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--queries", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out-idx", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def print_header(args: argparse.Namespace) -> None:
+    """The run's description (date, machine, settings, load) and the table's header."""
+    print(f"# search benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
+    print(f"# {args.n_queries} queries, top-{args.k}, dim {args.dim}, IVF nprobe {args.nprobe}")
+    print(f"# load average at start (1/5/15 min): {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    header = (
+        f"| gallery | method | build s | search s | total s | speed-up vs sklearn (search / total) "
+        f"| peak RSS MB | RSS after load MB | recall@{args.k} |"
+    )
+    print(header)
+    print("|" + "---|" * 9)
+
+
+def run_methods(n: int, gpath: Path, qpath: Path, order: list[str], args) -> tuple[dict, dict]:
+    """Each method on one gallery size, in its own process: ``(results by method, top-k indices by method)``."""
+    results: dict[str, dict] = {}
+    idx: dict[str, np.ndarray] = {}
+    for m in order:
+        if m == "sklearn" and n > args.sklearn_max:
+            results[m] = {"method": m, "error": f"skipped (gallery > --sklearn-max {args.sklearn_max})"}
+            continue
+        out_idx = args.data_dir / f"idx_{m}_{n}.npy"
+        res = run_worker(m, gpath, qpath, args.k, args.nprobe, out_idx, args.timeout, args.repeats)
+        if "error" not in res:
+            idx[m] = np.load(out_idx)
+            out_idx.unlink()
+        results[m] = res
+    return results, idx
+
+
+def table_row(r: dict, n: int, idx: dict, base: dict, k: int) -> str:
+    """Complete one method's result (total, recall, speed-ups against sklearn) and return its table line."""
+    m = r["method"]
+    r["total_s"] = r["build_s"] + r["search_s"]
+    r[f"recall@{k}"] = recall_at_k(idx[m], idx["exact"]) if "exact" in idx else None
+    if "error" not in base and "search_s" in base:
+        r["speedup_search"] = base["search_s"] / r["search_s"]
+        r["speedup_total"] = (base["build_s"] + base["search_s"]) / r["total_s"]
+        sp = f"{r['speedup_search']:.1f}x / {r['speedup_total']:.1f}x"
+    else:
+        sp = "n/a"
+    rec = r[f"recall@{k}"]
+    return (
+        f"| {n:,} | {m} | {r['build_s']:.2f} | {r['search_s']:.2f} | {r['total_s']:.2f} | {sp} "
+        f"| {r['peak_rss_mb']:,.0f} | {r['rss_after_load_mb']:,.0f} | {'n/a' if rec is None else f'{rec:.4f}'} |"
+    )
+
+
+def bench_size(n: int, methods: list[str], args: argparse.Namespace) -> list[dict]:
+    """One gallery size: generate the data, run every method, print their table rows; the rows."""
+    t = time.perf_counter()
+    gpath, qpath = make_data(args.data_dir, n, args.n_queries, args.dim)
+    gen_s = time.perf_counter() - t
+    if gen_s > 1:
+        print(f"# generated {n} x {args.dim} gallery in {gen_s:.1f} s", flush=True)
+    order = ["exact"] + [m for m in methods if m != "exact"]  # exact first: ground truth for recall
+    results, idx = run_methods(n, gpath, qpath, order, args)
+    base = results.get("sklearn", {})
+    rows = []
+    for m in order:
+        if m not in methods:
+            continue
+        r = results[m]
+        r["gallery"] = n
+        if "error" in r:
+            print(f"| {n:,} | {m} | {r['error']} |||||||")
+        else:
+            print(table_row(r, n, idx, base, args.k), flush=True)
+        rows.append(r)
+    print(f"# load average after {n:,}: {os.getloadavg()[0]:.1f}", flush=True)
+    if "sklearn" in idx and "exact" in idx:
+        agree = recall_at_k(idx["sklearn"], idx["exact"])
+        print(f"# {n:,}: sklearn top-{args.k} vs our exact top-{args.k} overlap {agree:.4f}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
     if args.worker:
         print(
             json.dumps(
@@ -205,68 +284,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
         )
         return []
-
-    print(f"# search benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
-    print(f"# {args.n_queries} queries, top-{args.k}, dim {args.dim}, IVF nprobe {args.nprobe}")
-    print(f"# load average at start (1/5/15 min): {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
-    rows: list[dict] = []
-    header = (
-        f"| gallery | method | build s | search s | total s | speed-up vs sklearn (search / total) "
-        f"| peak RSS MB | RSS after load MB | recall@{args.k} |"
-    )
-    print(header)
-    print("|" + "---|" * 9)
+    print_header(args)
     methods = [m for m in ALL_METHODS if m in args.methods]
-    for n in args.sizes:
-        t = time.perf_counter()
-        gpath, qpath = make_data(args.data_dir, n, args.n_queries, args.dim)
-        gen_s = time.perf_counter() - t
-        if gen_s > 1:
-            print(f"# generated {n} x {args.dim} gallery in {gen_s:.1f} s", flush=True)
-        results: dict[str, dict] = {}
-        idx: dict[str, np.ndarray] = {}
-        order = ["exact"] + [m for m in methods if m != "exact"]  # exact first: ground truth for recall
-        for m in order:
-            if m == "sklearn" and n > args.sklearn_max:
-                results[m] = {"method": m, "error": f"skipped (gallery > --sklearn-max {args.sklearn_max})"}
-                continue
-            out_idx = args.data_dir / f"idx_{m}_{n}.npy"
-            res = run_worker(m, gpath, qpath, args.k, args.nprobe, out_idx, args.timeout, args.repeats)
-            if "error" not in res:
-                idx[m] = np.load(out_idx)
-                out_idx.unlink()
-            results[m] = res
-        base = results.get("sklearn", {})
-        for m in order:
-            if m not in methods:
-                continue
-            r = results[m]
-            r["gallery"] = n
-            if "error" in r:
-                print(f"| {n:,} | {m} | {r['error']} |||||||")
-                rows.append(r)
-                continue
-            r["total_s"] = r["build_s"] + r["search_s"]
-            r[f"recall@{args.k}"] = recall_at_k(idx[m], idx["exact"]) if "exact" in idx else None
-            if "error" not in base and "search_s" in base:
-                r["speedup_search"] = base["search_s"] / r["search_s"]
-                r["speedup_total"] = (base["build_s"] + base["search_s"]) / r["total_s"]
-                sp = f"{r['speedup_search']:.1f}x / {r['speedup_total']:.1f}x"
-            else:
-                sp = "n/a"
-            rec = r[f"recall@{args.k}"]
-            print(
-                f"| {n:,} | {m} | {r['build_s']:.2f} | {r['search_s']:.2f} | {r['total_s']:.2f} | {sp} "
-                f"| {r['peak_rss_mb']:,.0f} | {r['rss_after_load_mb']:,.0f} | {'n/a' if rec is None else f'{rec:.4f}'} |",
-                flush=True,
-            )
-            rows.append(r)
-        print(f"# load average after {n:,}: {os.getloadavg()[0]:.1f}", flush=True)
-        if "sklearn" in idx and "exact" in idx:
-            agree = recall_at_k(idx["sklearn"], idx["exact"])
-            print(f"# {n:,}: sklearn top-{args.k} vs our exact top-{args.k} overlap {agree:.4f}", flush=True)
+    rows: list[dict] = [r for n in args.sizes for r in bench_size(n, methods, args)]
     if args.json_out:
-        args.json_out.write_text(json.dumps(rows, indent=2))
+        report.write_json(args.json_out, rows)
     return rows
 
 

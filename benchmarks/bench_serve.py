@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks import report
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 TOKEN = "bench"
 
 
@@ -144,8 +145,8 @@ def _load(
 
 def _serve(
     model_dir: Path, db: Path, port: int, max_batch: int, workers: int | None, max_wait_ms: float | None = None
-) -> subprocess.Popen:
-    from animal_reid.serve.testing import wait_http
+) -> subprocess.Popen:  # fmt: skip
+    from animal_reid.testing.serve import wait_http
 
     env = {**os.environ, "ANIMAL_REID_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "animal_reid.serve.cli", "serve", "--model", str(model_dir), "--catalogue",
@@ -166,8 +167,9 @@ def _seed_catalogue(base: str, images: list[bytes]) -> None:
                    data={"name": f"ind{i}", "species": "lion"}, headers=auth, timeout=60).raise_for_status()  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=320)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--backbone", default="efficientnet_lite0")
@@ -179,17 +181,20 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument(
         "--max-wait-ms", type=float, default=None, help="how long a batch waits for more (default: the server's)"
-    )
+    )  # fmt: skip
     p.add_argument("--imagenet", action="store_true", help="load the local ImageNet weights (else random)")
     p.add_argument(
         "--client", default="raw", choices=("raw", "httpx"),
         help="load generator: pre-encoded bodies over http.client keep-alive connections, or httpx (builds each "
         "request; costs the shared cores more)",
     )  # fmt: skip
-    args = p.parse_args(argv)
-    from animal_reid.serve.testing import free_port
+    return p.parse_args(argv)
 
-    images = _photos(args.requests, args.photo_side)
+
+def measure(args: argparse.Namespace, images: list[bytes]) -> tuple[float, float, list[float], int]:
+    """``(encode img/s, service img/s, request latencies, errors)``: encode, then the service under load."""
+    from animal_reid.testing.serve import free_port
+
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         model, proc = _build_model(Path(tmp) / "model", args.backbone, args.image_size, args.imagenet)
         encode_rate = _encode_rate(model, proc, images)
@@ -206,6 +211,14 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             server.terminate()
             server.wait(timeout=30)
+    return encode_rate, rate, lat, errors
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    report.require_extra("serve")
+    report.require_extra("dev", "httpx")
+    encode_rate, rate, lat, errors = measure(args, _photos(args.requests, args.photo_side))
     result = {
         "requests": args.requests, "clients": args.clients, "backbone": args.backbone,
         "image_size": args.image_size, "cpu_count": os.cpu_count(), "max_batch": args.max_batch,

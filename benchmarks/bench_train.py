@@ -8,9 +8,9 @@ For each precision (fp32, bf16), in separate processes so each peak memory is it
               ``accumulate``/autocast, clipping, AdamW, scheduler. Images/s is the loop's own figure
               (``metrics.jsonl``: training images over the epoch's training time, evaluation excluded) for
               the last epoch (``--loop-epochs``, default 2), once the persistent workers are up.
-* ``plain`` – the same model (``train_accelerate.build_model``, same head size) and optimiser stepping on a
-              random uint8 batch of the same shape already in memory on the device, normalised there by
-              ``processor.normalize_uint8`` as the loop's batches are: the limit for this model here.
+* ``plain`` – the same model (``animal_reid.training.model.build_model``, same head size) and optimiser
+              stepping on a random uint8 batch of the same shape already in memory on the device, normalised
+              there by ``processor.normalize_uint8`` as the loop's batches are: the limit for this model here.
 
 Peak memory is ``ru_maxrss`` of the measuring process (its DataLoader workers reported apart) on the CPU and
 ``torch.cuda.max_memory_allocated`` on a GPU. Ratios are printed: loop / plain per precision, bf16 / fp32 per mode.
@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import report
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}
 
@@ -102,16 +102,16 @@ def loader_capacity(args: argparse.Namespace) -> dict[str, Any]:
     """
     import torch
 
-    import train_accelerate
     from animal_reid.training.augment import ReIDAugment
     from animal_reid.training.config import parse_config
     from animal_reid.training.data import ReIDImageDataset, cache_images, load_corpus
+    from animal_reid.training.model import build_model
 
     torch.set_num_threads(1)
     argv = [args.config] + (["--corpus", args.corpus] if args.corpus else []) + _overrides(args.set)
     config = parse_config(argv)
     corpus = load_corpus(config.data, seed=config.train.seed)
-    _, processor = train_accelerate.build_model(config, corpus.num_classes)
+    _, processor = build_model(config, corpus.num_classes)
     augment = ReIDAugment(processor.image_mean, processor.image_std)
     ds = ReIDImageDataset(corpus.splits["train"], processor, corpus.label_of, augment, config.data.use_boxes)
     n = min(len(ds), args.loader_samples)
@@ -134,9 +134,9 @@ def loader_capacity(args: argparse.Namespace) -> dict[str, Any]:
 def worker_plain(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    import train_accelerate
     from animal_reid.training.config import parse_config
     from animal_reid.training.data import load_corpus
+    from animal_reid.training.model import build_model, parameter_groups
 
     argv = [args.config] + (["--corpus", args.corpus] if args.corpus else []) + _overrides(args.set)
     config = parse_config(argv)
@@ -145,9 +145,9 @@ def worker_plain(args: argparse.Namespace) -> dict[str, Any]:
     del corpus
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model, processor = train_accelerate.build_model(config, n_classes)
+    model, processor = build_model(config, n_classes)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(train_accelerate.parameter_groups(model, config))
+    optimizer = torch.optim.AdamW(parameter_groups(model, config))
     b, s = config.train.batch_size, config.model.image_size
     x = torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, device=device)
     y = torch.randint(0, n_classes, (b,), device=device)
@@ -233,7 +233,8 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (with the hidden options of the measuring child processes)."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -263,30 +264,64 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--loader-samples", type=int, default=400)
     p.add_argument("--worker", choices=("loop", "plain"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    if args.loader_only:
-        res = loader_capacity(args)
-        print(json.dumps(res, indent=2))
-        print(
-            f"data path, one core: {res['decode_samples_per_s']:.0f} samples/s decoding, "
-            f"{res['cache_samples_per_s']:.0f} from the cache "
-            f"({res['cache_samples_per_s'] / res['decode_samples_per_s']:.2f}x); cache of "
-            f"{res['cache_images']} images, {res['cache_mib']:.0f} MiB, built in {res['cache_build_s']:.1f} s"
-        )
-        if args.out:
-            Path(args.out).with_suffix(".json").write_text(json.dumps(res, indent=2))
-        return res
 
-    if args.worker:
-        if args.threads:
-            import torch
+def report_loader(args: argparse.Namespace) -> dict[str, Any]:
+    """``--loader-only``: measure the data path, print it, write ``OUT.json`` when asked."""
+    res = loader_capacity(args)
+    print(json.dumps(res, indent=2))
+    print(
+        f"data path, one core: {res['decode_samples_per_s']:.0f} samples/s decoding, "
+        f"{res['cache_samples_per_s']:.0f} from the cache "
+        f"({res['cache_samples_per_s'] / res['decode_samples_per_s']:.2f}x); cache of "
+        f"{res['cache_images']} images, {res['cache_mib']:.0f} MiB, built in {res['cache_build_s']:.1f} s"
+    )
+    if args.out:
+        report.write_json(Path(args.out).with_suffix(".json"), res)
+    return res
 
-            torch.set_num_threads(args.threads)
-        fn = worker_loop if args.worker == "loop" else worker_plain
-        print("RESULT " + json.dumps(fn(args)), flush=True)
-        return None
 
+def run_worker(args: argparse.Namespace) -> None:
+    """A measuring child process (``--worker``): one mode at one precision, printed as a ``RESULT`` line."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    fn = worker_loop if args.worker == "loop" else worker_plain
+    print("RESULT " + json.dumps(fn(args)), flush=True)
+
+
+def child_env(args: argparse.Namespace, cache: str) -> dict[str, str]:
+    """The measuring children's environment: a private datasets cache, and only the GPU ``--device`` allows."""
+    env = {
+        **os.environ,
+        "HF_DATASETS_CACHE": cache,
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif not env["CUDA_VISIBLE_DEVICES"]:
+        env.pop("CUDA_VISIBLE_DEVICES")
+    return env
+
+
+def child_command(args: argparse.Namespace, mode: str, precision: str) -> list[str]:
+    """This script again, as the ``--worker`` measuring ``mode`` at ``precision`` with this run's settings."""
+    cmd = [sys.executable, __file__, "--worker", mode, "--precision", precision, "--config", args.config]
+    cmd += ["--device", args.device, "--batches", str(args.batches), "--steps", str(args.steps)]
+    cmd += ["--warmup", str(args.warmup), "--loop-epochs", str(args.loop_epochs)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.corpus:
+        cmd += ["--corpus", args.corpus]
+    if args.set:
+        cmd += ["--set", *args.set]
+    return cmd
+
+
+def measure_modes(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """Each precision's plain and loop modes, each in its own process; the summary after every one."""
     if args.device == "cuda":
         os.environ.pop("ACCELERATE_USE_CPU", None)
     else:
@@ -295,37 +330,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     errors: list[str] = []
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench_train_cache_") as cache:
-        env = {
-            **os.environ,
-            "HF_DATASETS_CACHE": cache,
-            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        }
-        if args.device == "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        elif not env["CUDA_VISIBLE_DEVICES"]:
-            env.pop("CUDA_VISIBLE_DEVICES")
+        env = child_env(args, cache)
         for precision in args.precisions:
             for mode in ("plain", "loop"):
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    mode,
-                    "--precision",
-                    precision,
-                    "--config",
-                    args.config,
-                ]
-                cmd += ["--device", args.device, "--batches", str(args.batches), "--steps", str(args.steps)]
-                cmd += ["--warmup", str(args.warmup), "--loop-epochs", str(args.loop_epochs)]
-                if args.threads:
-                    cmd += ["--threads", str(args.threads)]
-                if args.corpus:
-                    cmd += ["--corpus", args.corpus]
-                if args.set:
-                    cmd += ["--set", *args.set]
                 print(f"[bench_train] {mode} {precision} ...", file=sys.stderr, flush=True)
-                proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+                proc = subprocess.run(
+                    child_command(args, mode, precision), cwd=REPO, env=env, capture_output=True, text=True
+                )
                 found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                 if proc.returncode != 0 or not found:
                     # keep measuring the other modes; the failure is part of the results
@@ -336,6 +347,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 results = summarize(
                     args, argv, runs, errors
                 )  # written after every mode: a timeout keeps them
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    report.require_extra("train")
+    if args.loader_only:
+        return report_loader(args)
+    if args.worker:
+        run_worker(args)
+        return None
+    results = measure_modes(args, argv)
     print(render(results))
     return results
 
@@ -364,10 +387,7 @@ def summarize(args: argparse.Namespace, argv: list[str] | None, runs: list[dict]
         "errors": errors,
     }
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        out.with_suffix(".md").write_text(render(results) + "\n", encoding="utf-8")
+        report.write_results(Path(args.out).with_suffix(".json"), results, render(results), newline=True)
     return results
 
 

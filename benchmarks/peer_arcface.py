@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks import report
 
 
 def decode_split(split, processor) -> torch.Tensor:
@@ -54,7 +51,9 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (out * factor).clamp(0, 255).round().to(torch.uint8)
 
 
-def arcface_loss(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, s=64.0, m=0.5) -> torch.Tensor:
+def arcface_loss(
+    emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, s=64.0, m=0.5
+) -> torch.Tensor:
     cos = F.linear(F.normalize(emb.float()), F.normalize(weight.float())).clamp(-1 + 1e-7, 1 - 1e-7)
     target = torch.cos(torch.acos(cos.gather(1, labels[:, None])) + m)
     logits = cos.scatter(1, labels[:, None], target) * s
@@ -78,7 +77,7 @@ def train(
 
     ``backbone`` / ``init_weights`` other than Lite0 / ImageNet are for smoke tests (``init_weights="none"``).
     ``precision``: ``"bf16"`` (the script's autocast) or ``"fp32"`` (what table 1 gives every arm on the CPU, where
-    bf16 steps were several times slower on the 2-core machine; BENCHMARKS.md §8). ``splits``: the corpus splits
+    bf16 steps were several times slower on the 2-core machine; docs/experiment-log.md, from BENCHMARKS.md §8). ``splits``: the corpus splits
     trained on (``("train", "validation")`` for a refit, as ``train_on_validation`` does for our trainer).
     """
     if precision not in ("bf16", "fp32"):
@@ -107,7 +106,9 @@ def train(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model = model.to(memory_format=torch.channels_last).train()
     g = torch.Generator().manual_seed(seed)
-    order = torch.cat([torch.randperm(len(labels), generator=g) for _ in range(math.ceil(steps * batch / len(labels)))])
+    order = torch.cat(
+        [torch.randperm(len(labels), generator=g) for _ in range(math.ceil(steps * batch / len(labels)))]
+    )
     for step in range(steps):
         idx = order[step * batch : (step + 1) * batch]
         x = processor.normalize_uint8(augment(pixels[idx], g)).contiguous(memory_format=torch.channels_last)
@@ -140,10 +141,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--init_weights", default="imagenet", choices=("imagenet", "none"))
-    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="bf16 autocast or plain fp32")
+    p.add_argument(
+        "--precision", default="bf16", choices=("bf16", "fp32"), help="bf16 autocast or plain fp32"
+    )
     p.add_argument("--splits", nargs="+", default=["train"], choices=("train", "validation"),
                    help="corpus splits to train on (train validation: a refit)")  # fmt: skip
     args = p.parse_args(argv)
+    report.require_extra("train")  # datasets reads the corpus
     if args.threads:
         torch.set_num_threads(args.threads)
     res = train(args.corpus, args.out, args.images, args.seed, args.batch, size=args.size, backbone=args.backbone,
@@ -153,7 +157,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from animal_reid.fastmalloc import reexec_with_fast_malloc
 
     reexec_with_fast_malloc()  # the same allocator as train_accelerate.py, so both arms run alike

@@ -16,19 +16,16 @@ import datetime as dt
 import functools
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.bench_embed import DEFAULT_DATA, find_images  # noqa: E402
-from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel  # noqa: E402
-from modeling.modeling_animal_reid import onnxruntime_available, onnxruntime_engine  # noqa: E402
+from benchmarks import report
+from benchmarks.bench_embed import DEFAULT_DATA, find_images
+from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel
+from modeling.encoding_animal_reid import onnxruntime_available, onnxruntime_engine
 
 
 def rate(fn, n_per_call: int, seconds: float) -> float:
@@ -38,6 +35,49 @@ def rate(fn, n_per_call: int, seconds: float) -> float:
         fn()
         n += n_per_call
     return n / (time.perf_counter() - t)
+
+
+def measure_backbone(spec: str, batch_size: int, seconds: float, threads: int) -> dict:
+    """One row: a ``backbone:size``'s FLOPs per image and its forward images/s per engine and precision."""
+    name, size = spec.split(":")
+    size = int(size)
+    cfg = AnimalReIDConfig(backbone=name, image_size=size, embedding_dim=512 if "lite" in name else 0)
+    model = AnimalReIDModel(cfg).eval()
+    bs = batch_size
+    x = torch.randn(bs, 3, size, size)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    row = {"backbone": name, "size": size, "batch": bs}
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as fc:
+            model(pixel_values=x[:1])
+        row["gflop_per_image"] = round(fc.get_total_flops() / 1e9, 2)
+        step = functools.partial(model._embed, xc)
+        row["torch_fp32_img_s"] = rate(step, bs, seconds)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            row["torch_bf16_img_s"] = rate(step, bs, seconds)
+    if onnxruntime_available():
+        for t in sorted({1, threads}):
+            eng = onnxruntime_engine(model, size, size).with_threads(t, spinning=True)
+            row[f"onnxruntime_{t}_threads_img_s"] = rate(functools.partial(eng, x), bs, seconds)
+    best = max(v for k, v in row.items() if k.endswith("img_s") and "bf16" not in k)
+    row["best_fp32_gflop_s"] = round(best * row["gflop_per_image"], 1)
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def decode_ms(files: list[str], out: dict) -> None:
+    """Decode + crop + resize to 224 per photo on one thread, PIL's and torch's resize, into ``out``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for backend in ("pil", "torch"):
+        proc = AnimalReIDImageProcessor(size=224, resize_backend=backend)
+        proc.preprocess_uint8(files[0])
+        t = time.perf_counter()
+        for f in files:
+            proc.preprocess_uint8(f)
+        ms = (time.perf_counter() - t) / len(files) * 1e3
+        out[f"decode_crop_resize_ms_{backend}"] = round(ms, 3)
+        print(f"decode + resize to 224 ({backend} resize), one thread: {ms:.2f} ms per photo", flush=True)
+    torch.set_num_threads(threads)
 
 
 def main(argv=None) -> dict:
@@ -57,44 +97,11 @@ def main(argv=None) -> dict:
     }
     files = find_images(DEFAULT_DATA, 200)
     for spec in args.backbones.split(","):
-        name, size = spec.split(":")
-        size = int(size)
-        cfg = AnimalReIDConfig(backbone=name, image_size=size, embedding_dim=512 if "lite" in name else 0)
-        model = AnimalReIDModel(cfg).eval()
-        bs = args.batch_size
-        x = torch.randn(bs, 3, size, size)
-        xc = x.contiguous(memory_format=torch.channels_last)
-        row = {"backbone": name, "size": size, "batch": bs}
-        with torch.inference_mode():
-            with FlopCounterMode(display=False) as fc:
-                model(pixel_values=x[:1])
-            row["gflop_per_image"] = round(fc.get_total_flops() / 1e9, 2)
-            step = functools.partial(model._embed, xc)
-            row["torch_fp32_img_s"] = rate(step, bs, args.seconds)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                row["torch_bf16_img_s"] = rate(step, bs, args.seconds)
-        if onnxruntime_available():
-            for t in sorted({1, threads}):
-                eng = onnxruntime_engine(model, size, size).with_threads(t, spinning=True)
-                row[f"onnxruntime_{t}_threads_img_s"] = rate(functools.partial(eng, x), bs, args.seconds)
-        best = max(v for k, v in row.items() if k.endswith("img_s") and "bf16" not in k)
-        row["best_fp32_gflop_s"] = round(best * row["gflop_per_image"], 1)
-        row = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
-        out["rows"].append(row)
-        print(json.dumps(row), flush=True)
-    torch.set_num_threads(1)
-    for backend in ("pil", "torch"):
-        proc = AnimalReIDImageProcessor(size=224, resize_backend=backend)
-        proc.preprocess_uint8(files[0])
-        t = time.perf_counter()
-        for f in files:
-            proc.preprocess_uint8(f)
-        ms = (time.perf_counter() - t) / len(files) * 1e3
-        out[f"decode_crop_resize_ms_{backend}"] = round(ms, 3)
-        print(f"decode + resize to 224 ({backend} resize), one thread: {ms:.2f} ms per photo", flush=True)
-    torch.set_num_threads(threads)
+        out["rows"].append(measure_backbone(spec, args.batch_size, args.seconds, threads))
+        print(json.dumps(out["rows"][-1]), flush=True)
+    decode_ms(files, out)
     if args.json_out:
-        args.json_out.write_text(json.dumps(out, indent=2))
+        report.write_json(args.json_out, out)
     return out
 
 

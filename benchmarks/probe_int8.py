@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,17 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from animal_reid.metrics import evaluate_reid
+from benchmarks import report
+from benchmarks.bench_embed import build, find_images
+from benchmarks.bench_precision import DEFAULT_DATA, SPLITS, imagenet_lite0, load_split
+from modeling import AnimalReIDImageProcessor, AnimalReIDModel
+from modeling.encoding_animal_reid import export_onnx_graph
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from bench_embed import _machine, build, find_images  # noqa: E402
-from bench_precision import DEFAULT_DATA, SPLITS, imagenet_lite0, load_split  # noqa: E402
-
-from animal_reid.metrics import evaluate_reid  # noqa: E402
-from modeling import AnimalReIDImageProcessor, AnimalReIDModel  # noqa: E402
-from modeling.modeling_animal_reid import export_onnx_graph  # noqa: E402
-
 DEFAULT_MODEL = REPO / "runs" / "cpu_real6" / "export"
 
 
@@ -162,6 +158,34 @@ def rankings(model, proc, data_root: Path, tmp: str, methods: list[str]) -> list
     return rows
 
 
+def ranking_model(model_arg: str | None) -> tuple[AnimalReIDModel, AnimalReIDImageProcessor, str]:
+    """``(model, processor, label)`` the rankings are scored with: ``--model``, the real-6 run, or ImageNet Lite0."""
+    model_dir = model_arg or (str(DEFAULT_MODEL) if (DEFAULT_MODEL / "config.json").exists() else None)
+    if not model_dir:
+        model, proc, _ = imagenet_lite0(224)
+        return model, proc, "ImageNet EfficientNet-Lite0 features @ 224"
+    model = AnimalReIDModel.from_pretrained(model_dir).eval()
+    proc = AnimalReIDImageProcessor.from_pretrained(model_dir)
+    resolved = Path(model_dir).resolve()
+    return model, proc, str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else model_dir
+
+
+def summary_tables(out: dict) -> list[str]:
+    """The speed table and the rankings table."""
+    speed_cells = [[r["backbone"], r["size"], r["fp32_img_s"], r["int8_img_s"], f"{r['int8_speedup']}x"]
+                   for r in out["speed"]]  # fmt: skip
+    rank_columns = ["dataset", "calibration", "top-1 fp32", "top-1 int8", "mAP fp32", "mAP int8", "1-NN changed",
+                    "cosine mean / min"]  # fmt: skip
+    rank_cells = [[r["dataset"], r["variant"], r["top1_fp32"], r["top1_int8"], r["mAP_fp32"], r["mAP_int8"],
+                   f"{r['nn_changed_pct']}%", f"{r['cosine_mean']} / {r['cosine_min']}"] for r in out["rankings"]]  # fmt: skip
+    return [
+        report.markdown_table(
+            ["backbone", "px", "onnxruntime fp32 img/s", "int8 img/s", "int8 speed-up"], speed_cells
+        ),
+        report.markdown_table(rank_columns, rank_cells),
+    ]
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
@@ -171,42 +195,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
+    report.require_extra("onnx")
     torch.set_num_threads(2)
-    out = {"date": dt.date.today().isoformat(), "machine": _machine(), "speed": [], "rankings": []}
+    out = {
+        "date": dt.date.today().isoformat(),
+        "machine": report.machine_description(),
+        "speed": [],
+        "rankings": [],
+    }
     with tempfile.TemporaryDirectory(prefix="probe_int8_") as tmp:
         for spec in filter(None, args.speed.split(",")):
             out["speed"].append(speed(spec, args.data_root, tmp, args.repeats))
-        model_dir = args.model or (str(DEFAULT_MODEL) if (DEFAULT_MODEL / "config.json").exists() else None)
-        if model_dir:
-            model = AnimalReIDModel.from_pretrained(model_dir).eval()
-            proc = AnimalReIDImageProcessor.from_pretrained(model_dir)
-            out["model"] = (
-                str(Path(model_dir).resolve().relative_to(REPO))
-                if Path(model_dir).resolve().is_relative_to(REPO)
-                else model_dir
-            )
-        else:
-            model, proc, _ = imagenet_lite0(224)
-            out["model"] = "ImageNet EfficientNet-Lite0 features @ 224"
+        model, proc, out["model"] = ranking_model(args.model)
         out["rankings"] = rankings(model, proc, args.data_root, tmp, args.calibration.split(","))
-    print(f"\n{out['machine']}, {out['date']}, rankings with {out['model']}")
-    print("| backbone | px | onnxruntime fp32 img/s | int8 img/s | int8 speed-up |\n|---|---|---|---|---|")
-    for r in out["speed"]:
-        print(
-            f"| {r['backbone']} | {r['size']} | {r['fp32_img_s']} | {r['int8_img_s']} | {r['int8_speedup']}x |"
-        )
-    print(
-        "\n| dataset | calibration | top-1 fp32 | top-1 int8 | mAP fp32 | mAP int8 | 1-NN changed | cosine mean / min |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for r in out["rankings"]:
-        print(
-            f"| {r['dataset']} | {r['variant']} | {r['top1_fp32']} | {r['top1_int8']} | {r['mAP_fp32']} "
-            f"| {r['mAP_int8']} | {r['nn_changed_pct']}% | {r['cosine_mean']} / {r['cosine_min']} |"
-        )
-    if args.json_out:
-        args.json_out.write_text(json.dumps(out, indent=2))
-    return out
+    title = f"{out['machine']}, {out['date']}, rankings with {out['model']}"
+    return report.finish(out, args.json_out, title, *summary_tables(out))
 
 
 if __name__ == "__main__":

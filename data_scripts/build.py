@@ -8,7 +8,8 @@ Command line (``python -m data_scripts.build --help``)::
 
 ``--out`` must be new or empty; ``--overwrite`` replaces a previous corpus there, only once the new one is
 complete. Errors are one line, ``error: <message>``, with exit status 2 (bad arguments, an output folder it
-must not replace) or 1 (the build failed); ``-v`` adds the traceback.
+must not replace) or 1 (the build failed); ``-v`` adds the traceback. ``--help`` needs only the base install;
+building needs the ``data`` extra (datasets, pyarrow), and without it the command says so in one line.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from .schema import SPECIES
+from animal_reid.extras import require_extra
+
+from .schema import SPECIES, Record
 from .sources import (
     LOCAL_SOURCES,
     SOURCES,
@@ -40,7 +43,7 @@ from .sources import (
     miewid_source,
 )
 from .splits import POLICIES, Item, SplitConfig, apply_cap, assign_splits, check_disjoint
-from .validate import validate
+from .validate import ValidatedRow, ValidationResult, validate
 from .write import DEFAULT_MAX_SHARD_BYTES, OutRow, push_to_hub, write_corpus
 
 logger = logging.getLogger(__name__)
@@ -183,6 +186,166 @@ def _no_rows_message(n_read: int, result, out_dir: Path) -> str:
     return f"{text}; {out_dir} left as it was"
 
 
+def default_min_per_identity(split: SplitConfig, min_per_identity: int | None = None) -> int:
+    """The fewest images an identity needs to be kept: ``min_per_identity``, else 2 (open set) or 1 (closed)."""
+    if min_per_identity is None:
+        # open set: an identity needs a query and a match; closed set: a lone image is still a database entry
+        # (and the benchmark files hold such identities)
+        min_per_identity = 2 if split.policy == "open" else 1
+    if min_per_identity < 1:
+        raise ValueError(f"min_per_identity must be >= 1, got {min_per_identity}")
+    return min_per_identity
+
+
+def check_available(sources: Sequence[Source], data_root: Path) -> None:
+    """Raise :class:`FileNotFoundError` naming the sources not found under ``data_root`` and where they belong."""
+    missing = [s.info.name for s in sources if not s.available(data_root)]
+    if missing:
+        raise FileNotFoundError(
+            f"sources {missing} not found under {data_root}: expected "
+            + ", ".join(str(get_source(m).location(data_root)) if m in SOURCES else m for m in missing)
+            + " (set --data-root / REID_DATA_ROOT, or --download)"
+        )
+
+
+def read_source(src: Source, data_root: Path) -> tuple[list[Record], dict]:
+    """One source's records, and what was read (images, identities, species) against what the source reports."""
+    t = time.perf_counter()
+    recs = list(src.records(data_root))
+    info = src.info
+    n_img, n_id = len(recs), len({r.identity for r in recs if r.identity})
+    summary = {
+        "images": n_img,
+        "identities": n_id,
+        "reported_images": info.reported_images,
+        "reported_identities": info.reported_identities,
+        "matches_reported": (info.reported_images in (None, n_img))
+        and (info.reported_identities in (None, n_id)),
+        "species": sorted({r.species for r in recs}),
+        "scan_seconds": round(time.perf_counter() - t, 3),
+    }
+    if not summary["matches_reported"]:
+        logger.warning(
+            "%s: read %d images / %d identities, the source reports %s / %s",
+            info.name,
+            n_img,
+            n_id,
+            info.reported_images,
+            info.reported_identities,
+        )
+    return recs, summary
+
+
+def read_sources(sources: Sequence[Source], data_root: Path) -> tuple[list[Record], dict[str, dict]]:
+    """Every source's records, in order, and per source name what :func:`read_source` says was read."""
+    records: list[Record] = []
+    read: dict[str, dict] = {}
+    for src in sources:
+        recs, read[src.info.name] = read_source(src, data_root)
+        records.extend(recs)
+    return records, read
+
+
+def _out_row(valid: ValidatedRow, split: str) -> OutRow:
+    """A validated row as written into ``split``."""
+    rec = valid.record
+    return OutRow(
+        data=valid.data,
+        file_name=valid.file_name,
+        image_id=rec.image_id,
+        identity=rec.identity,
+        species=rec.species,
+        viewpoint=rec.viewpoint,
+        encounter=rec.encounter,
+        bbox=rec.bbox,
+        theta=rec.theta,
+        source=rec.source,
+        license=rec.license,
+        split=split,
+    )
+
+
+def split_rows(
+    result: ValidationResult, split: SplitConfig, data_root: Path
+) -> tuple[list[OutRow], list[Item], dict]:
+    """The validated rows capped per identity and dealt to splits: the rows to write, the capped items and the
+    splitter's per-species notes."""
+    items = [
+        Item(
+            r.record.image_id,
+            r.record.identity,
+            r.record.encounter,
+            r.record.species,
+            _rel_to(r.record.path, data_root),
+        )
+        for r in result.rows
+    ]
+    kept, capped = apply_cap(items, split.cap_per_identity, split.seed)
+    assignment, notes = assign_splits(kept, split, data_root)
+    by_id = {r.record.image_id: r for r in result.rows}
+    rows = [_out_row(by_id[it.image_id], assignment[it.image_id]) for it in kept]
+    return rows, capped, notes
+
+
+def split_report(split: SplitConfig, min_per_identity: int, notes: dict, rows: Sequence[OutRow]) -> dict:
+    """The build report's ``split`` section: the settings, per-species notes and identities in several splits."""
+    disjoint = {}
+    for species in sorted({r.species for r in rows}):
+        disjoint[species] = check_disjoint(
+            [(r.identity, r.encounter, r.split) for r in rows if r.species == species]
+        )
+    return {
+        "policy": split.policy,
+        "seed": split.seed,
+        "fractions": list(split.fractions),
+        "min_per_identity": min_per_identity,
+        "cap_per_identity": split.cap_per_identity,
+        "leave_out": list(split.leave_out),
+        "use_benchmarks": split.use_benchmarks,
+        "description": _split_description(split),
+        "per_species": notes,
+        "in_several_splits": disjoint,
+    }
+
+
+def rows_report(
+    read: dict[str, dict],
+    data_root: Path,
+    n_read: int,
+    result: ValidationResult,
+    n_capped: int,
+    n_written: int,
+    max_problems_listed: int,
+) -> dict:
+    """The build report's counts: per source, rows read / valid / capped / written, and the skipped rows."""
+    return {
+        "sources": read,
+        "data_root": str(data_root),
+        "rows_read": n_read,
+        "rows_valid": len(result.rows),
+        "rows_capped": n_capped,
+        "rows_written": n_written,
+        "skipped_by_reason": result.skipped_by_reason(),
+        "skipped_by_source": result.skipped_by_source(),
+        "skipped": [asdict(p) for p in result.problems[:max_problems_listed]],
+        "skipped_listed": min(len(result.problems), max_problems_listed),
+        "warnings": result.warnings,
+        "duplicates_across_identities": result.duplicates_across_identities,
+    }
+
+
+def timing_report(marks: dict[str, float], seconds: float, n_read: int, workers: int) -> dict:
+    """The build report's ``timing``: ``marks`` holds the ``start``, ``read``, ``validated`` and ``write`` times."""
+    return {
+        "seconds": round(seconds, 2),
+        "read_seconds": round(marks["read"] - marks["start"], 2),
+        "validate_decode_seconds": round(marks["validated"] - marks["read"], 2),
+        "write_seconds": round(time.perf_counter() - marks["write"], 2),
+        "images_per_second": round(n_read / max(seconds, 1e-9), 1),
+        "decode_workers": workers,
+    }
+
+
 def build(
     sources: Sequence[Source],
     out_dir: Path,
@@ -204,7 +367,7 @@ def build(
     complete: a failed build, or one with no valid rows (:class:`BuildError`), leaves ``out_dir`` as it was.
     ``report_extra`` is added to the build report.
     """
-    t0 = time.perf_counter()
+    marks = {"start": time.perf_counter()}
     data_root = Path(data_root) if data_root is not None else default_data_root()
     out_dir = Path(out_dir)
     if out_dir.is_symlink():  # replace the folder it points at, not the link
@@ -212,129 +375,26 @@ def build(
     keep = [data_root, *(s.location(data_root) for s in sources)]
     check_out(out_dir, overwrite, keep)
     split = split or SplitConfig()
-    if min_per_identity is None:
-        # open set: an identity needs a query and a match; closed set: a lone image is still a database entry
-        # (and the benchmark files hold such identities)
-        min_per_identity = 2 if split.policy == "open" else 1
-    if min_per_identity < 1:
-        raise ValueError(f"min_per_identity must be >= 1, got {min_per_identity}")
-    missing = [s.info.name for s in sources if not s.available(data_root)]
-    if missing:
-        raise FileNotFoundError(
-            f"sources {missing} not found under {data_root}: expected "
-            + ", ".join(str(get_source(m).location(data_root)) if m in SOURCES else m for m in missing)
-            + " (set --data-root / REID_DATA_ROOT, or --download)"
-        )
-    records = []
-    read: dict[str, dict] = {}
-    for src in sources:
-        t = time.perf_counter()
-        recs = list(src.records(data_root))
-        records.extend(recs)
-        info = src.info
-        n_img, n_id = len(recs), len({r.identity for r in recs if r.identity})
-        read[info.name] = {
-            "images": n_img,
-            "identities": n_id,
-            "reported_images": info.reported_images,
-            "reported_identities": info.reported_identities,
-            "matches_reported": (info.reported_images in (None, n_img))
-            and (info.reported_identities in (None, n_id)),
-            "species": sorted({r.species for r in recs}),
-            "scan_seconds": round(time.perf_counter() - t, 3),
-        }
-        if not read[info.name]["matches_reported"]:
-            logger.warning(
-                "%s: read %d images / %d identities, the source reports %s / %s",
-                info.name,
-                n_img,
-                n_id,
-                info.reported_images,
-                info.reported_identities,
-            )
-    t_read = time.perf_counter()
+    min_per_identity = default_min_per_identity(split, min_per_identity)
+    check_available(sources, data_root)
+    records, read = read_sources(sources, data_root)
+    marks["read"] = time.perf_counter()
     result = validate(records, min_per_identity=min_per_identity, workers=workers, progress=progress)
-    t_valid = time.perf_counter()
+    marks["validated"] = time.perf_counter()
 
-    items = [
-        Item(
-            r.record.image_id,
-            r.record.identity,
-            r.record.encounter,
-            r.record.species,
-            _rel_to(r.record.path, data_root),
-        )
-        for r in result.rows
-    ]
-    kept, capped = apply_cap(items, split.cap_per_identity, split.seed)
-    assignment, notes = assign_splits(kept, split, data_root)
-    by_id = {r.record.image_id: r for r in result.rows}
-    rows: list[OutRow] = []
-    for it in kept:
-        v = by_id[it.image_id]
-        rec = v.record
-        rows.append(
-            OutRow(
-                data=v.data,
-                file_name=v.file_name,
-                image_id=rec.image_id,
-                identity=rec.identity,
-                species=rec.species,
-                viewpoint=rec.viewpoint,
-                encounter=rec.encounter,
-                bbox=rec.bbox,
-                theta=rec.theta,
-                source=rec.source,
-                license=rec.license,
-                split=assignment[it.image_id],
-            )
-        )
+    rows, capped, notes = split_rows(result, split, data_root)
     if not rows:
         raise BuildError(_no_rows_message(len(records), result, out_dir))
-    disjoint = {}
-    for species in sorted({r.species for r in rows}):
-        disjoint[species] = check_disjoint(
-            [(r.identity, r.encounter, r.split) for r in rows if r.species == species]
-        )
     report = {
-        "sources": read,
-        "data_root": str(data_root),
-        "rows_read": len(records),
-        "rows_valid": len(result.rows),
-        "rows_capped": len(capped),
-        "rows_written": len(rows),
-        "skipped_by_reason": result.skipped_by_reason(),
-        "skipped_by_source": result.skipped_by_source(),
-        "skipped": [asdict(p) for p in result.problems[:max_problems_listed]],
-        "skipped_listed": min(len(result.problems), max_problems_listed),
-        "warnings": result.warnings,
-        "duplicates_across_identities": result.duplicates_across_identities,
-        "split": {
-            "policy": split.policy,
-            "seed": split.seed,
-            "fractions": list(split.fractions),
-            "min_per_identity": min_per_identity,
-            "cap_per_identity": split.cap_per_identity,
-            "leave_out": list(split.leave_out),
-            "use_benchmarks": split.use_benchmarks,
-            "description": _split_description(split),
-            "per_species": notes,
-            "in_several_splits": disjoint,
-        },
+        **rows_report(read, data_root, len(records), result, len(capped), len(rows), max_problems_listed),
+        "split": split_report(split, min_per_identity, notes, rows),
         **(report_extra or {}),
     }
-    t_write0 = time.perf_counter()
+    marks["write"] = time.perf_counter()
     with staged_out(out_dir, overwrite, keep) as stage:
         counts = write_corpus(rows, stage, [s.info for s in sources], report, max_shard_bytes, progress)
-        seconds = time.perf_counter() - t0
-        report["timing"] = {
-            "seconds": round(seconds, 2),
-            "read_seconds": round(t_read - t0, 2),
-            "validate_decode_seconds": round(t_valid - t_read, 2),
-            "write_seconds": round(time.perf_counter() - t_write0, 2),
-            "images_per_second": round(len(records) / max(seconds, 1e-9), 1),
-            "decode_workers": workers,
-        }
+        seconds = time.perf_counter() - marks["start"]
+        report["timing"] = timing_report(marks, seconds, len(records), workers)
         # rewrite the report with the timing (the card does not carry timings, so it stays reproducible)
         (stage / "build_report.json").write_text(
             json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -609,6 +669,7 @@ def run(args: argparse.Namespace) -> BuildResult:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    require_extra("animal-reid-build-corpus", "data")  # pyarrow and datasets write the corpus
     data_root = args.data_root or default_data_root()
     synth_cfg, split = _configs(args)
     if args.sources is None:  # the default: synthetic, unless the command line names its own files

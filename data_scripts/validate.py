@@ -164,48 +164,47 @@ def _box_problem(bbox, theta: float, width: int, height: int) -> tuple[str, str]
     return None
 
 
-def validate(
-    records: Iterable[Record],
-    *,
-    min_per_identity: int = 2,
-    workers: int = 2,
-    progress: bool = True,
-) -> ValidationResult:
-    """Check every record; return the rows that pass and one :class:`Problem` per skipped row."""
-    problems: list[Problem] = []
+def _record_problem(rec: Record, seen_ids: set[str]) -> Problem | None:
+    """Why a record is skipped before its file is read (unparsed, malformed, incomplete, excluded, unknown
+    species, repeated image id), or None; a record that passes has its image id added to ``seen_ids``."""
+    rid = rec.image_id or "<no image_id>"
+    invalid = rec.extra.get("invalid")  # a row the reader could not parse: (reason, detail)
+    if invalid:
+        return Problem(str(rid), str(rec.source or ""), invalid[0], invalid[1])
+    bad = _field_problem(rec)
+    if bad is not None:
+        return Problem(str(rid), str(rec.source or ""), MALFORMED_ROW, bad)
+    missing = [name for name in ("source", "species", "identity", "image_id") if not getattr(rec, name)]
+    if rec.path is None and rec.data is None:
+        missing.append("path or data")
+    if missing:
+        return Problem(rid, rec.source or "", MISSING_FIELD, ", ".join(missing))
+    if rec.extra.get("excluded"):
+        return Problem(rid, rec.source, EXCLUDED, str(rec.extra["excluded"]))
+    if rec.species not in SPECIES:
+        return Problem(rid, rec.source, UNKNOWN_SPECIES, f"{rec.species!r} is not in the vocabulary")
+    if rec.image_id in seen_ids:
+        return Problem(rid, rec.source, DUPLICATE_ID, "")
+    seen_ids.add(rec.image_id)
+    return None
+
+
+def screen_records(records: Iterable[Record], problems: list[Problem]) -> list[Record]:
+    """The records worth decoding, in order; each other record adds its :class:`Problem` to ``problems``."""
     candidates: list[Record] = []
     seen_ids: set[str] = set()
     for rec in records:
-        rid = rec.image_id or "<no image_id>"
-        invalid = rec.extra.get("invalid")  # a row the reader could not parse: (reason, detail)
-        if invalid:
-            problems.append(Problem(str(rid), str(rec.source or ""), invalid[0], invalid[1]))
-            continue
-        bad = _field_problem(rec)
-        if bad is not None:
-            problems.append(Problem(str(rid), str(rec.source or ""), MALFORMED_ROW, bad))
-            continue
-        missing = [name for name in ("source", "species", "identity", "image_id") if not getattr(rec, name)]
-        if rec.path is None and rec.data is None:
-            missing.append("path or data")
-        if missing:
-            problems.append(Problem(rid, rec.source or "", MISSING_FIELD, ", ".join(missing)))
-            continue
-        if rec.extra.get("excluded"):
-            problems.append(Problem(rid, rec.source, EXCLUDED, str(rec.extra["excluded"])))
-            continue
-        if rec.species not in SPECIES:
-            problems.append(
-                Problem(rid, rec.source, UNKNOWN_SPECIES, f"{rec.species!r} is not in the vocabulary")
-            )
-            continue
-        if rec.image_id in seen_ids:
-            problems.append(Problem(rid, rec.source, DUPLICATE_ID, ""))
-            continue
-        seen_ids.add(rec.image_id)
-        candidates.append(rec)
+        problem = _record_problem(rec, seen_ids)
+        if problem is not None:
+            problems.append(problem)
+        else:
+            candidates.append(rec)
+    return candidates
 
-    # Decode each distinct file once (several COCO annotations may share one photo).
+
+def decode_distinct(candidates: list[Record], workers: int, progress: bool) -> tuple[list[tuple], list[int]]:
+    """Decode each distinct file once (several COCO annotations may share one photo): the :func:`decode`
+    results, and for each candidate the index of its result."""
     keys: dict[object, int] = {}
     items: list[tuple[str | None, bytes | None]] = []
     rec_key: list[int] = []
@@ -227,42 +226,61 @@ def validate(
             decoded.append(decode(item))
             bar.update()
     bar.close()
+    return decoded, rec_key
 
+
+def _image_problem(rec: Record, err: str | None, width: int, height: int) -> Problem | None:
+    """Why a decoded record is skipped (missing or corrupt file, image too small, unusable box), or None."""
+    if err == MISSING_FILE:
+        return Problem(rec.image_id, rec.source, MISSING_FILE, str(rec.path))
+    if err is not None:
+        return Problem(rec.image_id, rec.source, CORRUPT_IMAGE, err)
+    if min(width, height) < MIN_SIDE_PX:
+        return Problem(
+            rec.image_id, rec.source, IMAGE_TOO_SMALL, f"image {width}x{height} < {MIN_SIDE_PX} px"
+        )
+    box = _box_problem(rec.bbox, rec.theta, width, height)
+    if box is not None:
+        return Problem(rec.image_id, rec.source, box[0], box[1])
+    return None
+
+
+def stored_file_name(rec: Record, fmt: str) -> str:
+    """The file name stored in the corpus, with the extension of the real format (LionData's ".png" are JPEG)."""
+    stem = Path(
+        rec.file_name or (rec.path.name if rec.path is not None else rec.image_id.replace(":", "_"))
+    ).stem
+    return stem + _FORMAT_EXT.get(fmt, Path(rec.path).suffix if rec.path is not None else ".img")
+
+
+def check_images(
+    candidates: list[Record], rec_key: list[int], decoded: list[tuple], problems: list[Problem]
+) -> tuple[list[ValidatedRow], int]:
+    """The candidates whose image and box pass, and how many had a rotation without a box (set to 0); each
+    other candidate adds its :class:`Problem` to ``problems``."""
     passed: list[ValidatedRow] = []
     digests: dict[int, str] = {}
     theta_without_box = 0
     for rec, k in zip(candidates, rec_key, strict=True):
         data, width, height, fmt, err = decoded[k]
-        if err == MISSING_FILE:
-            problems.append(Problem(rec.image_id, rec.source, MISSING_FILE, str(rec.path)))
-            continue
-        if err is not None:
-            problems.append(Problem(rec.image_id, rec.source, CORRUPT_IMAGE, err))
-            continue
-        if min(width, height) < MIN_SIDE_PX:
-            problems.append(
-                Problem(
-                    rec.image_id, rec.source, IMAGE_TOO_SMALL, f"image {width}x{height} < {MIN_SIDE_PX} px"
-                )
-            )
-            continue
-        box = _box_problem(rec.bbox, rec.theta, width, height)
-        if box is not None:
-            problems.append(Problem(rec.image_id, rec.source, box[0], box[1]))
+        problem = _image_problem(rec, err, width, height)
+        if problem is not None:
+            problems.append(problem)
             continue
         if rec.theta and rec.bbox is None:  # a rotation needs a box: the image processor refuses it alone
             rec.theta = 0.0
             theta_without_box += 1
         if k not in digests:
             digests[k] = hashlib.sha256(data).hexdigest()
-        # the stored name carries the real format (LionData's ".png" files are JPEG)
-        stem = Path(
-            rec.file_name or (rec.path.name if rec.path is not None else rec.image_id.replace(":", "_"))
-        ).stem
-        file_name = stem + _FORMAT_EXT.get(fmt, Path(rec.path).suffix if rec.path is not None else ".img")
-        passed.append(ValidatedRow(rec, data, width, height, file_name, digests[k]))
+        passed.append(ValidatedRow(rec, data, width, height, stored_file_name(rec, fmt), digests[k]))
+    return passed, theta_without_box
 
-    # Identities with too few images, counted after every other check.
+
+def drop_small_identities(
+    passed: list[ValidatedRow], min_per_identity: int, problems: list[Problem]
+) -> list[ValidatedRow]:
+    """The rows of identities with at least ``min_per_identity`` images (counted after every other check); each
+    other row adds its :class:`Problem` to ``problems``."""
     per_identity = Counter(row.record.identity for row in passed)
     rows: list[ValidatedRow] = []
     for row in passed:
@@ -277,10 +295,18 @@ def validate(
             )
         else:
             rows.append(row)
+    return rows
 
-    # Byte-identical images (same file content and box) are kept but reported: within one identity they are
-    # harmless copies (they share an encounter in every source here); across identities they are label errors
-    # to declare as fixes in the source.
+
+def duplicate_warnings(
+    rows: list[ValidatedRow], theta_without_box: int
+) -> tuple[dict[str, int], list[list[str]]]:
+    """The warnings of the build report, and the groups of byte-identical images under different identities.
+
+    Byte-identical images (same file content and box) are kept but reported: within one identity they are
+    harmless copies (they share an encounter in every source here); across identities they are label errors to
+    declare as fixes in the source.
+    """
     warnings: dict[str, int] = {}
     if theta_without_box:
         warnings["theta without a box (set to 0)"] = theta_without_box
@@ -295,13 +321,35 @@ def validate(
             sorted(r.record.image_id for r in g) for g in groups if len({r.record.identity for r in g}) > 1
         ]
         warnings["byte-identical images under different identities"] = len(duplicates_across)
+    return warnings, duplicates_across
+
+
+def _log_problems(problems: list[Problem], n_rows: int) -> None:
+    """Each skipped row at debug level, and one warning counting them by reason."""
     for p in problems:
         logger.debug("skipped %s (%s): %s %s", p.image_id, p.source, p.reason, p.detail)
     if problems:
         logger.warning(
             "validation skipped %d of %d rows: %s",
             len(problems),
-            len(problems) + len(rows),
+            len(problems) + n_rows,
             dict(Counter(p.reason for p in problems)),
         )
+
+
+def validate(
+    records: Iterable[Record],
+    *,
+    min_per_identity: int = 2,
+    workers: int = 2,
+    progress: bool = True,
+) -> ValidationResult:
+    """Check every record; return the rows that pass and one :class:`Problem` per skipped row."""
+    problems: list[Problem] = []
+    candidates = screen_records(records, problems)
+    decoded, rec_key = decode_distinct(candidates, workers, progress)
+    passed, theta_without_box = check_images(candidates, rec_key, decoded, problems)
+    rows = drop_small_identities(passed, min_per_identity, problems)
+    warnings, duplicates_across = duplicate_warnings(rows, theta_without_box)
+    _log_problems(problems, len(rows))
     return ValidationResult(rows, problems, warnings, duplicates_across)

@@ -20,14 +20,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-import yaml
 from tqdm.auto import tqdm
 
 from .schema import COLUMNS, SPECIES, SPLITS, hf_features
 from .sources.base import SourceInfo
+
+if TYPE_CHECKING:  # pyarrow and yaml (the data extra) are imported where used: --help needs neither
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ def arrow_schema() -> pa.Schema:
 
 
 def to_table(rows: Sequence[OutRow], schema: pa.Schema | None = None) -> pa.Table:
+    import pyarrow as pa
+
     schema = schema or arrow_schema()
     columns = {
         "image": [{"bytes": r.data, "path": r.file_name} for r in rows],
@@ -85,6 +88,8 @@ def write_shards(
     progress: bool = False,
 ) -> dict:
     """Write ``data/<species>/<split>-*.parquet``; return ``{species: {split: [file names]}}``."""
+    import pyarrow.parquet as pq
+
     schema = arrow_schema()
     grouped: dict[str, dict[str, list[OutRow]]] = defaultdict(lambda: {s: [] for s in SPLITS})
     for r in rows:
@@ -160,6 +165,8 @@ def card_configs(written: dict[str, dict[str, list[str]]]) -> list[dict]:
 
 def render_card(counts: dict, sources: Sequence[SourceInfo], report: dict) -> str:
     """The dataset card: YAML metadata (configs, licence, tags) and a Markdown body with counts and citations."""
+    import yaml
+
     species = [k for k in counts if k != "all"]
     licenses = sorted({s.license for s in sources})
     meta = {

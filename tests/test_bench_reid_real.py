@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks import reid_real
+from benchmarks.reid.report import lr_grid_lines
+from benchmarks.reid.table4_finetune import finetune
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-import reid_real  # noqa: E402
-
-SMOKE = REPO / "configs" / "bench_smoke.yaml"
+SMOKE = REPO / "benchmarks" / "configs" / "bench_smoke.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -379,10 +380,11 @@ def test_an_unknown_table1_arm_is_refused_before_anything_trains(tmp_path):
     assert not (tmp_path / "w" / "runs").exists()
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("bench_*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "configs").glob("bench_*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_benchmark_config_loads(path):
     cfg = reid_real.load_bench_config(path)
     assert set(cfg.tables) <= set(reid_real.TABLE_ORDER)
+    assert cfg.train_config is None or (REPO / cfg.train_config).is_file(), cfg.train_config
     if cfg.closed_arms is not None:
         refit = {"ours_refit", "peer_refit"} if cfg.closed_refit else set()
         multi = {"multi", "multi_refit"} if cfg.closed_pretrain else set()
@@ -427,17 +429,17 @@ def test_table4_lr_grid_picks_each_starts_rate_on_validation(tmp_path, monkeypat
         return {"val_best": {"per_species": {"x": {"top1": top1, "mAP": mAP}}}, "test": {"per_species": per}}
 
     monkeypatch.setattr(bench, "train", fake_train)
-    res, grid = reid_real._finetune(bench, "t4_x", tmp_path, "x", epochs=2, lr_backbone=0.5)
+    res, grid = finetune(bench, "t4_x", tmp_path, "x", epochs=2, lr_backbone=0.5)
     assert calls == [("t4_x_lr0.01", 0.01, 0.01, 2), ("t4_x_lr0.001", 0.001, 0.001, 2)]
     assert res["val_best"]["per_species"]["x"]["mAP"] == 0.4
     assert grid["0.001"]["chosen"] and not grid["0.01"]["chosen"]
     assert grid["0.01"]["validation"] == {"top1": 0.2, "mAP": 0.3} and grid["0.01"]["test"]["top1"] == 0.1
-    assert "| from X | 0.001 (chosen) | 20.0 / 40.0 | 10.0 / 20.0 |" in reid_real._lr_grid_lines({"from X": grid})
+    assert "| from X | 0.001 (chosen) | 20.0 / 40.0 | 10.0 / 20.0 |" in lr_grid_lines({"from X": grid})
     # without a grid: one run at the configured rate, under its own name
     bench.cfg = reid_real.load_bench_config(SMOKE)
     val["t4_y"] = (0.1, 0.1)
     calls.clear()
-    _, none = reid_real._finetune(bench, "t4_y", tmp_path, "x", epochs=2, lr_backbone=0.5, lr_head=0.5)
+    _, none = finetune(bench, "t4_y", tmp_path, "x", epochs=2, lr_backbone=0.5, lr_head=0.5)
     assert calls == [("t4_y", 0.5, 0.5, 2)] and none == {}
 
 

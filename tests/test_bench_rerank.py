@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import bench_rerank  # noqa: E402
-
-from animal_reid.identify import ImageItem  # noqa: E402
-from animal_reid.metrics import evaluate_reid  # noqa: E402
+from animal_reid.identify import ImageItem
+from animal_reid.metrics import evaluate_reid
+from benchmarks import bench_rerank
 
 
 def _items_and_embeddings(seed: int = 0):

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import bench_serve  # noqa: E402
-
 from animal_reid.serve.app import create_app  # noqa: E402
 from animal_reid.serve.service import Service  # noqa: E402
-from animal_reid.serve.testing import photo, serve_in_thread, tiny_model  # noqa: E402
+from animal_reid.testing.serve import photo, serve_in_thread, tiny_model  # noqa: E402
+from benchmarks import bench_serve  # noqa: E402
 
 
 def test_raw_and_httpx_clients_send_identify_requests_the_service_answers(tmp_path):

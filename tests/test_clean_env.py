@@ -72,7 +72,22 @@ def export(tmp_path_factory) -> Path:
     return out
 
 
+def test_save_pretrained_writes_every_modeling_file(tmp_path):
+    """The model's own save_pretrained copies every file its remote code imports, relative imports followed."""
+    from modeling import AnimalReIDConfig, AnimalReIDModel
+
+    AnimalReIDModel(
+        AnimalReIDConfig(backbone="test_efficientnet", image_size=32, embedding_dim=8)
+    ).save_pretrained(tmp_path)
+    written = {p.name for p in tmp_path.glob("*.py")}
+    assert written == {
+        p.name for p in (Path(__file__).resolve().parents[1] / "modeling").glob("*_animal_reid.py")
+    }
+    assert {"encoding_animal_reid.py", "pipeline_animal_reid.py"} <= written
+
+
 def test_export_loads_and_embeds_without_optional_packages(export, tmp_path):
+    assert {"encoding_animal_reid.py", "pipeline_animal_reid.py"} <= {p.name for p in export.iterdir()}
     site = _clean_site(tmp_path / "site")
     work = tmp_path / "work"
     work.mkdir()

@@ -5,7 +5,7 @@ import json
 import pytest
 
 pytest.importorskip("datasets")
-hub_emulator = pytest.importorskip("animal_reid.hub_emulator")
+hub_emulator = pytest.importorskip("animal_reid.testing.hub_emulator")
 
 
 def test_push_built_corpus_and_load_configs_back(tmp_path, repo_root):

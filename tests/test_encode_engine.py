@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-import modeling.modeling_animal_reid as mar
+import modeling.encoding_animal_reid as enc
 from modeling import AnimalReIDConfig, AnimalReIDModel, InvalidImageError
 
 pytest.importorskip("onnxruntime")
@@ -48,13 +48,13 @@ def _truncated_jpeg(tmp_path, image: Image.Image) -> str:
 
 def _sessions(model) -> dict:
     """The cached onnxruntime sessions of ``model``, by intra-op thread count."""
-    return mar._ONNX_ENGINES[model][1]
+    return enc._ONNX_ENGINES[model][1]
 
 
 def test_onnxruntime_matches_torch_and_is_the_cpu_default(model):
     imgs = _images()
     ref = model.encode(imgs, batch_size=2, engine="torch")
-    assert model not in mar._ONNX_ENGINES
+    assert model not in enc._ONNX_ENGINES
     got = model.encode(imgs, batch_size=2, engine="onnxruntime", streams=1)
     assert got.shape == ref.shape == (5, 32) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, atol=1e-5)
@@ -72,8 +72,8 @@ def test_streams_keep_order_share_one_export_and_raise_at_the_bad_image(model, m
     imgs = _images(7)
     ref = model.encode(imgs, batch_size=2, engine="torch")
     exports = []
-    real_export = mar.export_onnx_graph
-    monkeypatch.setattr(mar, "export_onnx_graph", lambda *a, **k: exports.append(1) or real_export(*a, **k))
+    real_export = enc.export_onnx_graph
+    monkeypatch.setattr(enc, "export_onnx_graph", lambda *a, **k: exports.append(1) or real_export(*a, **k))
     real_threads = torch.get_num_threads()
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # as on a 4-core machine
     # encode puts back the thread count it read, here the patched 4: the real one is put back after the test
@@ -111,7 +111,7 @@ def test_threads_caps_what_one_call_uses(model):
 def _loads_seen(threads: int):
     """Torch set to ``threads`` threads; yields the (thread name, torch threads) of every batch loaded, and puts
     torch's setting back afterwards."""
-    seen, saved, real_load = [], torch.get_num_threads(), mar._ThreadPrefetch._load
+    seen, saved, real_load = [], torch.get_num_threads(), enc.ThreadPrefetch._load
 
     def spy(self, start):
         seen.append((threading.current_thread().name, torch.get_num_threads()))
@@ -120,7 +120,7 @@ def _loads_seen(threads: int):
     torch.set_num_threads(threads)
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(mar._ThreadPrefetch, "_load", spy)
+            mp.setattr(enc.ThreadPrefetch, "_load", spy)
             yield seen
     finally:
         torch.set_num_threads(saved)
@@ -164,11 +164,11 @@ def test_one_stream_runs_every_batch_inline_in_order(model):
 def test_export_follows_weight_changes(model):
     imgs = _images(2)
     before = model.encode(imgs, engine="onnxruntime")
-    first = mar._ONNX_ENGINES[model]
+    first = enc._ONNX_ENGINES[model]
     with torch.no_grad():
         model.neck_bn.bias.add_(0.5)  # in place, as an optimiser step would
     after = model.encode(imgs, engine="onnxruntime")
-    assert mar._ONNX_ENGINES[model] is not first
+    assert enc._ONNX_ENGINES[model] is not first
     assert not np.allclose(before, after, atol=1e-3)
     np.testing.assert_allclose(after, model.encode(imgs, engine="torch"), atol=1e-5)
 
@@ -180,16 +180,16 @@ def test_engine_arguments_are_checked(model):
         model.encode(_images(1), engine="onnxruntime", precision="bf16")
     # bf16 with auto silently uses torch (onnxruntime is fp32 only)
     out = model.encode(_images(1), precision="bf16")
-    assert out.shape == (1, 32) and model not in mar._ONNX_ENGINES
+    assert out.shape == (1, 32) and model not in enc._ONNX_ENGINES
 
 
 def test_auto_falls_back_to_torch_when_export_fails(model, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("exporter exploded")
 
-    monkeypatch.setattr(mar, "OnnxRuntimeEngine", broken)
+    monkeypatch.setattr(enc, "OnnxRuntimeEngine", broken)
     imgs = _images(3)
-    with caplog.at_level(logging.WARNING, logger=mar.__name__):
+    with caplog.at_level(logging.WARNING, logger=enc.__name__):
         got = model.encode(imgs, batch_size=2)
     assert "exporter exploded" in caplog.text and "encoding with torch" in caplog.text
     np.testing.assert_allclose(got, model.encode(imgs, batch_size=2, engine="torch"), atol=1e-6)
@@ -198,9 +198,9 @@ def test_auto_falls_back_to_torch_when_export_fails(model, monkeypatch, caplog):
 
 
 def test_without_onnxruntime_auto_uses_torch(model, monkeypatch):
-    monkeypatch.setattr(mar, "onnxruntime_available", lambda: False)
+    monkeypatch.setattr(enc, "onnxruntime_available", lambda: False)
     got = model.encode(_images(2))
-    assert model not in mar._ONNX_ENGINES
+    assert model not in enc._ONNX_ENGINES
     np.testing.assert_allclose(got, model.encode(_images(2), engine="torch"), atol=1e-6)
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         model.encode(_images(1), engine="onnxruntime")

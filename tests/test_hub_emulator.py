@@ -1,4 +1,4 @@
-"""Offline round trips through the local Hub emulator (animal_reid.hub_emulator).
+"""Offline round trips through the local Hub emulator (animal_reid.testing.hub_emulator).
 
 huggingface_hub, transformers and datasets read HF_ENDPOINT / HF_HUB_OFFLINE / HF_HUB_DISABLE_XET into module
 constants at import time, and tests/conftest.py sets HF_HUB_OFFLINE=1 for this process, so the clients run in
@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from animal_reid.hub_emulator import LFS_THRESHOLD_BYTES, HubEmulator
+from animal_reid.testing.hub_emulator import LFS_THRESHOLD_BYTES, HubEmulator
 
 
 def _run_json(hub: HubEmulator, code: str, *args: str, timeout: float = 240) -> dict:
@@ -294,7 +294,7 @@ def test_lfs_batch_and_chunked_upload_protocol(tmp_path):
 
 def test_cli_serves_in_the_foreground(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "animal_reid.hub_emulator", "--root", str(tmp_path), "--port", "0"],
+        [sys.executable, "-m", "animal_reid.testing.hub_emulator", "--root", str(tmp_path), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

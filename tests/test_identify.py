@@ -12,6 +12,8 @@ from PIL import Image
 
 from animal_reid import identify, metrics, plots
 from animal_reid.identify import Identifier, ImageItem, read_gallery, read_queries
+from animal_reid.identify.cli import accuracy_summary
+from animal_reid.identify.thresholds import resolve_threshold
 
 # identity -> colour; the fake model embeds an image as its normalised mean colour minus grey
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (220, 210, 30)}
@@ -189,7 +191,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"needs columns \['identity', 'path'\]"):
         read_gallery(bad)
     with pytest.raises(ValueError, match="threshold must be a number"):
-        identify._resolve_threshold("not-a-file.json", None)
+        resolve_threshold("not-a-file.json", None)
     with pytest.raises(ValueError, match="needs a model_key"):
         Identifier(FakeModel(), cache_dir=tmp_path)
 
@@ -319,7 +321,7 @@ def test_identify_on_real_nyala_gallery(tmp_path, data_root, tiny_model_dir, cap
 def test_identify_a_hub_model_by_repo_id(tmp_path, folder_gallery, tiny_model_dir):
     """The Hub path: the model is pushed to the local Hub emulator and named by repo id; the embedding cache is
     keyed by the snapshot's commit."""
-    emulator = pytest.importorskip("animal_reid.hub_emulator")
+    emulator = pytest.importorskip("animal_reid.testing.hub_emulator")
     root, qdir = folder_gallery
     with emulator.HubEmulator(tmp_path / "hub") as hub:
         hub.run_python(
@@ -384,7 +386,7 @@ def test_a_query_of_an_individual_missing_from_the_gallery_is_right_when_called_
     red, yellow = ident.identify(read_gallery(root), queries, top_k=2, threshold=0.99)
     assert red.query_in_gallery is True and red.correct is True
     assert yellow.query_in_gallery is False and yellow.new_individual is True and yellow.correct is True
-    assert identify._accuracy_summary([red, yellow]) == (
+    assert accuracy_summary([red, yellow]) == (
         ", top-1 correct 1/1, called new 1/1 of the queries whose individual is not in the gallery"
     )
     # without a threshold there is no verdict, so the missing individual's query cannot be right

@@ -13,6 +13,8 @@ from test_train_loop import tiny_args
 import train_accelerate
 from animal_reid.training.augment import ReIDAugment
 from animal_reid.training.config import parse_config
+from animal_reid.training.evaluation import resolve_protocol
+from animal_reid.training.model import build_optimizer, class_centers, init_head
 from animal_reid.training.sampler import RandomBatchSampler
 from modeling import AnimalReIDConfig, AnimalReIDForMetricLearning
 from modeling.modeling_animal_reid import SubCenterArcFaceHead
@@ -73,8 +75,8 @@ def test_mean_init_makes_the_untrained_head_classify_its_training_images():
     ids = [f"id{i % 4}" for i in range(12)]
     label_of = {f"id{i}": i for i in range(4)}
     for mode, expected in (("mean", 1.0), ("normal", None)):
-        centers = train_accelerate.class_centers(emb, ids, label_of, 4)
-        train_accelerate.init_head(model, mode, centers, seed=0)
+        centers = class_centers(emb, ids, label_of, 4)
+        init_head(model, mode, centers, seed=0)
         pred = model.head.cosine(torch.from_numpy(emb)).argmax(dim=1).numpy()
         acc = float(np.mean(pred == [label_of[i] for i in ids]))
         if expected is not None:
@@ -125,8 +127,8 @@ def test_neck_calibration_sets_running_statistics_from_the_train_images(tiny_cor
 def test_optimiser_choice():
     model = torch.nn.Linear(3, 3)
     model.backbone = torch.nn.Linear(3, 3)
-    sgd = train_accelerate.build_optimizer(model, parse_config(["--optimizer", "sgd"]))
-    adamw = train_accelerate.build_optimizer(model, parse_config(["--optimizer", "adamw"]))
+    sgd = build_optimizer(model, parse_config(["--optimizer", "sgd"]))
+    adamw = build_optimizer(model, parse_config(["--optimizer", "adamw"]))
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
     assert isinstance(adamw, torch.optim.AdamW)
     with pytest.raises(ValueError, match="optimizer must be one of"):
@@ -135,6 +137,6 @@ def test_optimiser_choice():
 
 def test_auto_protocol_scores_closed_set_validation_against_train():
     label_of = {"a": 0, "b": 1}
-    assert train_accelerate.resolve_protocol(["a", "b", "a"], label_of) == "query_gallery"
-    assert train_accelerate.resolve_protocol(["a", "c"], label_of) == "leave_one_out"
-    assert train_accelerate.resolve_protocol([], label_of) == "leave_one_out"
+    assert resolve_protocol(["a", "b", "a"], label_of) == "query_gallery"
+    assert resolve_protocol(["a", "c"], label_of) == "leave_one_out"
+    assert resolve_protocol([], label_of) == "leave_one_out"

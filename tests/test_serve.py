@@ -14,7 +14,7 @@ pytest.importorskip("sqlalchemy")
 
 from animal_reid.serve.app import create_app  # noqa: E402
 from animal_reid.serve.service import Limits, Service  # noqa: E402
-from animal_reid.serve.testing import (  # noqa: E402
+from animal_reid.testing.serve import (  # noqa: E402
     photo,
     postgres_binaries,
     serve_in_thread,

@@ -16,7 +16,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from animal_reid.serve.app import create_app  # noqa: E402
 from animal_reid.serve.service import Service  # noqa: E402
-from animal_reid.serve.testing import photo, serve_in_thread, tiny_model  # noqa: E402
+from animal_reid.testing.serve import photo, serve_in_thread, tiny_model  # noqa: E402
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

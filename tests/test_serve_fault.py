@@ -14,7 +14,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from animal_reid.serve.testing import free_port, photo, tiny_model, wait_http  # noqa: E402
+from animal_reid.testing.serve import free_port, photo, tiny_model, wait_http  # noqa: E402
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

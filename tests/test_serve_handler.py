@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from animal_reid.serve.handler import write_handler
-from animal_reid.serve.testing import photo, tiny_model
+from animal_reid.testing.serve import photo, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -103,13 +103,13 @@ def test_shipped_configs_parse(name):
 
 def test_weights_normalization_reaches_the_model_and_processor():
     """``normalization: weights`` trains (and exports) with the mean/std the packaged Lite weights expect."""
-    import train_accelerate
+    from animal_reid.training.model import build_model
     from animal_reid.weights import LITE_MEAN, LITE_STD
     from modeling.configuration_animal_reid import IMAGENET_MEAN
 
     cfg = parse_config(["--normalization", "weights", "--image_size", "32"])
-    model, processor = train_accelerate.build_model(cfg, num_classes=3)
+    model, processor = build_model(cfg, num_classes=3)
     assert processor.image_mean == list(LITE_MEAN) and processor.image_std == list(LITE_STD)
     assert model.config.image_mean == list(LITE_MEAN)
-    _, default = train_accelerate.build_model(parse_config(["--image_size", "32"]), num_classes=3)
+    _, default = build_model(parse_config(["--image_size", "32"]), num_classes=3)
     assert default.image_mean == pytest.approx(IMAGENET_MEAN)

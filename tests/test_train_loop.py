@@ -20,6 +20,7 @@ from transformers import AutoModel
 import train_accelerate
 from animal_reid.training.config import parse_config
 from animal_reid.training.interpolate import interpolate_state
+from animal_reid.training.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,7 +199,7 @@ def test_resume_with_workers_keeps_the_global_rng_stream(corpus, tmp_path, monke
     """With dropout (drawing from the global torch RNG), a run killed and resumed on persistent workers ends
     like an uninterrupted one: the loader's iterator, made once per run rather than once per epoch, draws
     from its own generator, never from the global RNG that every epoch reseeds."""
-    build = train_accelerate.build_model
+    build = build_model
 
     def with_dropout(*args, **kwargs):
         model, processor = build(*args, **kwargs)
@@ -285,7 +286,7 @@ def test_finetune_warmup_keeps_backbone_batchnorm_statistics(base_run, corpus, t
 
 def test_push_to_hub_emulator(base_run, corpus, tmp_path):
     """`--push_to_hub REPO` in a client process: model, processor and the card (pushed last) reach the Hub."""
-    from animal_reid.hub_emulator import HubEmulator
+    from animal_reid.testing.hub_emulator import HubEmulator
 
     args = tiny_args(corpus, tmp_path / "pushed", "--epochs", "1", "--push_to_hub", "me/tiny-reid")
     code = f"""
@@ -492,10 +493,10 @@ def test_test_time_flip_auto_is_chosen_on_validation_and_exported(corpus, tmp_pa
 
 def test_test_time_flip_choices_and_refits(corpus, tmp_path):
     cfg = parse_config(tiny_args(corpus, tmp_path / "on", "--test_time_flip", "on"))
-    model, _ = train_accelerate.build_model(cfg, 3)
+    model, _ = build_model(cfg, 3)
     assert model.config.test_time_flip is True
     off = parse_config(tiny_args(corpus, tmp_path / "off"))
-    assert train_accelerate.build_model(off, 3)[0].config.test_time_flip is False
+    assert build_model(off, 3)[0].config.test_time_flip is False
     with pytest.raises(ValueError, match="test_time_flip"):
         parse_config(tiny_args(corpus, tmp_path / "bad", "--test_time_flip", "yes"))
     with pytest.raises(ValueError, match="train_on_validation"):

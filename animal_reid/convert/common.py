@@ -1,4 +1,5 @@
-"""Helpers shared by the checkpoint converters: safe loading, layout checks, writing the Hub folder.
+"""Helpers shared by the checkpoint converters: safe loading, layout checks, writing the Hub folder, and the tail
+of their command lines.
 
 Pickled checkpoints (``.bin``, ``.pth``, ``.pt``) are read with ``torch.load(..., weights_only=True)`` only:
 a file that needs arbitrary unpickling (a pickled model object, a custom class) is refused, never executed.
@@ -6,18 +7,21 @@ a file that needs arbitrary unpickling (a pickled model object, a custom class) 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .model_card import render_card
 
 logger = logging.getLogger(__name__)
 
@@ -238,3 +242,68 @@ def conversion_summary(result) -> str:
     if result.reload_max_abs_diff is not None:
         line += f"; reload check max abs diff {result.reload_max_abs_diff:.2g}"
     return line
+
+
+def write_converted(
+    model,
+    processor,
+    config,
+    out_dir: Path,
+    weights: Path,
+    state: Mapping[str, torch.Tensor],
+    dropped: list[str],
+    *,
+    kind: str,
+    source_repo: str | None,
+    verify: bool,
+    extra: dict[str, Any] | None = None,
+) -> ConversionResult:
+    """Write a converted model (its ``config``, weights, ``processor`` and model card) into ``out_dir``.
+
+    ``weights`` is the source file (named and hashed in the card), ``state`` its converted tensors, ``kind`` the
+    converter (``miewid`` or ``megadescriptor``, see :data:`~animal_reid.convert.model_card.SOURCES`) and
+    ``extra`` more provenance lines for the card. With ``verify`` the written folder is reloaded and checked
+    (:func:`verify_reload`).
+    """
+    digest = sha256_of(weights)
+    card = render_card(
+        kind=kind,
+        source_file=weights.name,
+        source_sha256=digest,
+        source_repo=source_repo,
+        num_tensors=len(state),
+        dropped=dropped,
+        config=config,
+        processor=processor,
+        embedding_dim=model.embedding_dim,
+        extra=extra,
+    )
+    save_hub_folder(model, processor, out_dir, card)
+    result = ConversionResult(out_dir, weights, digest, len(state), dropped)
+    if verify:
+        result.reload_max_abs_diff = verify_reload(out_dir, model)
+    return result
+
+
+def run_converter_cli(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    convert: Callable[[argparse.Namespace], ConversionResult],
+) -> ConversionResult:
+    """The end of a converter's command line: add ``--source-repo`` and ``--no-verify`` to ``parser``, parse
+    ``argv``, run ``convert(args)`` and print :func:`conversion_summary`; a :class:`CheckpointError` exits with
+    status 2 and one ``error:`` line."""
+    parser.add_argument(
+        "--source-repo", default=None, help="Hub id of the source, recorded in the card (base_model)"
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip reloading the written folder to check it"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = convert(args)
+    except CheckpointError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(conversion_summary(result))
+    return result

@@ -39,15 +39,12 @@ from .common import (
     ConversionResult,
     check_floats,
     check_layout,
-    conversion_summary,
     find_weights_file,
     load_state_dict,
     read_json,
-    save_hub_folder,
-    sha256_of,
-    verify_reload,
+    run_converter_cli,
+    write_converted,
 )
-from .model_card import render_card
 
 logger = logging.getLogger(__name__)
 
@@ -115,24 +112,9 @@ def read_megadescriptor_state(
     return state, dropped, n_buffers
 
 
-def convert_megadescriptor(
-    src: str | Path,
-    out_dir: str | Path,
-    *,
-    architecture: str | None = None,
-    backbone_kwargs: dict[str, Any] | None = None,
-    image_size: int | None = None,
-    resample: str | None = None,
-    source_repo: str | None = None,
-    verify: bool = True,
-) -> ConversionResult:
-    """Convert a MegaDescriptor directory (``pytorch_model.bin`` + timm ``config.json``) or file into ``out_dir``.
-
-    ``architecture`` is required when ``src`` is a bare file; it overrides ``config.json`` otherwise.
-    ``backbone_kwargs`` are passed to ``timm.create_model`` (``config.json``'s ``model_args`` by default).
-    """
-    src, out_dir = Path(src), Path(out_dir)
-    weights = find_weights_file(src, WEIGHT_FILES)
+def read_timm_config(src: Path, architecture: str | None = None) -> tuple[dict[str, Any], str]:
+    """The timm ``config.json`` beside the weights (``{}`` when there is none) and the Swin architecture to build:
+    ``architecture`` if given, else the config's; :class:`CheckpointError` when neither names a timm Swin."""
     cfg_path = (src if src.is_dir() else src.parent) / "config.json"
     cfg_json = read_json(cfg_path) if cfg_path.is_file() else {}
     if cfg_json and "architecture" not in cfg_json and architecture is None:
@@ -151,6 +133,19 @@ def convert_megadescriptor(
             f"{sorted(set(MEGADESCRIPTOR_ARCHITECTURES.values()))}"
         )
     check_architecture(architecture)
+    return cfg_json, architecture
+
+
+def swin_settings(
+    architecture: str,
+    cfg_json: dict[str, Any],
+    backbone_kwargs: dict[str, Any] | None,
+    image_size: int | None,
+    resample: str | None,
+) -> tuple[dict[str, Any], list[int], Any, Any, str]:
+    """The ``timm.create_model`` arguments and the preprocessing of a MegaDescriptor: ``(backbone kwargs, input
+    size [h, w], mean, std, resample)`` from the config's ``model_args`` and ``pretrained_cfg``, overridden by
+    the arguments given; an input size other than the architecture's default sets ``img_size``."""
     kwargs = dict(cfg_json.get("model_args") or {}) if backbone_kwargs is None else dict(backbone_kwargs)
     kwargs.pop("num_classes", None)
     kwargs.pop("pretrained", None)
@@ -166,18 +161,14 @@ def convert_megadescriptor(
     if not pcfg:
         logger.info("no pretrained_cfg found: using ImageNet mean/std and bicubic resize at %s", size)
     resample = resample or _resample(pcfg.get("interpolation", "bicubic"))
+    return kwargs, size, mean, std, resample
 
-    state, dropped, n_buffers = read_megadescriptor_state(weights, architecture, kwargs)
-    config = AnimalReIDConfig(
-        backbone=architecture,
-        backbone_kwargs=kwargs,
-        pooling="backbone",
-        embedding_dim=0,
-        neck_bn=False,
-        image_size=size,
-        image_mean=mean,
-        image_std=std,
-    )
+
+def load_swin_model(
+    config: AnimalReIDConfig, state: dict[str, torch.Tensor], n_buffers: int, weights: Path
+) -> AnimalReIDModel:
+    """The model of ``config`` holding ``state``, its relative-position and attention-mask buffers rebuilt from the
+    architecture; :class:`CheckpointError` when any other tensor is missing or left over."""
     model = AnimalReIDModel(config).eval()
     result = model.load_state_dict({f"backbone.{k}": v for k, v in state.items()}, strict=False)
     not_rebuilt = [k for k in result.missing_keys if k.rsplit(".", 1)[-1] not in _BUFFERS]
@@ -190,29 +181,63 @@ def convert_megadescriptor(
         len(result.missing_keys),
         n_buffers,
     )
+    return model
+
+
+def convert_megadescriptor(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    architecture: str | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+    image_size: int | None = None,
+    resample: str | None = None,
+    source_repo: str | None = None,
+    verify: bool = True,
+) -> ConversionResult:
+    """Convert a MegaDescriptor directory (``pytorch_model.bin`` + timm ``config.json``) or file into ``out_dir``.
+
+    ``architecture`` is required when ``src`` is a bare file; it overrides ``config.json`` otherwise.
+    ``backbone_kwargs`` are passed to ``timm.create_model`` (``config.json``'s ``model_args`` by default).
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    weights = find_weights_file(src, WEIGHT_FILES)
+    cfg_json, architecture = read_timm_config(src, architecture)
+    kwargs, size, mean, std, resample = swin_settings(
+        architecture, cfg_json, backbone_kwargs, image_size, resample
+    )
+
+    state, dropped, n_buffers = read_megadescriptor_state(weights, architecture, kwargs)
+    config = AnimalReIDConfig(
+        backbone=architecture,
+        backbone_kwargs=kwargs,
+        pooling="backbone",
+        embedding_dim=0,
+        neck_bn=False,
+        image_size=size,
+        image_mean=mean,
+        image_std=std,
+    )
+    model = load_swin_model(config, state, n_buffers, weights)
     processor = AnimalReIDImageProcessor(
         size={"height": size[0], "width": size[1]}, resample=resample, image_mean=mean, image_std=std
     )
-    digest = sha256_of(weights)
-    card = render_card(
+    return write_converted(
+        model,
+        processor,
+        config,
+        out_dir,
+        weights,
+        state,
+        dropped,
         kind="megadescriptor",
-        source_file=weights.name,
-        source_sha256=digest,
         source_repo=source_repo,
-        num_tensors=len(state),
-        dropped=dropped,
-        config=config,
-        processor=processor,
-        embedding_dim=model.embedding_dim,
+        verify=verify,
     )
-    save_hub_folder(model, processor, out_dir, card)
-    out = ConversionResult(out_dir, weights, digest, len(state), dropped)
-    if verify:
-        out.reload_max_abs_diff = verify_reload(out_dir, model)
-    return out
 
 
 def main(argv: list[str] | None = None) -> ConversionResult:
+    """The command line: convert, print a one-line summary (exit status 2 and one ``error:`` line on failure)."""
     parser = argparse.ArgumentParser(
         prog="python -m animal_reid.convert.megadescriptor",
         description="Convert a local MegaDescriptor (timm Swin) checkpoint to an animal-reid Hub folder.",
@@ -233,16 +258,10 @@ def main(argv: list[str] | None = None) -> ConversionResult:
     parser.add_argument(
         "--resample", choices=RESAMPLES, default=None, help="resize filter (default: pretrained_cfg)"
     )
-    parser.add_argument(
-        "--source-repo", default=None, help="Hub id of the source, recorded in the card (base_model)"
-    )
-    parser.add_argument(
-        "--no-verify", action="store_true", help="skip reloading the written folder to check it"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = convert_megadescriptor(
+    return run_converter_cli(
+        parser,
+        argv,
+        lambda args: convert_megadescriptor(
             args.src,
             args.out_dir,
             architecture=args.architecture,
@@ -250,11 +269,8 @@ def main(argv: list[str] | None = None) -> ConversionResult:
             resample=args.resample,
             source_repo=args.source_repo,
             verify=not args.no_verify,
-        )
-    except CheckpointError as err:
-        parser.exit(2, f"error: {err}\n")
-    print(conversion_summary(result))
-    return result
+        ),
+    )
 
 
 if __name__ == "__main__":

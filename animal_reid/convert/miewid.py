@@ -33,15 +33,12 @@ from .common import (
     ConversionResult,
     check_floats,
     check_layout,
-    conversion_summary,
     find_weights_file,
     load_state_dict,
     read_json,
-    save_hub_folder,
-    sha256_of,
-    verify_reload,
+    run_converter_cli,
+    write_converted,
 )
-from .model_card import render_card
 
 logger = logging.getLogger(__name__)
 
@@ -185,27 +182,23 @@ def convert_miewid(
     ours = {("neck_bn." + k[3:] if k.startswith("bn.") else k): v for k, v in state.items()}
     model.load_state_dict(ours, strict=True)
     processor = miewid_processor(image_size)
-    digest = sha256_of(weights)
-    card = render_card(
+    return write_converted(
+        model,
+        processor,
+        config,
+        out_dir,
+        weights,
+        state,
+        dropped,
         kind="miewid",
-        source_file=weights.name,
-        source_sha256=digest,
         source_repo=source_repo,
-        num_tensors=len(state),
-        dropped=dropped,
-        config=config,
-        processor=processor,
-        embedding_dim=model.embedding_dim,
+        verify=verify,
         extra={"GeM exponent p": round(p, 6)},
     )
-    save_hub_folder(model, processor, out_dir, card)
-    result = ConversionResult(out_dir, weights, digest, len(state), dropped)
-    if verify:
-        result.reload_max_abs_diff = verify_reload(out_dir, model)
-    return result
 
 
 def main(argv: list[str] | None = None) -> ConversionResult:
+    """The command line: convert, print a one-line summary (exit status 2 and one ``error:`` line on failure)."""
     parser = argparse.ArgumentParser(
         prog="python -m animal_reid.convert.miewid",
         description="Convert a local MiewID checkpoint (file or directory) to an animal-reid Hub folder.",
@@ -222,27 +215,18 @@ def main(argv: list[str] | None = None) -> ConversionResult:
     parser.add_argument(
         "--image-size", type=int, default=MIEWID_IMAGE_SIZE, help="square input side (default 440)"
     )
-    parser.add_argument(
-        "--source-repo", default=None, help="Hub id of the source, recorded in the card (base_model)"
-    )
-    parser.add_argument(
-        "--no-verify", action="store_true", help="skip reloading the written folder to check it"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = convert_miewid(
+    return run_converter_cli(
+        parser,
+        argv,
+        lambda args: convert_miewid(
             args.src,
             args.out_dir,
             backbone=args.backbone,
             image_size=args.image_size,
             source_repo=args.source_repo,
             verify=not args.no_verify,
-        )
-    except CheckpointError as err:
-        parser.exit(2, f"error: {err}\n")
-    print(conversion_summary(result))
-    return result
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ counted, never raised.
 
 Modules: :mod:`.features` (extraction and the on-disk cache), :mod:`.fusion` (the fitted score fusion),
 :mod:`.reranker` (matching, verification, parallel re-scoring, match drawings). This package imports
-numpy, OpenCV, PIL and, lazily, ``modeling`` (the image processor's crop) and ``animal_reid.identify`` (items and
-the atomic writer); nothing imports it but ``animal_reid.identify`` (lazily, under ``--rerank local``) and the
-benchmarks.
+numpy, OpenCV, PIL, :mod:`animal_reid.io` (the atomic writer, the part-file cache, progress bars) and, lazily,
+``modeling`` (the image processor's crop); nothing imports it but ``animal_reid.identify`` (lazily, under
+``--rerank local``) and the benchmarks.
 """
 
 from .features import FEATURE_METHODS, LocalFeatureCache, LocalFeatureConfig, LocalFeatures, LocalFeatureStore

@@ -12,8 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import time
-import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..io import SAVE_EVERY, CorruptCacheFile, PartFileCache, cv2_threads, progress_bar, read_npz
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,9 @@ class LocalFeatureConfig:
         import cv2
 
         extraction = {
-            k: v for k, v in self.to_dict().items() if k not in ("ratio", "ransac_px", "min_matches", "geometry")
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in ("ratio", "ransac_px", "min_matches", "geometry")
         }
         meta = {"local_features": extraction, "opencv": cv2.__version__}
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
@@ -209,10 +211,6 @@ def extract(item: Any, config: LocalFeatureConfig) -> LocalFeatures:
 
 # ------------------------------------------------------------------------------------------------------------------
 # cache
-class _Corrupt(Exception):
-    pass
-
-
 _ARRAYS = ("keys", "status", "offsets", "xy", "desc", "size")
 
 
@@ -230,19 +228,9 @@ def _pack(keys: Sequence[str], feats: Sequence[LocalFeatures]) -> dict[str, np.n
 
 
 def _read(path: Path) -> dict[str, LocalFeatures]:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-        if bad is not None:
-            raise _Corrupt(f"checksum mismatch in {bad}")
-        with np.load(path, allow_pickle=False) as z:
-            if not set(_ARRAYS) <= set(z.files):
-                raise _Corrupt(f"holds arrays {sorted(z.files)}, not {list(_ARRAYS)}")
-            a = {k: z[k] for k in _ARRAYS}
-    except (_Corrupt, FileNotFoundError):
-        raise
-    except Exception as err:  # noqa: BLE001 - BadZipFile, EOFError, ValueError, OSError
-        raise _Corrupt(f"{type(err).__name__}: {err}") from err
+    """The features of one cache file by image key, checked; raises :class:`CorruptCacheFile` (or
+    FileNotFoundError)."""
+    a = read_npz(path, _ARRAYS, str(list(_ARRAYS)))
     n = a["keys"].shape[0]
     off = a["offsets"]
     ok = (
@@ -258,7 +246,7 @@ def _read(path: Path) -> dict[str, LocalFeatures]:
         and np.isfinite(a["xy"]).all()
     )
     if not ok:
-        raise _Corrupt("arrays of inconsistent shapes or types")
+        raise CorruptCacheFile("arrays of inconsistent shapes or types")
     out = {}
     for i, k in enumerate(a["keys"]):
         s, e = int(off[i]), int(off[i + 1])
@@ -268,42 +256,36 @@ def _read(path: Path) -> dict[str, LocalFeatures]:
     return out
 
 
-class LocalFeatureCache:
+class LocalFeatureCache(PartFileCache):
     """Local features of images already seen, in ``<root>/<key>/`` (``features.npz`` + ``part-*.npz``).
 
-    The same discipline as :class:`animal_reid.identify.EmbeddingCache`: the folder is keyed by the extraction
-    settings, each image by :meth:`ImageItem.cache_key`; every file is written atomically, parts are saved as
-    they are computed and folded into ``features.npz`` by :meth:`save`; a corrupt file is reported, removed and
-    its images computed again. Images without usable keypoints are cached too (with their status).
+    The same discipline as :class:`animal_reid.identify.EmbeddingCache` (both are
+    :class:`animal_reid.io.PartFileCache`): the folder is keyed by the extraction settings, each image by
+    :meth:`ImageItem.cache_key`; every file is written atomically, parts are saved as they are computed and folded
+    into ``features.npz`` by :meth:`save`; a corrupt file is reported, removed and its images computed again.
+    Images without usable keypoints are cached too (with their status).
     """
 
     MAIN = "features.npz"
     PART_GLOB = "part-*.npz"
+    CORRUPT_WARNING = "local-feature cache file %s is corrupt (%s): removing it"
+    log = logger
 
     def __init__(self, root: str | os.PathLike, config: LocalFeatureConfig):
-        key, self.meta = config.cache_key()
-        self.dir = Path(root).expanduser() / key
+        key, meta = config.cache_key()
+        super().__init__(root, key, meta)
         self.config = config
         self._feats: dict[str, LocalFeatures] = {}
-        self._parts: list[Path] = []
-        self.n_rebuilt = 0
         if self.dir.is_dir():
-            for path in [self.dir / self.MAIN, *sorted(self.dir.glob(self.PART_GLOB))]:
-                if not path.is_file():
-                    continue
-                try:
-                    got = _read(path)
-                except FileNotFoundError:
-                    continue
-                except _Corrupt as err:
-                    logger.warning("local-feature cache file %s is corrupt (%s): removing it", path, err)
-                    path.unlink(missing_ok=True)
-                    self.n_rebuilt += 1
-                    continue
-                for k, f in got.items():
-                    self._feats.setdefault(k, f)
-                if path.name != self.MAIN:
-                    self._parts.append(path)
+            self._load()
+
+    def read_file(self, path: Path) -> dict[str, LocalFeatures]:
+        """The features of one cache file by image key, checked."""
+        return _read(path)
+
+    def _remember(self, content: dict[str, LocalFeatures]) -> None:
+        for k, f in content.items():
+            self._feats.setdefault(k, f)
 
     def __len__(self) -> int:
         return len(self._feats)
@@ -315,32 +297,18 @@ class LocalFeatureCache:
         return self._feats.get(key)
 
     def add(self, keys: Sequence[str], feats: Sequence[LocalFeatures]) -> None:
-        from animal_reid.identify import _write_atomic
-
+        """Remember new features and save them at once (a part file); keys already cached are ignored."""
         new = [(k, f) for k, f in zip(keys, feats, strict=True) if k not in self._feats]
         if not new:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        part = self.dir / f"part-{time.time_ns():020d}-{os.getpid()}.npz"
-        arrays = _pack([k for k, _ in new], [f for _, f in new])
-        _write_atomic(part, lambda f: np.savez(f, **arrays))
+        self._write_part(_pack([k for k, _ in new], [f for _, f in new]))
         self._feats.update(new)
-        self._parts.append(part)
-        meta = json.dumps(self.meta, indent=2, sort_keys=True).encode()
-        if not (self.dir / "meta.json").is_file():
-            _write_atomic(self.dir / "meta.json", lambda f: f.write(meta))
 
     def save(self) -> None:
         """Fold the parts into ``features.npz`` (atomically) and remove them."""
-        from animal_reid.identify import _write_atomic
-
         if not self._parts:
             return
-        arrays = _pack(list(self._feats), list(self._feats.values()))
-        _write_atomic(self.dir / self.MAIN, lambda f: np.savez(f, **arrays))
-        for p in self._parts:
-            p.unlink(missing_ok=True)
-        self._parts = []
+        self._write_main(_pack(list(self._feats), list(self._feats.values())))
 
     def nbytes(self) -> int:
         """Bytes of the cache files on disk."""
@@ -354,7 +322,7 @@ class LocalFeatureStore:
     """
 
     #: items computed between two cache saves
-    SAVE_EVERY = 256
+    SAVE_EVERY = SAVE_EVERY
 
     def __init__(self, config: LocalFeatureConfig | None = None, cache_dir: str | os.PathLike | None = None):
         self.config = config or LocalFeatureConfig()
@@ -383,8 +351,8 @@ class LocalFeatureStore:
                 out[i] = f
         if todo:
             logger.info("computing local features of %d images (%d cached)", len(todo), len(out))
-            bar = _progress(len(todo), desc, progress)
-            with _cv2_threads(1), ThreadPoolExecutor(max(1, workers)) as pool:
+            bar = progress_bar(len(todo), desc, progress)
+            with cv2_threads(1), ThreadPoolExecutor(max(1, workers)) as pool:
                 for start in range(0, len(todo), self.SAVE_EVERY):
                     chunk = todo[start : start + self.SAVE_EVERY]
                     feats = list(pool.map(lambda i: extract(items[i], self.config), chunk))
@@ -412,45 +380,6 @@ def _item_key(item: Any) -> str | None:
         return key()
     except OSError:  # vanished: extract() reports it unreadable
         return None
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, show: bool | None):
-    """A tqdm bar (``show`` None: only when logging at INFO on a terminal)."""
-    import sys
-
-    if show is None:
-        show = sys.stderr.isatty() and logging.getLogger("animal_reid").getEffectiveLevel() <= logging.INFO
-    if not show:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img")
-
-
-class _cv2_threads:
-    """OpenCV's own thread pool set to ``n`` for a block (our threads parallelise; nested pools oversubscribe)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self):
-        import cv2
-
-        self.old = cv2.getNumThreads()
-        cv2.setNumThreads(self.n)
-
-    def __exit__(self, *exc):
-        import cv2
-
-        cv2.setNumThreads(self.old)
 
 
 def map_ordered(fn: Callable, items: Sequence[Any], workers: int) -> list[Any]:

@@ -7,14 +7,14 @@ shortlist on validation queries (ties: higher mean reciprocal rank of the first 
 weight), then each species with at least ``min_per_species`` validation queries gets its own best weight. A weight
 above 0 (global or per species) must raise validation top-1 over the cosine alone: one that only ties it (won on
 the reciprocal-rank tie-break) falls back to 0. On the 480-dog open split the trained model's dog weight was won
-that way (top-1 tied, reciprocal rank up, mAP down 2.2 points) and lost 3 test queries (BENCHMARKS.md §9).
+that way (top-1 tied, reciprocal rank up, mAP down 2.2 points) and lost 3 test queries (docs/experiment-log.md, from BENCHMARKS.md §9).
 ``significance`` < 1 adds a guard: a species then keeps its own weight only where a one-sided sign test of the
 queries it puts right against those it puts wrong passes at that level, else 0. It is off by default (1.0): on the
 six-species open split it removed every gain of the trained model (cattle, lion and nyala got p 0.12-0.32 from
 64-140 validation queries), and ImageNet lion's loss, which it was meant to stop, is not separable on validation
 from trained nyala's gain (BENCHMARKS.md §9). The grid includes 0: on the validation data the fusion never does
 worse than the cosine alone. The fitted :class:`Fusion`, its top-1-vs-weight curve and the feature settings it was
-fitted with are saved as JSON (``rerank_fusion.json`` beside a model or a gallery). """
+fitted with are saved as JSON (``rerank_fusion.json`` beside a model or a gallery)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..io import write_atomic
 
 FUSION_FILE = "rerank_fusion.json"
 DEFAULT_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(41))  # 0 .. 2
@@ -105,12 +107,10 @@ class Fusion:
         return cls(**{k: v for k, v in d.items() if k in keys})
 
     def save(self, path: str | os.PathLike) -> Path:
-        from animal_reid.identify import _write_atomic
-
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=2).encode()
-        _write_atomic(p, lambda f: f.write(text))
+        write_atomic(p, lambda f: f.write(text))
         return p
 
     @classmethod

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .features import LocalFeatureConfig, LocalFeatures, LocalFeatureStore, _cv2_threads, _progress, load_crop
+from ..io import cv2_threads, progress_bar
+from .features import LocalFeatureConfig, LocalFeatures, LocalFeatureStore, load_crop
 from .fusion import Fusion
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ def _homography_inliers(p1: np.ndarray, p2: np.ndarray, config: LocalFeatureConf
     import cv2
 
     try:
-        return cv2.findHomography(p1, p2, cv2.USAC_MAGSAC, config.ransac_px, maxIters=10000, confidence=0.999)[1]
+        return cv2.findHomography(
+            p1, p2, cv2.USAC_MAGSAC, config.ransac_px, maxIters=10000, confidence=0.999
+        )[1]
     except cv2.error:
         return None
 
@@ -189,9 +192,9 @@ class LocalReranker:
             return row, over
 
         t1 = time.perf_counter()
-        bar = _progress(len(idx), "re-ranking", self.progress)
+        bar = progress_bar(len(idx), "re-ranking", self.progress)
         rows = []
-        with _cv2_threads(1):
+        with cv2_threads(1):
             if self.workers <= 1:
                 for qi in range(len(idx)):
                     rows.append(one(qi))

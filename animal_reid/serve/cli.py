@@ -2,6 +2,8 @@
 
 The write token comes from the ``ANIMAL_REID_TOKEN`` environment variable (never the command line, where
 other users of the machine could read it). Errors: one ``error:`` line on stderr, exit 2 for bad arguments.
+``--help`` needs only the base install; serving needs the ``serve`` extra, and without it the command says so in
+one line (exit 1).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import argparse
 import logging
 import sys
 
-from animal_reid.serve.service import TOKEN_ENV, Limits
+from animal_reid.extras import MissingExtraError, require_extra
+from animal_reid.serve.settings import TOKEN_ENV, Limits
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_batch < 1 or args.max_wait_ms < 0 or (args.workers is not None and args.workers < 1):
         print("error: --max-batch and --workers must be >= 1 and --max-wait-ms >= 0", file=sys.stderr)
         return 2
+    try:
+        require_extra("animal-reid serve", "serve")
+    except MissingExtraError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     try:
         serve(args)
     except (OSError, ValueError, ImportError) as err:

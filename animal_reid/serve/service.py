@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +18,10 @@ import numpy as np
 
 from animal_reid.serve.batcher import MicroBatcher
 from animal_reid.serve.index import CatalogueIndex
+from animal_reid.serve.settings import TOKEN_ENV, Limits  # noqa: F401  (re-exported)
 from animal_reid.serve.store import Catalogue, NewPhoto
 
 logger = logging.getLogger(__name__)
-
-TOKEN_ENV = "ANIMAL_REID_TOKEN"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What an upload may be: bytes per file, decoded pixels per image, formats, files per request."""
-
-    max_upload_bytes: int = 20 * 2**20
-    max_pixels: int = 50_000_000
-    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
-    max_files: int = 32
 
 
 def load_model(model: str | os.PathLike, device: str | None = None) -> tuple[Any, Any, Path]:
@@ -98,7 +86,7 @@ class Service:
     def from_pretrained(cls, model: str | os.PathLike, catalogue_url: str, photo_dir=None, threshold=None,
                         token: str | None = None, device: str | None = None, **kwargs) -> Service:  # fmt: skip
         """Load the model and open (and migrate) the catalogue; call :meth:`open` to build the index."""
-        from animal_reid.identify import GALLERY_THRESHOLD, _resolve_threshold
+        from animal_reid.identify import GALLERY_THRESHOLD, resolve_threshold
 
         if str(threshold) == GALLERY_THRESHOLD:  # the catalogue changes while serving; a fixed file is needed
             raise ValueError(
@@ -107,7 +95,7 @@ class Service:
             )
         net, proc, local = load_model(model, device)
         model_id, prep = model_keys(local, proc)
-        thr = _resolve_threshold(threshold, local)
+        thr = resolve_threshold(threshold, local)
         token = token if token is not None else os.environ.get(TOKEN_ENV) or None
         return cls(net, proc, Catalogue(catalogue_url, photo_dir), model_id, prep, thr, token, **kwargs)
 

@@ -56,7 +56,9 @@ class ReIDAugment:
     shift: float = 0.0
 
     @classmethod
-    def light(cls, image_mean: Sequence[float], image_std: Sequence[float], hflip: bool = False) -> ReIDAugment:
+    def light(
+        cls, image_mean: Sequence[float], image_std: Sequence[float], hflip: bool = False
+    ) -> ReIDAugment:
         """The light preset: a random shift of up to 1/16 of each side (edges replicated) and a brightness
         factor in [0.8, 1.2]; nothing else (the augmentation of the plain-ArcFace peer recipe, issue 12)."""
         return cls(
@@ -135,3 +137,11 @@ class ReIDAugment:
             left = int(torch.randint(0, width - w + 1, (), generator=g))
             x = TF.erase(x, top, left, h, w, mean)
         return x.mul_(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
+
+
+def build_augment(tc, processor) -> ReIDAugment | None:
+    """The run's training augmentation (``augment``: default, light or none) in the processor's mean/std."""
+    if tc.augment == "none":
+        return None
+    make = ReIDAugment.light if tc.augment == "light" else ReIDAugment
+    return make(processor.image_mean, processor.image_std, hflip=tc.hflip)

@@ -476,3 +476,31 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved configuration as flat YAML that `parse_config([path])` reads back."""
     with open(path, "w", encoding="utf-8") as fh:
         yaml.safe_dump(config.to_flat_dict(), fh, sort_keys=False)
+
+
+def config_summary(config: TrainConfig) -> dict[str, Any]:
+    """The recipe choices a reader of results.json needs to tell runs apart."""
+    m, t = config.model, config.train
+    keys_m = (
+        "backbone",
+        "image_size",
+        "embedding_dim",
+        "pooling",
+        "neck_bn",
+        "head_init",
+        "subcenters",
+        "scale",
+    )
+    keys_m += ("margin_min", "margin_max", "dynamic_margins")
+    keys_t = (
+        "optimizer",
+        "lr_backbone",
+        "lr_head",
+        "sampler",
+        "augment",
+        "epochs",
+        "mixed_precision",
+        "ema_decay",
+        "test_time_flip",
+    )
+    return {k: getattr(m, k) for k in keys_m} | {k: getattr(t, k) for k in keys_t}

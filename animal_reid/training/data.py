@@ -74,7 +74,7 @@ def ensure_corpus(data_args: DataArguments, is_main_process: bool = True) -> Pat
     return path
 
 
-def _cap_per_identity(identities: Sequence[str], cap: int, seed: int) -> list[int]:
+def cap_per_identity(identities: Sequence[str], cap: int, seed: int) -> list[int]:
     """Row indices keeping at most ``cap`` rows per identity (a seeded choice, original order kept)."""
     rows: dict[str, list[int]] = defaultdict(list)
     for i, ident in enumerate(identities):
@@ -171,7 +171,7 @@ def load_corpus(data_args: DataArguments, seed: int) -> Corpus:
             data_args.max_images_per_identity if split == "train" else data_args.max_eval_images_per_identity
         )
         if cap is not None:
-            ds = ds.select(_cap_per_identity(list(ds["identity"]), cap, seed))
+            ds = ds.select(cap_per_identity(list(ds["identity"]), cap, seed))
         if len(ds) == 0:
             raise ValueError(
                 f"split {split!r} of {root} is empty after filtering (species={data_args.species})"

@@ -1,7 +1,7 @@
 """Weight-space interpolation between the starting and the fine-tuned model (WiSE-FT, Wortsman et al., CVPR 2022).
 
 ``theta(alpha) = (1 - alpha) * theta_start + alpha * theta_trained``. Fine-tuning on a few hundred identities can
-lose some of what the ImageNet features already knew (dogs, in the six real species: BENCHMARKS.md §8); moving
+lose some of what the ImageNet features already knew (dogs, in the six real species: BENCHMARKS.md §7); moving
 part of the way back towards the start often keeps both. ``alpha`` is chosen on validation, never on test, and
 ``alpha = 1`` (the trained model) is always a candidate, so the chosen model is never worse on validation.
 """
@@ -55,7 +55,10 @@ def interpolate_state(
 
 
 def choose_alpha(
-    score: Callable[[float], dict[str, Any]], alphas: Iterable[float], trained_val: dict[str, Any], metric: str
+    score: Callable[[float], dict[str, Any]],
+    alphas: Iterable[float],
+    trained_val: dict[str, Any],
+    metric: str,
 ) -> tuple[float, dict[str, dict[str, Any]]]:
     """Score every ``alpha`` with ``score(alpha)`` (validation metrics); keep the best by ``metric``.
 

@@ -109,8 +109,14 @@ def _metric_rows(metrics: dict[str, Any] | None, start: dict[str, Any] | None = 
 
 
 def _neck_desc(model_config) -> str:
-    proj = f"projection to {model_config.embedding_dim} dimensions" if model_config.embedding_dim else "no projection"
-    return f"{model_config.pooling} pooling, {proj}, " + ("BatchNorm (BNNeck)" if model_config.neck_bn else "no BNNeck")
+    proj = (
+        f"projection to {model_config.embedding_dim} dimensions"
+        if model_config.embedding_dim
+        else "no projection"
+    )
+    return f"{model_config.pooling} pooling, {proj}, " + (
+        "BatchNorm (BNNeck)" if model_config.neck_bn else "no BNNeck"
+    )
 
 
 def eval_results(results: dict[str, Any], dataset_name: str, protocol: str) -> list[EvalResult]:
@@ -184,13 +190,35 @@ def render_model_card(
         raise FileNotFoundError(
             f"model card template not found at {template_path} (expected the repository's model_card.md)"
         )
+    run = _card_facts(config, model_config, results, corpus_info, repo_id)
+    sources = corpus_sources(corpus_info)
+    card_data = _card_metadata(config, results, run, widget)
+    fields = _template_fields(config, model_config, results, run, sources)
+    fields |= _training_fields(config, results, history, train_counts, num_parameters)
+    return ModelCard.from_template(card_data, template_path=str(template_path), **fields)
+
+
+def _card_facts(config, model_config, results, corpus_info, repo_id) -> dict[str, Any]:
+    """What both the Hub metadata and the card text name: repo, model, corpus, protocol and species."""
     m, d, t = config.model, config.data, config.train
     repo_id = repo_id or t.push_to_hub
-    corpus_name = corpus_info.get("corpus") or Path(d.corpus).name
-    protocol = results.get("test_protocol") or t.eval_protocol
-    sources = corpus_sources(corpus_info)
-    licences = sorted({s["license"] for s in sources if s["license"]})
-    species = sorted((results.get("test") or {}).get("per_species", {}))
+    model_name = (
+        repo_id.split("/")[-1]
+        if repo_id
+        else f"animal-reid-{m.backbone if not m.init_from else model_config.backbone}"
+    )
+    return {
+        "repo_id": repo_id,
+        "model_name": model_name,
+        "corpus_name": corpus_info.get("corpus") or Path(d.corpus).name,
+        "protocol": results.get("test_protocol") or t.eval_protocol,
+        "species": sorted((results.get("test") or {}).get("per_species", {})),
+    }
+
+
+def _card_metadata(config, results, run: dict[str, Any], widget) -> ModelCardData:
+    """The card's YAML header for the Hub: pipeline, licence, tags, datasets, widget, ``model-index``."""
+    m, t = config.model, config.train
     tags = [
         "animal-reid",
         "re-identification",
@@ -200,29 +228,28 @@ def render_model_card(
         "timm",
         "image-feature-extraction",
     ]
-    tags += [f"species:{sp}" for sp in species]
+    tags += [f"species:{sp}" for sp in run["species"]]
     base_model = m.init_from if (m.init_from and not Path(m.init_from).exists()) else None
-    model_name = (
-        repo_id.split("/")[-1]
-        if repo_id
-        else f"animal-reid-{m.backbone if not m.init_from else model_config.backbone}"
-    )
-    card_data = ModelCardData(
-        model_name=model_name,
+    return ModelCardData(
+        model_name=run["model_name"],
         pipeline_tag="image-feature-extraction",
         library_name="transformers",
         license=t.model_license,
         tags=tags,
-        datasets=[corpus_name],
+        datasets=[run["corpus_name"]],
         base_model=base_model,
         metrics=["top1_accuracy", "map"],
-        eval_results=eval_results(results, corpus_name, protocol),
+        eval_results=eval_results(results, run["corpus_name"], run["protocol"]),
         widget=widget
         or [{"src": url, "example_title": f"example {i + 1}"} for i, url in enumerate(t.widget_images or [])]
         or None,
     )
-    h, w = model_config.image_size
-    loaded_from = (
+
+
+def _init_desc(config) -> str:
+    """Where the weights started: the fine-tuned export (and its warm-up), ImageNet, random or a weights file."""
+    m, t = config.model, config.train
+    return (
         f"fine-tuned from `{m.init_from}`"
         + (
             f" with a {t.freeze_backbone_epochs}-epoch head-only warm-up (backbone and its BatchNorm statistics frozen)"
@@ -235,21 +262,27 @@ def render_model_card(
             "none": "random initialisation",
         }.get(m.init_weights, f"weights from `{Path(m.init_weights).name}`")
     )
-    history_rows = [
-        {
-            "epoch": str(r["epoch"]),
-            "loss": f"{r['train_loss']:.4f}",
-            "top1": _pct(r["val"].get("top1")),
-            "mAP": _pct(r["val"].get("mAP")),
-            "images_per_s": f"{r['images_per_s']:.1f}",
-        }
-        for r in history
-    ]
-    kwargs = dict(
-        model_name=model_name,
-        repo_id=repo_id or "path/to/export",
+
+
+def _loss_desc(m) -> str:
+    """The ArcFace variant of the card: sub-centers, margins and scale."""
+    return (
+        (f"sub-center ArcFace (k = {m.subcenters})" if m.subcenters > 1 else "plain ArcFace (k = 1)")
+        + (" with dynamic margins" if m.dynamic_margins else f", margin {m.margin_max} rad")
+        + f", s = {m.scale:g}"
+    )
+
+
+def _template_fields(config, model_config, results, run: dict[str, Any], sources) -> dict[str, Any]:
+    """The template's fields on the model, its data and its scores."""
+    m, d, t = config.model, config.data, config.train
+    h, w = model_config.image_size
+    licences = sorted({s["license"] for s in sources if s["license"]})
+    baseline = results.get("baseline") or {}
+    return dict(
+        model_name=run["model_name"],
+        repo_id=run["repo_id"] or "path/to/export",
         backbone=model_config.backbone,
-        num_parameters_m=f"{num_parameters / 1e6:.1f}",
         embedding_dim=model_config.embedding_dim or "backbone width",
         pooling=model_config.pooling,
         image_size=f"{h}x{w}",
@@ -260,27 +293,46 @@ def render_model_card(
             if m.dynamic_margins
             else f"fixed {m.margin_max} rad"
         ),
-        init_desc=loaded_from,
-        corpus_name=corpus_name,
+        init_desc=_init_desc(config),
+        corpus_name=run["corpus_name"],
         corpus_config=d.corpus_config,
-        train_images=train_counts.get("images"),
-        train_identities=train_counts.get("identities"),
-        species=", ".join(species) or "n/a",
+        species=", ".join(run["species"]) or "n/a",
         sources=sources,
         licences=", ".join(licences) or "see the corpus card",
-        protocol=protocol.replace("_", "-"),
-        test_rows=_metric_rows(results.get("test"), (results.get("baseline") or {}).get("test")),
-        val_rows=_metric_rows(results.get("val_best"), (results.get("baseline") or {}).get("val")),
+        protocol=run["protocol"].replace("_", "-"),
+        test_rows=_metric_rows(results.get("test"), baseline.get("test")),
+        val_rows=_metric_rows(results.get("val_best"), baseline.get("val")),
         beats_baseline=results.get("beats_baseline"),
         neck_desc=_neck_desc(model_config),
-        loss_desc=(
-            f"sub-center ArcFace (k = {m.subcenters})" if m.subcenters > 1 else "plain ArcFace (k = 1)"
-        )
-        + (" with dynamic margins" if m.dynamic_margins else f", margin {m.margin_max} rad")
-        + f", s = {m.scale:g}",
+        loss_desc=_loss_desc(m),
         head_init=m.head_init,
         interp_desc=_interp_desc(results.get("interpolation"), results.get("metric_for_best")),
         flip_desc=_flip_desc(results.get("test_time_flip"), t.test_time_flip, results.get("metric_for_best")),
+        hflip=t.hflip,
+        ema_decay=t.ema_decay,
+        refit=d.train_on_validation,
+        paper_citation=PAPER_CITATION,
+        synthetic=all(sp.startswith("synth_") for sp in run["species"]) and bool(run["species"]),
+    )
+
+
+def _training_fields(config, results, history, train_counts, num_parameters) -> dict[str, Any]:
+    """The template's fields on the training run: its size, budget, epochs and configuration."""
+    t = config.train
+    history_rows = [
+        {
+            "epoch": str(r["epoch"]),
+            "loss": f"{r['train_loss']:.4f}",
+            "top1": _pct(r["val"].get("top1")),
+            "mAP": _pct(r["val"].get("mAP")),
+            "images_per_s": f"{r['images_per_s']:.1f}",
+        }
+        for r in history
+    ]
+    return dict(
+        num_parameters_m=f"{num_parameters / 1e6:.1f}",
+        train_images=train_counts.get("images"),
+        train_identities=train_counts.get("identities"),
         best_epoch=results.get("best_epoch"),
         metric_for_best=results.get("metric_for_best"),
         history_rows=history_rows,
@@ -290,10 +342,4 @@ def render_model_card(
         wall_time_min=f"{results['wall_time_s'] / 60:.1f}" if results.get("wall_time_s") else "n/a",
         images_per_s=f"{results['train_images_per_s']:.1f}" if results.get("train_images_per_s") else "n/a",
         config_yaml=yaml.safe_dump(config.to_flat_dict(), sort_keys=False).rstrip(),
-        hflip=t.hflip,
-        ema_decay=t.ema_decay,
-        refit=d.train_on_validation,
-        paper_citation=PAPER_CITATION,
-        synthetic=all(sp.startswith("synth_") for sp in species) and bool(species),
     )
-    return ModelCard.from_template(card_data, template_path=str(template_path), **kwargs)

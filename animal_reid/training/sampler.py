@@ -7,7 +7,8 @@ every process builds the same global list and keeps every ``num_replicas``-th ba
 batches it would have seen.
 
 The sampler does its own sharding: do not pass its DataLoader through ``accelerator.prepare`` (which
-would shard the batches a second time); move batches to the device instead.
+would shard the batches a second time); move batches to the device instead. `build_sampler` picks the run's
+sampler (`RandomBatchSampler` or `PKBatchSampler`) from its configuration.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch.utils.data import Sampler
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -175,4 +180,26 @@ class RandomBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, epoch, 1])
         need = self.global_batches * self.batch_size
         order = np.concatenate([rng.permutation(self.num_rows) for _ in range(-(-need // self.num_rows))])
-        return [order[i * self.batch_size : (i + 1) * self.batch_size].tolist() for i in range(self.global_batches)]
+        return [
+            order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+            for i in range(self.global_batches)
+        ]
+
+
+def build_sampler(tc, train_meta: dict[str, list], label_of: dict[str, int], accelerator: Accelerator):
+    """Random batches of P*K images (default) or identity-balanced P x K batches, sharded over processes."""
+    shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index}
+    if tc.sampler == "random":
+        return RandomBatchSampler(
+            len(train_meta["identity"]), tc.batch_size, tc.seed, tc.batches_per_epoch, **shard
+        )
+    return PKBatchSampler(
+        [label_of[i] for i in train_meta["identity"]],
+        tc.identities_per_batch,
+        tc.images_per_identity,
+        seed=tc.seed,
+        batches_per_epoch=tc.batches_per_epoch,
+        species=train_meta["species"],
+        one_species_per_batch=tc.one_species_per_batch,
+        **shard,
+    )

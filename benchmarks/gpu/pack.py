@@ -6,7 +6,7 @@ Only the repository's working tree and the ignored paths named in ``carry`` trav
 .gitignore, never committed):
 
 * ``corpora/open`` and ``corpora/closed`` – the six-species identity-disjoint corpus and the closed-set
-  LionData/NyalaData corpus, in the corpus layout, images re-encoded as small JPEGs (configs/bench_gpu.yaml:
+  LionData/NyalaData corpus, in the corpus layout, images re-encoded as small JPEGs (benchmarks/configs/bench_gpu.yaml:
   size, quality, images per identity, dog identities kept);
 * ``embed_images/`` – a few hundred of those JPEG files for ``benchmarks/bench_embed.py --data-root``;
 * ``whl/`` – wheels the GPU machine lacks (``datasets`` and its pure-Python needs, the EfficientNet-Lite0
@@ -27,11 +27,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO))
+from benchmarks import report
+from benchmarks.reid.config import load_bench_config
+from benchmarks.reid.corpora import prepare_corpora
 
-import reid_real  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 logger = logging.getLogger("gpu_pack")
 
@@ -83,7 +83,7 @@ def download_wheels(out: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=str(REPO / "configs" / "bench_gpu.yaml"))
+    p.add_argument("--config", default=str(REPO / "benchmarks" / "configs" / "bench_gpu.yaml"))
     p.add_argument("--out", default=str(REPO / ".gpu" / "bench"), help="the folder to carry")
     p.add_argument(
         "--work", default=str(REPO / "runs" / "bench_gpu_src"), help="full-size source corpora (not carried)"
@@ -91,17 +91,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--embed-images", type=int, default=256)
     p.add_argument("--max-mib", type=float, default=36.0, help="fail when corpora + images exceed this")
     p.add_argument("--no-wheels", action="store_true")
-    p.add_argument("--smoke", action="store_true", help="configs/bench_smoke.yaml, no wheels")
+    p.add_argument("--smoke", action="store_true", help="benchmarks/configs/bench_smoke.yaml, no wheels")
     args = p.parse_args(argv)
+    report.require_extra("data")  # pyarrow and datasets write the packed corpora
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = str(REPO / "configs" / "bench_smoke.yaml") if args.smoke else args.config
-    cfg = reid_real.load_bench_config(config)
+    config = str(REPO / "benchmarks" / "configs" / "bench_smoke.yaml") if args.smoke else args.config
+    cfg = load_bench_config(config)
     out = Path(args.out)
     corpora = out / "corpora"
     for name in ("open", "closed"):  # always repack: the config may have changed
         if (corpora / name).exists():
             shutil.rmtree(corpora / name)
-    reid_real.prepare_corpora(cfg, Path(args.work), pack_dir=corpora)
+    prepare_corpora(cfg, Path(args.work), pack_dir=corpora)
     n_img = write_embed_images(corpora / "open", out / "embed_images", args.embed_images)
     data_mib = dir_mib(corpora) + dir_mib(out / "embed_images")
     if data_mib > args.max_mib:
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"packed data is {data_mib:.1f} MiB, over --max-mib {args.max_mib}: lower pack_size/caps"
         )
     wheels = [] if (args.no_wheels or args.smoke) else download_wheels(out / "whl")
-    report = {
+    summary = {
         "config": config,
         "corpora": {
             name: json.loads((corpora / name / "compact_report.json").read_text())["species"]
@@ -124,9 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "wheels": wheels,
     }
-    (out / "pack_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report["mib"]), f"-> {out}")
-    return report
+    report.write_json(out / "pack_report.json", summary, newline=True)
+    print(json.dumps(summary["mib"]), f"-> {out}")
+    return summary
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@
 #
 # Environment: OUT (results folder, default /tmp/bench_gpu_out), PACK (default .gpu/bench),
 # BENCH_BUDGET_S (whole-script budget in seconds, default 470), BENCH_CONFIG (tables config, default
-# configs/bench_gpu.yaml), SKIP_EMBED=1 / SKIP_TRAIN=1 (skip those throughput benchmarks, e.g. in a second call
-# that only reruns the tables with configs/bench_gpu_long.yaml), SKIP_TABLES=1 (throughput benchmarks only).
+# benchmarks/configs/bench_gpu.yaml), SKIP_EMBED=1 / SKIP_TRAIN=1 (skip those throughput benchmarks, e.g. in a second call
+# that only reruns the tables with benchmarks/configs/bench_gpu_long.yaml), SKIP_TABLES=1 (throughput benchmarks only).
 set -u
 START=$(date +%s)
 BUDGET=${BENCH_BUDGET_S:-470}
@@ -53,13 +53,13 @@ if [ "$SMOKE" = 1 ]; then
   DEVICE=cpu
   EMBED_ARGS="--n-images 8 --n-images-large 2 --n-pipeline 2 --batch-size 4 --repeats 1 --backbones efficientnet_lite0:64"
   TRAIN_ARGS="--config configs/train_default.yaml --batches 2 --steps 2 --warmup 1 --set backbone=test_efficientnet init_weights=none image_size=32 num_workers=0 identities_per_batch=4 images_per_identity=2"
-  BENCH_CONFIG=configs/bench_smoke.yaml
+  BENCH_CONFIG=benchmarks/configs/bench_smoke.yaml
   T_EMBED=200; T_TRAIN=400; THREADS="--threads 1"
 else
   DEVICE=cuda
   EMBED_ARGS="--n-images 1024 --n-images-large 128 --n-pipeline 64 --batch-size 128 --repeats 2"
   TRAIN_ARGS="--config configs/train_cpu_real6.yaml --batches 30 --steps 15 --warmup 5 --set identities_per_batch=16 num_workers=12 eval_batch_size=256"
-  BENCH_CONFIG=${BENCH_CONFIG:-configs/bench_gpu.yaml}
+  BENCH_CONFIG=${BENCH_CONFIG:-benchmarks/configs/bench_gpu.yaml}
   T_EMBED=120; T_TRAIN=180; THREADS=""
 fi
 

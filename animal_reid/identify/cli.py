@@ -1,0 +1,414 @@
+"""The command line of identification (``python -m animal_reid.identify``, ``animal-reid-identify``).
+
+Every option and path is checked before the model is loaded (:func:`check_args`); errors are one line
+``error: <message>`` on stderr, exit status 2 for bad arguments (:class:`UsageError`) and 1 for failures (``-v``
+adds the traceback). See :mod:`animal_reid.identify` for what the options mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+
+from .cache import default_cache_dir
+from .engine import Identifier, QueryResult
+from .inputs import ON_ERROR, BadImageError, BadImages, ImageItem, UsageError, read_gallery, read_queries
+from .outputs import SKIPPED_FILE, write_results, write_skipped
+from .thresholds import GALLERY_THRESHOLD, checked_threshold, load_threshold
+
+logger = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse raising :class:`UsageError` (one line from ``main``) instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m animal_reid.identify",
+        description="Rank the known individuals of a gallery for each query image and flag new individuals.",
+    )
+    p.add_argument(
+        "--model", required=True, help="model directory or Hub repo id (AutoModel, trust_remote_code)"
+    )
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
+    p.add_argument(
+        "--gallery", required=True, help="folder per individual, CSV (path,identity,...) or corpus dir"
+    )
+    p.add_argument(
+        "--gallery-config", default=None, help="corpus config (default: 'all' if present, else all)"
+    )
+    p.add_argument("--gallery-split", action="append", default=None, help="corpus split(s) (default: all)")
+    p.add_argument(
+        "--queries", nargs="+", required=True, help="image files, folders or CSVs (path[,identity])"
+    )
+    p.add_argument("--out", required=True, help="output directory (new or empty, unless --overwrite)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out, replacing results.csv/json, skipped.csv and match sheets",
+    )
+    p.add_argument("--top-k", type=int, default=5, help="candidate individuals per query (>= 1)")
+    p.add_argument(
+        "--threshold",
+        default=None,
+        help="new-individual threshold: a cosine in [-1, 1], a thresholds JSON, or 'gallery' (calibrated per "
+        "species on the labelled gallery itself: each gallery image queries the rest as a known and an unknown)",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=ON_ERROR,
+        default="skip",
+        help="unusable image (corrupt, truncated, empty, unsupported type): skip it and list it in "
+        "OUT/skipped.csv (default), or raise: stop at the first",
+    )
+    p.add_argument("--cache-dir", default=None, help=f"embedding cache (default {default_cache_dir()})")
+    p.add_argument("--no-cache", action="store_true", help="embed everything, read and write no cache")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        help="worker processes decoding images (0: one background thread, fastest on a few CPU cores)",
+    )
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--no-match-sheets", action="store_true")
+    p.add_argument(
+        "--rerank",
+        choices=("none", "local"),
+        default="none",
+        help="local: re-score each query's shortlist with verified SIFT keypoint matches (docs/rerank.md)",
+    )
+    p.add_argument("--rerank-k", type=int, default=20, help="shortlist size re-scored per query (>= 1)")
+    p.add_argument("--rerank-workers", type=int, default=1, help="threads matching keypoints (>= 1)")
+    p.add_argument(
+        "--rerank-time-budget",
+        type=float,
+        default=None,
+        help="seconds per query; candidates not matched in time keep their cosine (default: no limit)",
+    )
+    p.add_argument(
+        "--rerank-fusion",
+        default=None,
+        help="fitted fusion JSON (default: rerank_fusion.json in --model, else in a --gallery folder)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks with errors")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every option and path, before anything expensive; raises :class:`UsageError` naming the culprit."""
+    for name, value, low in (("--top-k", args.top_k, 1), ("--batch-size", args.batch_size, 1)):
+        if value < low:
+            raise UsageError(f"{name} must be >= {low}, got {value}")
+    if args.num_workers < 0:
+        raise UsageError(f"--num-workers must be >= 0, got {args.num_workers}")
+    rerank = args.rerank == "local"
+    if rerank:
+        _check_rerank_args(args)
+    if args.threshold is not None:
+        _check_threshold_arg(args.threshold, rerank)
+    _check_model(args.model)
+    if not Path(args.gallery).exists():
+        raise UsageError(f"--gallery {args.gallery}: no such file or folder")
+    for q in args.queries:
+        if not Path(q).exists():
+            raise UsageError(f"--queries {q}: no such file or folder")
+    if args.cache_dir is not None and not args.no_cache:
+        c = Path(args.cache_dir).expanduser()
+        if c.exists() and not c.is_dir():
+            raise UsageError(f"--cache-dir {args.cache_dir} exists and is not a folder")
+    if args.device is not None:
+        _check_device(args.device)
+    _check_out(args)
+
+
+def _check_rerank_args(args: argparse.Namespace) -> None:
+    for name, value in (("--rerank-k", args.rerank_k), ("--rerank-workers", args.rerank_workers)):
+        if value < 1:
+            raise UsageError(f"{name} must be >= 1, got {value}")
+    budget = args.rerank_time_budget
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise UsageError(f"--rerank-time-budget must be a number of seconds > 0, got {budget}")
+    if args.rerank_fusion is not None:
+        from ..rerank import Fusion
+
+        if not Path(args.rerank_fusion).is_file():
+            raise UsageError(f"--rerank-fusion {args.rerank_fusion}: no such file")
+        try:
+            Fusion.load(args.rerank_fusion)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--rerank-fusion {args.rerank_fusion}: {err}") from err
+
+
+def _cli_reranker(args: argparse.Namespace, ident: Identifier):
+    """The LocalReranker the CLI options describe (fusion: --rerank-fusion, the model's, the gallery folder's)."""
+    from ..rerank import FUSION_FILE, Fusion, LocalReranker
+
+    path = args.rerank_fusion
+    if path is None:
+        for d in (ident.model_dir, Path(args.gallery)):
+            if d is not None and d.is_dir() and (d / FUSION_FILE).is_file():
+                path = d / FUSION_FILE
+                break
+    fusion = None
+    if path is not None:
+        logger.info("local re-ranking with the fusion in %s", path)
+        fusion = Fusion.load(path)
+    return LocalReranker(
+        fusion,
+        k=args.rerank_k,
+        workers=args.rerank_workers,
+        time_budget_s=args.rerank_time_budget,
+        cache_dir=ident.cache.dir.parent if ident.cache is not None else None,
+        progress=None if not args.quiet else False,
+    )
+
+
+def accuracy_summary(results: list[QueryResult]) -> str:
+    """``, top-1 correct a/b`` over queries of gallery individuals, and the new-individual verdicts over the rest."""
+    known = [r.correct for r in results if r.correct is not None and r.query_in_gallery is not False]
+    new = [r.correct for r in results if r.correct is not None and r.query_in_gallery is False]
+    out = f", top-1 correct {sum(known)}/{len(known)}" if known else ""
+    if new:
+        out += f", called new {sum(new)}/{len(new)} of the queries whose individual is not in the gallery"
+    return out
+
+
+def _check_threshold_arg(value: str, fused: bool = False) -> None:
+    if value == GALLERY_THRESHOLD:
+        if fused:
+            raise UsageError(
+                "--threshold gallery calibrates cosines; with --rerank local pass a fused-score threshold"
+            )
+        return
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is not None:
+        if fused:  # fused scores are a cosine plus a non-negative bonus
+            if not (math.isfinite(number) and number >= -1.0):
+                raise UsageError(f"--threshold must be a fused score >= -1, got {value}")
+            return
+        if not (math.isfinite(number) and -1.0 <= number <= 1.0):
+            raise UsageError(f"--threshold must be a cosine in [-1, 1], got {value}")
+        return
+    if not Path(value).is_file():
+        raise UsageError(
+            f"--threshold must be a number, an open-set threshold JSON file or 'gallery', got {value!r} (no such file)"
+        )
+    try:
+        checked_threshold(
+            load_threshold(Path(value)), f"--threshold {value}", -1.0, math.inf if fused else 1.0
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def _check_model(spec: str) -> None:
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UsageError(
+                f"--model {spec}: the folder holds no config.json, so it is not a model directory"
+            )
+    elif p.exists():
+        raise UsageError(f"--model {spec} is a file; expected a model directory or a Hub repo id")
+    elif not _HUB_ID.fullmatch(spec):
+        raise UsageError(f"--model {spec}: no such model directory, and not a Hub repo id (owner/name)")
+
+
+def _check_device(spec: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"--device {spec!r} is not a torch device ({err})") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {spec}: CUDA is not available on this machine")
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """``--out`` is new, empty, or ``--overwrite`` is given; not inside the inputs; created and writable."""
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder")
+    if out.is_dir() and not args.overwrite:
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            n = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}"
+            raise UsageError(
+                f"--out {args.out} is not empty ({n}: {shown}); choose a new or empty folder, or pass "
+                "--overwrite to replace its results"
+            )
+    resolved = out.resolve()
+    for flag, src in [("--gallery", args.gallery)] + [("--queries", q) for q in args.queries]:
+        src_dir = Path(src).resolve()
+        if src_dir.is_dir() and resolved.is_relative_to(src_dir):
+            raise UsageError(
+                f"--out {args.out} lies inside {flag} {src}: its match sheets would become inputs"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {args.out}: cannot create the folder ({err.strerror or err})") from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {args.out}: the folder is not writable")
+
+
+def _read_inputs(args: argparse.Namespace, bad: BadImages) -> tuple[list[ImageItem], list[ImageItem]]:
+    try:
+        gallery = read_gallery(args.gallery, args.gallery_config, args.gallery_split, bad_images=bad)
+        queries = read_queries(args.queries, bad_images=bad)
+    except BadImageError:
+        raise
+    except (ValueError, FileNotFoundError) as err:  # what the gallery / query arguments point at is wrong
+        raise UsageError(str(err)) from err
+    return gallery, queries
+
+
+def run(argv: list[str] | None = None) -> list[QueryResult]:
+    """The command line as a function: parse ``argv``, identify, write outputs, print a summary; returns results.
+
+    Raises :class:`UsageError` for bad arguments (before any model is loaded) and the underlying error for
+    failures; :func:`main` turns both into one line and an exit status.
+    """
+    return _run(_parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> list[QueryResult]:
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s"
+    )
+    package, level = logging.getLogger("animal_reid"), logging.getLogger("animal_reid").level
+    if args.verbose:  # every skipped image, not only the first BadImages.LOG_FIRST
+        package.setLevel(logging.DEBUG)
+    try:
+        return _identify_cli(args)
+    finally:
+        package.setLevel(level)
+
+
+def _identify_cli(args: argparse.Namespace) -> list[QueryResult]:
+    _check_args(args)
+    out = Path(args.out).expanduser()
+    bad = BadImages(args.on_error)
+    finished = False
+    try:
+        gallery, queries = _read_inputs(args, bad)
+        cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+        ident = Identifier.from_pretrained(
+            args.model,
+            revision=args.revision,
+            cache_dir=cache_dir,
+            device=args.device,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+        )
+        reranker = _cli_reranker(args, ident) if args.rerank == "local" else None
+        results = ident.identify(
+            gallery, queries, top_k=args.top_k, threshold=args.threshold, bad_images=bad, rerank=reranker
+        )
+        write_results(results, out, match_sheets=not args.no_match_sheets, prune_sheets=args.overwrite)
+        finished = True
+    finally:  # after a failure too, as long as it lists something (else an earlier report stays as it was)
+        report = out / SKIPPED_FILE
+        if finished or bad.skipped:
+            try:
+                write_skipped(bad.skipped, out)
+            except OSError as err:
+                logger.error("could not write %s: %s", report, err)
+        if bad.skipped:
+            print(bad.summary(report), file=sys.stderr)
+    _print_results(args, results, gallery, ident, bad, out)
+    n_queries = len(queries) + bad.count("query")
+    if not results and n_queries:
+        raise RuntimeError(f"no usable query image: all {n_queries} were skipped (see {report})")
+    return results
+
+
+def _print_results(args, results, gallery, ident, bad: BadImages, out: Path) -> None:
+    if not args.quiet:
+        for r in results:
+            verdict = (
+                ""
+                if r.new_individual is None
+                else ("  -> NEW individual" if r.new_individual else "  -> known")
+            )
+            truth = (
+                ""
+                if r.query_identity is None
+                else f"  [true: {r.query_identity}, {'ok' if r.correct else 'wrong'}]"
+            )
+            print(f"{r.query}{verdict}{truth}")
+            for c in r.candidates:
+                print(f"  {c['rank']}. {c['identity']}  {c['score']:.3f}  ({c['image']})")
+    skipped_items = {id(s.item) for s in bad.skipped if s.item is not None}
+    used = [g for g in gallery if id(g) not in skipped_items]
+    acc = accuracy_summary(results)
+    skipped = f"; skipped {len(bad)} unusable images ({SKIPPED_FILE})" if bad.skipped else ""
+    st = ident.rerank_stats if args.rerank == "local" else None
+    if st is not None:
+        skipped += (
+            f"; re-ranked {st['n_pairs_verified']}/{st['n_pairs']} shortlist pairs with local features "
+            f"({st['n_queries_fallback']} queries and {st['n_gallery_fallback']} gallery images without usable "
+            f"keypoints kept the cosine, {st['n_pairs_over_time_budget']} pairs over the time budget)"
+        )
+    print(
+        f"{len(results)} queries against {len(used)} gallery images "
+        f"({len({g.identity for g in used})} individuals); embedded {ident.n_embedded} images "
+        f"({'no cache' if ident.cache is None else f'cache {ident.cache.dir}'}){acc}{skipped}; results in {out}"
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as one line: its message (the last line of a worker's traceback), with its type if unclear."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+    else:
+        text = text.splitlines()[0] if text else ""
+    if not text:
+        return type(err).__name__
+    if isinstance(err, ValueError | OSError | RuntimeError) and not isinstance(err, KeyError):
+        return text
+    return f"{type(err).__name__}: {text}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (``animal-reid-identify``): 0 on success, 2 for bad arguments, 1 for failures.
+
+    Errors are printed as one line ``error: <message>`` on stderr; ``-v`` prints the traceback too.
+    """
+    args = None
+    try:
+        args = _parser().parse_args(argv)
+        _run(args)
+        return 0
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the console gets one line, not a traceback
+        verbose = bool(getattr(args, "verbose", False))
+        if verbose:
+            traceback.print_exc()
+        hint = "" if verbose or isinstance(err, UsageError) else " (-v shows the traceback)"
+        print(f"error: {_one_line(err)}{hint}", file=sys.stderr)
+        return 2 if isinstance(err, UsageError) else 1
