@@ -1,8 +1,10 @@
 """The benchmark harness: one script per question, each measuring one part of animal-reid on this machine.
 
-Every module here is a command-line script with a ``main(argv)`` and an ``argparse`` parser (``--help`` says what
-it measures and how). The package is installed with the project (``pip install -e .``), so a script imports its
-neighbours as ``from benchmarks.bench_embed import ...`` and runs from the repository root either way:
+Every top-level module here but ``report.py`` and ``common.py`` is a command-line script with a ``main(argv)`` and
+an ``argparse`` parser (``--help`` says what it measures and how); ``reid/`` is the harness behind
+``reid_real.py``. The package is installed with the project (``pip install -e .``), so a script imports the shared
+modules (``benchmarks.report``, ``benchmarks.common``, ``benchmarks.reid``) and runs from the repository root
+either way:
 
     python benchmarks/bench_embed.py --help
     python -m benchmarks.bench_embed --device cuda

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import report
-from benchmarks.bench_embed import DEFAULT_DATA, build, find_images
+from benchmarks.common import DEFAULT_DATA, build, find_images
 from modeling.encoding_animal_reid import ThreadPrefetch, onnxruntime_engine
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,34 +30,10 @@ import numpy as np
 import torch
 
 from benchmarks import report
-from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel
+from benchmarks.common import DEFAULT_DATA, build, find_images
 from modeling.encoding_animal_reid import onnxruntime_available, onnxruntime_engine
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("REID_DATA_ROOT", REPO.parent / "shared" / "data"))
-
-
-def find_images(root: Path, n: int) -> list[str]:
-    files = sorted((root / "wildlife_reidentification-main" / "Nyala_Data_Zero").rglob("*.jpg"))
-    if not files:
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not files:
-        raise SystemExit(f"no images under {root}; set --data-root or REID_DATA_ROOT")
-    reps = -(-n // len(files))
-    return [str(p) for p in (files * reps)[:n]]
-
-
-def build(
-    backbone: str, size: int, device: torch.device
-) -> tuple[AnimalReIDModel, AnimalReIDImageProcessor, str]:
-    cfg = AnimalReIDConfig(backbone=backbone, image_size=size, embedding_dim=512 if "lite" in backbone else 0)
-    model = AnimalReIDModel(cfg).eval().to(device)
-    proc = AnimalReIDImageProcessor.from_model_config(cfg)
-    tmp = tempfile.mkdtemp(prefix="bench_embed_")
-    model.save_pretrained(tmp)
-    proc.save_pretrained(tmp)
-    model.set_image_processor(proc)
-    return model, proc, tmp
 
 
 def time_forward(

@@ -13,10 +13,8 @@ with ``engine="torch"``; on the CPU the onnxruntime engine (``encode``'s CPU def
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
-import os
 import time
 from pathlib import Path
 
@@ -25,42 +23,11 @@ import torch
 
 from animal_reid.metrics import evaluate_reid
 from benchmarks import report
-from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel
+from benchmarks.common import DEFAULT_DATA, SPLITS, imagenet_lite0, load_split
+from modeling import AnimalReIDImageProcessor, AnimalReIDModel
 from modeling.encoding_animal_reid import onnxruntime_available
 
 REPO = Path(__file__).resolve().parents[1]
-
-DEFAULT_DATA = Path(os.environ.get("REID_DATA_ROOT", REPO.parent / "shared" / "data"))
-SPLITS = {
-    "LionData": "megadescriptor_closed_set/LionData.csv",
-    "NyalaData": "megadescriptor_closed_set/NyalaData.csv",
-}
-
-
-def imagenet_lite0(size: int) -> tuple[AnimalReIDModel, AnimalReIDImageProcessor, str]:
-    from animal_reid.weights import LITE_MEAN, LITE_STD, load_imagenet_backbone
-
-    cfg = AnimalReIDConfig(
-        backbone="efficientnet_lite0",
-        pooling="avg",
-        embedding_dim=0,
-        neck_bn=False,
-        image_size=size,
-        image_mean=LITE_MEAN,
-        image_std=LITE_STD,
-    )
-    model = load_imagenet_backbone(AnimalReIDModel(cfg))
-    return (
-        model,
-        AnimalReIDImageProcessor.from_model_config(cfg),
-        "ImageNet EfficientNet-Lite0 (avg-pooled features)",
-    )
-
-
-def load_split(data_root: Path, name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    rows = list(csv.DictReader(open(data_root / "benchmarks" / SPLITS[name])))
-    paths = [str(data_root / r["path"]) for r in rows]
-    return paths, np.array([r["identity"] for r in rows]), np.array([r["split"] for r in rows])
 
 
 def load_model(

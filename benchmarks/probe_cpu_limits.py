@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import report
-from benchmarks.bench_embed import DEFAULT_DATA, find_images
+from benchmarks.common import DEFAULT_DATA, find_images
 from modeling import AnimalReIDConfig, AnimalReIDImageProcessor, AnimalReIDModel
 from modeling.encoding_animal_reid import onnxruntime_available, onnxruntime_engine
 

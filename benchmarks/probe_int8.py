@@ -30,8 +30,7 @@ import torch
 
 from animal_reid.metrics import evaluate_reid
 from benchmarks import report
-from benchmarks.bench_embed import build, find_images
-from benchmarks.bench_precision import DEFAULT_DATA, SPLITS, imagenet_lite0, load_split
+from benchmarks.common import DEFAULT_DATA, SPLITS, build, find_images, imagenet_lite0, load_split
 from modeling import AnimalReIDImageProcessor, AnimalReIDModel
 from modeling.encoding_animal_reid import export_onnx_graph
 

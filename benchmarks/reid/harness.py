@@ -214,7 +214,7 @@ class Bench:
         self, name: str, corpus: Path, images: int, batch: int = 64, splits: tuple[str, ...] = ("train",)
     ) -> dict[str, Any]:
         """The peer recipe (benchmarks/peer_arcface.py) on ``images`` training images; reused like `train`."""
-        from benchmarks import peer_arcface
+        from benchmarks.reid.peer import train as train_peer
 
         run_dir = self.work / "runs" / name
         done = run_dir / "results.json"
@@ -227,7 +227,7 @@ class Bench:
             raise OutOfTime(f"{name}: {self.deadline.left():.0f} s left of the time budget")
         c = self.cfg
         t0 = time.time()
-        res = peer_arcface.train(
+        res = train_peer(
             str(corpus), str(run_dir), images, seed=c.seed, batch=batch, size=c.image_size, backbone=c.backbone,
             init_weights=c.init_weights, precision=peer_precision(c), splits=splits,
         )  # fmt: skip
