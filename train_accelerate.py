@@ -34,13 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from animal_reid.extras import MissingExtraError, require_extra
+from animal_reid.extras import exit_without_extra
 
-try:  # before accelerate and datasets are imported: a missing extra is one line, not a traceback
-    require_extra("animal-reid-train", "train")
-except MissingExtraError as err:
-    print(f"error: {err}", file=sys.stderr)
-    raise SystemExit(1) from None
+# before accelerate and datasets are imported: a missing extra is one line, not a traceback
+exit_without_extra("animal-reid-train", "train")
 
 import numpy as np
 import torch

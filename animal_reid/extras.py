@@ -9,6 +9,7 @@ a traceback. Nothing here imports the packages it checks.
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 #: The modules a command needs from each extra (import names, not distribution names).
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
@@ -48,3 +49,13 @@ def require_extra(command: str, extra: str) -> None:
     missing = missing_modules(extra)
     if missing:
         raise MissingExtraError(extra_message(command, extra))
+
+
+def exit_without_extra(command: str, extra: str) -> None:
+    """For command lines: print ``error: <the one-line message>`` to stderr and exit with status 1 when a module
+    of ``extra`` is missing."""
+    try:
+        require_extra(command, extra)
+    except MissingExtraError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

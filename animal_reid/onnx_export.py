@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from animal_reid.extras import MissingExtraError, require_extra
+from animal_reid.extras import exit_without_extra
 from modeling.encoding_animal_reid import export_onnx_graph
 
 logger = logging.getLogger(__name__)
@@ -168,11 +167,7 @@ def main(argv: list[str] | None = None) -> OnnxCheck | None:
     )
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     args = parser.parse_args(argv)
-    try:
-        require_extra("animal-reid-onnx-export", "onnx")
-    except MissingExtraError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    exit_without_extra("animal-reid-onnx-export", "onnx")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = export_onnx(args.model_dir, args.out, opset=args.opset, check=not args.no_check)
     msg = f"wrote {args.out}"

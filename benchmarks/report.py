@@ -14,7 +14,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +65,27 @@ def write_text(path: str | Path, text: str) -> None:
     write_atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
-def write_json(path: str | Path, data: Any, *, newline: bool = False) -> None:
-    """``data`` as JSON indented by 2 at ``path``, atomically; ``newline`` ends the file with one."""
-    write_text(path, json.dumps(data, indent=2) + ("\n" if newline else ""))
+def write_json(
+    path: str | Path, data: Any, *, newline: bool = False, default: Callable | None = None
+) -> None:
+    """``data`` as JSON indented by 2 at ``path``, atomically; ``newline`` ends the file with one; ``default``
+    as for ``json.dumps``."""
+    write_text(path, json.dumps(data, indent=2, default=default) + ("\n" if newline else ""))
 
 
-def write_results(json_path: str | Path, results: Any, markdown: str, *, newline: bool = False) -> None:
-    """``results`` at ``json_path`` and the ``markdown`` page beside it (``.md``), parent folders created."""
+def write_results(
+    json_path: str | Path,
+    results: Any,
+    markdown: str,
+    *,
+    newline: bool = False,
+    default: Callable | None = None,
+) -> None:
+    """``results`` at ``json_path`` (see :func:`write_json`) and the ``markdown`` page beside it (``.md``), parent
+    folders created."""
     path = Path(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, results, newline=newline)
+    write_json(path, results, newline=newline, default=default)
     write_text(path.with_suffix(".md"), markdown + ("\n" if newline else ""))
 
 

@@ -82,7 +82,6 @@ class EmbeddingCache(PartFileCache):
     """
 
     MAIN = "embeddings.npz"
-    PART_GLOB = "part-*.npz"
     CORRUPT_WARNING = (
         "embedding cache file %s is corrupt (%s): removing it, its images will be embedded again"
     )

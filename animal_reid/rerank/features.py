@@ -267,7 +267,6 @@ class LocalFeatureCache(PartFileCache):
     """
 
     MAIN = "features.npz"
-    PART_GLOB = "part-*.npz"
     CORRUPT_WARNING = "local-feature cache file %s is corrupt (%s): removing it"
     log = logger
 

@@ -3,7 +3,6 @@ files, rewritten after each table."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -224,8 +223,9 @@ def _table5_lines(r: dict[str, Any]) -> list[str]:
 
 def write_results(results: dict[str, Any], path: Path) -> None:
     """``results`` as ``<path>.json`` and their page as ``<path>.md`` (numpy values and paths made plain)."""
-    plain = json.loads(json.dumps(results, default=json_default))
-    write_json_and_markdown(path.with_suffix(".json"), plain, render_markdown(results), newline=True)
+    write_json_and_markdown(
+        path.with_suffix(".json"), results, render_markdown(results), newline=True, default=json_default
+    )
 
 
 def json_default(o: Any) -> Any:
