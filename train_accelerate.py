@@ -16,6 +16,10 @@ The run directory (``output_dir``) receives ``config.yaml`` (the resolved config
 README.md model card, ready for ``AutoModel.from_pretrained(dir, trust_remote_code=True)``).
 See docs/training.md.
 
+The run directory follows the output policy (``animal_reid.training.run_folder``): locked for the whole run, every
+file listed in its manifest as it is written; a non-empty folder not written by a run is refused, a previous run
+needs ``--resume`` (continue) or ``--overwrite`` (replace only its files).
+
 This file is the run's flow only (``main`` -> ``run`` -> the named steps of ``_run``); the parts it is made of
 (model, optimiser, evaluation, start/interpolation/flip choices, checkpointed state, export) live in the
 ``animal_reid.training`` package.
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from animal_reid.extras import exit_without_extra
+from animal_reid.manifest import OutputError
 
 # before accelerate and datasets are imported: a missing extra is one line, not a traceback
 exit_without_extra("animal-reid-train", "train")
@@ -75,6 +80,7 @@ from animal_reid.training.model import (
     set_backbone_frozen,
 )
 from animal_reid.training.plots import plot_history
+from animal_reid.training.run_folder import RunFolder, open_run_folder
 from animal_reid.training.sampler import build_sampler
 from animal_reid.training.schedule import build_scheduler
 from animal_reid.training.selection import (
@@ -132,9 +138,20 @@ def _restore_logging(handler: logging.Handler | None, previous_level: int) -> No
         handler.close()
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` (``[config.yaml] [--flag value ...]``), train, evaluate, export; return results.json's dict."""
-    return run(parse_config(argv))
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Parse ``argv`` (``[config.yaml] [--flag value ...]``), train, evaluate, export; return results.json's dict.
+
+    Without ``argv`` (the ``animal-reid-train`` console script, which exits with what this returns) the command
+    line is read, a refused ``output_dir`` is one ``error:`` line with exit status 2, and None is returned.
+    """
+    if argv is not None:
+        return run(parse_config(argv))
+    try:
+        run(parse_config(None))
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return None
 
 
 def run(config: TrainConfig) -> dict[str, Any]:
@@ -147,30 +164,45 @@ def run(config: TrainConfig) -> dict[str, Any]:
     accelerator = Accelerator(
         mixed_precision=tc.mixed_precision,
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
-        project_config=ProjectConfiguration(
-            project_dir=str(run_dir), automatic_checkpoint_naming=True, total_limit=tc.save_total_limit
-        ),
+        # save_total_limit is applied by RunFolder.prune_checkpoints, to the run's own checkpoints only
+        project_config=ProjectConfiguration(project_dir=str(run_dir), automatic_checkpoint_naming=True),
         # A head-only warm-up leaves the backbone without gradients: DDP must look for unused parameters.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=tc.freeze_backbone_epochs > 0)],
     )
-    resuming = tc.resume and _last_checkpoint_index(ckpt_dir) is not None
-    if not tc.resume and _last_checkpoint_index(ckpt_dir) is not None:
-        raise FileExistsError(
-            f"{run_dir} already holds checkpoints; pass --resume to continue that run or choose another output_dir"
-        )
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    handler, previous_level = _setup_logging(accelerator, run_dir)
+    folder = open_run_folder(config, accelerator)  # before any file is written: refusals write nothing
+    try:
+        resuming = tc.resume and _last_checkpoint_index(ckpt_dir) is not None
+        if not resuming:
+            _skip_foreign_checkpoints(accelerator, ckpt_dir)
+        accelerator.wait_for_everyone()
+        handler, previous_level = _setup_logging(accelerator, run_dir)
+    except BaseException:
+        folder.close()
+        raise
     loaders: list[DataLoader] = []  # filled by _run; their persistent workers are stopped on the way out
     threads = torch.get_num_threads()  # cpu_threads changes it process-wide: put the caller's back afterwards
     try:
-        return _run(config, accelerator, run_dir, ckpt_dir, resuming, t_start, loaders)
+        return _run(config, accelerator, folder, resuming, t_start, loaders)
     finally:
         torch.set_num_threads(threads)
         release_workers(*loaders)
         accelerator.end_training()
         _restore_logging(handler, previous_level)
+        folder.close()
+
+
+def _skip_foreign_checkpoints(accelerator: Accelerator, ckpt_dir: Path) -> None:
+    """A new run numbers its checkpoints after any ``checkpoint_<n>`` folder that is not its own (a run killed
+    before listing it, or a folder of yours): accelerate would refuse to save over one."""
+    last = _last_checkpoint_index(ckpt_dir)
+    if last is not None:
+        logger.warning(
+            "%s holds checkpoint folders this run did not write (kept): its checkpoints start at checkpoint_%d",
+            ckpt_dir,
+            last + 1,
+            main_process_only=True,
+        )
+        accelerator.project_configuration.iteration = last + 1
 
 
 @dataclass
@@ -189,6 +221,7 @@ class RunParts:
     train_loader: DataLoader
     updates_per_epoch: int
     calibrate: bool
+    folder: RunFolder
     state: TrainingState = field(default_factory=TrainingState)
     ema: WeightEMA | None = None
     start_weights: dict[str, torch.Tensor] | None = None
@@ -218,22 +251,24 @@ class RunParts:
 def _run(
     config: TrainConfig,
     accelerator: Accelerator,
-    run_dir: Path,
-    ckpt_dir: Path,
+    folder: RunFolder,
     resuming: bool,
     t_start: float,
     loaders: list[DataLoader],
 ) -> dict[str, Any]:
     tc = config.train
+    run_dir, ckpt_dir = folder.path, folder.path / "checkpoints"
     logger.info("%s", accelerator.state, main_process_only=True)
     if accelerator.is_main_process:
+        folder.prepare("config.yaml")
         save_config(config, run_dir / "config.yaml")
+        folder.record("config.yaml")
     if tc.cpu_threads is not None and accelerator.device.type == "cpu":
         torch.set_num_threads(tc.cpu_threads)
     set_seed(tc.seed)
     corpus = _load_corpus(config, accelerator)
     model, processor = _training_model(config, corpus)
-    run = _prepare_run(config, accelerator, run_dir, corpus, model, processor, loaders)
+    run = _prepare_run(config, accelerator, folder, corpus, model, processor, loaders)
     _resume_or_start(run, ckpt_dir, resuming)
     for epoch in range(run.state.epochs_done, tc.epochs):
         fit = _fit_epoch(run, epoch)
@@ -332,7 +367,7 @@ def _schedule(config: TrainConfig, accelerator: Accelerator, optimizer, sampler)
     return build_scheduler(optimizer, warmup_steps, total_steps, tc.min_lr_ratio), updates_per_epoch
 
 
-def _prepare_run(config, accelerator, run_dir, corpus, model, processor, loaders) -> RunParts:
+def _prepare_run(config, accelerator, folder, corpus, model, processor, loaders) -> RunParts:
     """Data, optimiser, schedule and evaluator of a run, prepared by accelerate; loaders are added to ``loaders``."""
     tc = config.train
     metas = {s: split_metadata(corpus.splits[s]) for s in ("train", "validation", "test")}
@@ -362,8 +397,8 @@ def _prepare_run(config, accelerator, run_dir, corpus, model, processor, loaders
     evaluator = Evaluator(accelerator, processor, eval_loaders, metas, tc.eval_protocol, corpus.refit)
     ema = WeightEMA(tc.ema_decay) if tc.ema_decay > 0 else None
     return RunParts(
-        config, accelerator, run_dir, corpus, model, processor, optimizer, scheduler, evaluator, train_loader,
-        updates_per_epoch, calibrate, ema=ema,
+        config, accelerator, folder.path, corpus, model, processor, optimizer, scheduler, evaluator, train_loader,
+        updates_per_epoch, calibrate, folder, ema=ema,
     )  # fmt: skip
 
 
@@ -376,6 +411,7 @@ def _resume_or_start(run: RunParts, ckpt_dir: Path, resuming: bool) -> None:
     if resuming:
         accelerator.load_state()  # the latest checkpoints/checkpoint_<n>
         last = _last_checkpoint_index(ckpt_dir)
+        run.folder.record(f"checkpoints/checkpoint_{last}")  # the state this run continues is its own
         # accelerate names the next save checkpoint_<iteration>; it starts at 0 in a new process (HF_NOTES).
         accelerator.project_configuration.iteration = last + 1
         logger.info(
@@ -386,14 +422,18 @@ def _resume_or_start(run: RunParts, ckpt_dir: Path, resuming: bool) -> None:
             "--resume given but %s holds no checkpoint: starting a new run", ckpt_dir, main_process_only=True
         )
     if accelerator.is_main_process:
-        _write_history(run.run_dir, run.state.history)
+        _write_history(run.folder, run.state.history)
     fresh = run.state.baseline is None
     if fresh:
         run.state.baseline = start_model(
             run.config, accelerator, run.model, run.processor, run.evaluator, run.corpus, run.calibrate
         )
     start_file = run.run_dir / "start" / "model.safetensors"
+    if fresh and accelerator.is_main_process:
+        run.folder.prepare("start")
     run.start_weights = keep_start_weights(run.config, accelerator, run.unwrapped, start_file, fresh)
+    if fresh and start_file.is_file():
+        run.folder.record("start")
     logger.info(
         "training %d epochs x %d batches/process (%d processes, P=%d x K=%d, accumulation %d): %d optimiser steps%s",
         tc.epochs,
@@ -516,7 +556,7 @@ def _close_epoch(run: RunParts, epoch: int, fit: dict[str, Any]) -> None:
                 state.best_score, state.best_epoch = float(score), epoch + 1
                 # One folder per best epoch, pruned only after the checkpoint that names it is saved: a run killed
                 # in between resumes with a state whose best epoch still has its weights on disk.
-                accelerator.save_model(run.model, _best_dir(run.run_dir, epoch + 1))
+                _save_best(run, epoch + 1)
     record = {
         "epoch": epoch + 1,
         "step": (epoch + 1) * run.updates_per_epoch,
@@ -543,11 +583,34 @@ def _close_epoch(run: RunParts, epoch: int, fit: dict[str, Any]) -> None:
         " (best)" if improved else "",
         main_process_only=True,
     )
-    accelerator.save_state()
+    _save_checkpoint(run)
     if accelerator.is_main_process:
-        _prune_best(run.run_dir, state.best_epoch)
-        _write_history(run.run_dir, state.history)
-        plot_history(state.history, run.run_dir)
+        _prune_best(run.folder, state.best_epoch)
+        _write_history(run.folder, state.history)
+        for name in ("loss.png", "val_metrics.png"):
+            run.folder.prepare(name)
+        run.folder.record(*plot_history(state.history, run.run_dir), "train.log")
+
+
+def _save_best(run: RunParts, epoch: int) -> None:
+    """The weights of a new best epoch in ``best/epoch_<n>`` (every process takes part in ``save_model``)."""
+    best = _best_dir(run.run_dir, epoch)
+    if run.accelerator.is_main_process:
+        run.folder.prepare(best.relative_to(run.run_dir).as_posix())
+    run.accelerator.save_model(run.model, best)  # written by the main process
+    if run.accelerator.is_main_process:
+        run.folder.record(best)
+
+
+def _save_checkpoint(run: RunParts) -> None:
+    """``accelerator.save_state`` into the next ``checkpoints/checkpoint_<n>``, after pruning the run's oldest."""
+    accelerator = run.accelerator
+    if accelerator.is_main_process:
+        run.folder.prune_checkpoints(run.config.train.save_total_limit)
+    accelerator.save_state()
+    accelerator.wait_for_everyone()  # every process's random states are in the folder before it is listed
+    if accelerator.is_main_process:
+        run.folder.record(f"checkpoints/checkpoint_{accelerator.save_iteration - 1}")
 
 
 def _load_best(run: RunParts) -> None:
@@ -627,10 +690,14 @@ def _export(run: RunParts, results: dict[str, Any], t_start: float) -> None:
     """Main process: the feature extractor, processor, handler and model card; results.json; the Hub push."""
     tc, corpus = run.config.train, run.corpus
     export_dir = run.run_dir / "export"
-    fe = save_export(run.unwrapped, run.processor, export_dir)
+    stage = run.folder.staging()  # the folder is written whole, then put in place of a previous export
+    fe = save_export(run.unwrapped, run.processor, stage)
     results["wall_time_s"] = time.time() - t_start
-    write_model_card(run.config, fe, corpus, results, run.state.history, export_dir)
+    write_model_card(run.config, fe, corpus, results, run.state.history, stage)
+    run.folder.place(stage, "export")
+    run.folder.prepare("results.json")
     (run.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    run.folder.record("results.json")
     log_against_start(results)
     logger.info(
         "test (%s): top-1 %s, top-5 %s, mAP %s; exported to %s",
@@ -648,12 +715,11 @@ def _best_dir(run_dir: Path, epoch: int) -> Path:
     return run_dir / "best" / f"epoch_{epoch}"
 
 
-def _prune_best(run_dir: Path, keep_epoch: int | None) -> None:
-    import shutil
-
-    for d in (run_dir / "best").glob("epoch_*"):
+def _prune_best(folder: RunFolder, keep_epoch: int | None) -> None:
+    """Remove the run's former best epochs (their listed files only)."""
+    for d in (folder.path / "best").glob("epoch_*"):
         if keep_epoch is None or d.name != f"epoch_{keep_epoch}":
-            shutil.rmtree(d, ignore_errors=True)
+            folder.remove(f"best/{d.name}")
 
 
 def _group_lr(optimizer, part: str) -> float | None:
@@ -663,18 +729,24 @@ def _group_lr(optimizer, part: str) -> float | None:
     return None
 
 
-def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+def _write_history(folder: RunFolder, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl from the state's history (so a resumed run holds each epoch exactly once)."""
-    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+    folder.prepare("metrics.jsonl")
+    with open(folder.path / "metrics.jsonl", "w", encoding="utf-8") as fh:
         for rec in history:
             fh.write(json.dumps(rec) + "\n")
+    folder.record("metrics.jsonl")
 
 
 if __name__ == "__main__":
     from animal_reid.fastmalloc import reexec_with_fast_malloc
 
     reexec_with_fast_malloc()  # jemalloc (or glibc huge pages): about 1.9x faster CPU steps, see the module
-    res = main(sys.argv[1:])
+    try:
+        res = main(sys.argv[1:])
+    except OutputError as err:  # the output_dir refused: one line, like other usage errors
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     test_m = res["test"]
     print(
         f"best epoch {res['best_epoch']}; test top-1 {format_metric(test_m['top1'])}, top-5 {format_metric(test_m['top5'])}, "

@@ -5,7 +5,9 @@
 * :class:`PartFileCache`: the design both on-disk caches share (:class:`animal_reid.identify.EmbeddingCache`,
   :class:`animal_reid.rerank.LocalFeatureCache`): one folder per key, rows saved as they are computed to their own
   ``part-*.npz`` and folded into one main file, every file checked when read (:func:`read_npz`) and, when corrupt,
-  reported in one warning, removed and computed again.
+  reported in one warning, removed and computed again. The caches are optional: one that cannot be written (disk
+  full, permission denied, a read-only file system) is reported in one warning naming it and the problem, and the
+  run goes on without saving to it.
 * :data:`SAVE_EVERY`: images computed between two saves of such a cache.
 * :func:`progress_bar` and :class:`cv2_threads`: a progress bar shown only on a terminal, OpenCV's thread pool for
   a block.
@@ -88,7 +90,7 @@ def read_npz(path: Path, names: Iterable[str], described: str) -> dict[str, np.n
             if not set(names) <= files:
                 raise CorruptCacheFile(f"holds arrays {sorted(files)}, not {described}")
             return {k: z[k] for k in names}
-    except (CorruptCacheFile, FileNotFoundError):
+    except (CorruptCacheFile, FileNotFoundError, PermissionError):
         raise
     except Exception as err:  # noqa: BLE001 - BadZipFile, EOFError, ValueError, OSError, MemoryError from a header
         raise CorruptCacheFile(f"{type(err).__name__}: {err}") from err
@@ -102,14 +104,23 @@ class PartFileCache:
     corrupt one is reported in one warning, ``CORRUPT_WARNING`` on the subclass's ``log``, removed and counted in
     ``n_rebuilt``), writes new rows to their own part file (:meth:`_write_part`, which writes ``meta.json`` once
     per cache object) and folds everything into the main file (:meth:`_write_main`). Every file is written
-    atomically.
+    atomically. The cache is optional: the first file that cannot be written or removed (``OSError``: disk full,
+    permission denied, read-only) is reported in one warning (``UNUSABLE_WARNING``) and the object writes nothing
+    more (``writable`` False); rows already computed stay in memory for the run.
     """
 
     MAIN = "main.npz"
     PART_GLOB = "part-*.npz"
     #: logged with the file and the reason when a file fails its checks
     CORRUPT_WARNING = "cache file %s is corrupt (%s): removing it"
+    #: logged once with "<cache folder>: <problem>" when the cache cannot be written (or read)
+    UNUSABLE_WARNING = "cannot %s the cache %s; the run goes on without it"
     log = logger
+
+    @staticmethod
+    def describe_error(err: OSError, path: Path) -> str:
+        """``"<path>: <problem>"`` for an OSError (the caches use :func:`animal_reid.manifest.describe_os_error`)."""
+        return f"{path}: {err.strerror or err}"
 
     def __init__(self, root: str | os.PathLike, key: str, meta: dict | None = None):
         self.dir = Path(root).expanduser() / key
@@ -119,6 +130,20 @@ class PartFileCache:
         self._parts: list[Path] = []  # part files among them
         self.n_rebuilt = 0  # corrupt files dropped on load
         self._meta_written = False
+        self.writable = True  # False once a write failed: the run goes on without saving
+
+    def unusable(self, err: OSError, doing: str = "write") -> None:
+        """Report (once per object) that the cache cannot be written (or read), and stop writing to it."""
+        if self.writable:
+            self.log.warning(self.UNUSABLE_WARNING, doing, self.describe_error(err, self.dir))
+        self.writable = False
+
+    def _remove(self, path: Path) -> None:
+        """Remove one cache file; a failure makes the cache :meth:`unusable`."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            self.unusable(err)
 
     def read_file(self, path: Path) -> Any:
         """The checked contents of one cache file; raises :class:`CorruptCacheFile` (or ``FileNotFoundError``)."""
@@ -137,9 +162,12 @@ class PartFileCache:
                 content = self.read_file(path)
             except FileNotFoundError:  # compacted away by another run meanwhile
                 continue
+            except PermissionError as err:
+                self.unusable(err, "read")
+                continue
             except CorruptCacheFile as err:
                 self.log.warning(self.CORRUPT_WARNING, path, err)
-                path.unlink(missing_ok=True)
+                self._remove(path)
                 self.n_rebuilt += 1
                 continue
             self._remember(content)
@@ -151,12 +179,18 @@ class PartFileCache:
     def n_parts(self) -> int:
         return len(self._parts)
 
-    def _write_part(self, arrays: dict[str, np.ndarray]) -> Path:
+    def _write_part(self, arrays: dict[str, np.ndarray]) -> Path | None:
         """Save new rows at once to their own part file (a run killed later keeps them), then ``meta.json`` if
-        this object has not written it yet; returns the part's path."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        this object has not written it yet; returns the part's path (None when the cache cannot be written)."""
+        if not self.writable:
+            return None
         part = self.dir / f"part-{time.time_ns():020d}-{os.getpid()}.npz"
-        write_atomic(part, lambda f: np.savez(f, **arrays))
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(part, lambda f: np.savez(f, **arrays))
+        except OSError as err:
+            self.unusable(err)
+            return None
         self._files.append(part)
         self._parts.append(part)
         self._write_meta()
@@ -164,17 +198,27 @@ class PartFileCache:
 
     def _write_main(self, arrays: dict[str, np.ndarray]) -> None:
         """Write every row to the main file (atomically) and remove the part files it replaces."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, lambda f: np.savez(f, **arrays))
+        if not self.writable:
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, lambda f: np.savez(f, **arrays))
+        except OSError as err:
+            self.unusable(err)
+            return
         for part in self._parts:
-            part.unlink(missing_ok=True)
+            self._remove(part)
         self._files, self._parts = [self.path], []
 
     def _write_meta(self) -> None:
         """``meta.json`` (what the key stands for), once per cache object."""
-        if self.meta and not self._meta_written:
+        if self.meta and not self._meta_written and self.writable:
             text = json.dumps(self.meta, indent=2, sort_keys=True, default=str).encode()
-            write_atomic(self.dir / "meta.json", lambda f: f.write(text))
+            try:
+                write_atomic(self.dir / "meta.json", lambda f: f.write(text))
+            except OSError as err:
+                self.unusable(err)
+                return
             self._meta_written = True
 
 

@@ -172,24 +172,47 @@ def load_imagenet_backbone(model: nn.Module, name: str | None = None) -> nn.Modu
     return model
 
 
-def load_backbone_file(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a local timm-keyed checkpoint (safetensors, or a .pth/.bin readable with weights_only=True)."""
+def read_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a local weight file (safetensors, or a .pth/.bin readable with ``weights_only=True``).
+
+    Every failure is a one-line ``ValueError`` naming the file and the problem: empty, truncated or not the format
+    its name says ("not a PyTorch checkpoint"), a pickle that would need arbitrary code, permission denied.
+    """
+    from modeling.modeling_animal_reid import (
+        ModelFileError,
+        check_safetensors_file,
+        check_torch_file,
+        torch_load_problem,
+    )
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights {path} not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    safetensors = path.suffix == ".safetensors"
+    try:
+        (check_safetensors_file if safetensors else check_torch_file)(path)
+    except ModelFileError as err:
+        raise ValueError(str(err)) from None
+    try:
+        if safetensors:
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(
-                f"{path}: not loadable with weights_only=True (refusing arbitrary unpickling): {err}"
-            ) from err
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch.load raises KeyError, EOFError, RuntimeError... on bad bytes
+        if safetensors:
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+        raise ValueError(torch_load_problem(err, path)) from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    return state
+
+
+def load_backbone_file(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a local timm-keyed checkpoint (safetensors, or a .pth/.bin readable with weights_only=True)."""
+    state = read_weight_file(path)
     backbone = model.backbone if hasattr(model, "backbone") else model
     load_backbone_state(backbone, state, str(path))
     return model

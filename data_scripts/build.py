@@ -6,8 +6,12 @@ Command line (``python -m data_scripts.build --help``)::
     python -m data_scripts.build --sources real --out corpus/real --split closed     # the six in ../shared/data
     python -m data_scripts.build --sources whaleshark --download --out corpus/ws     # LILA download first
 
-``--out`` must be new or empty; ``--overwrite`` replaces a previous corpus there, only once the new one is
-complete. Errors are one line, ``error: <message>``, with exit status 2 (bad arguments, an output folder it
+``--out`` must be new or empty, or hold a corpus this command built (it carries a manifest of its files);
+``--overwrite`` replaces only the files that manifest lists, once the new corpus is complete: files you put
+beside a corpus are kept, a listed file you edited is kept aside as ``<name>.edited-<time>``, and any other
+folder (a project, a corpus built before manifests existed) is refused. One build writes an output at a time.
+``--coco`` and ``--miewid`` paths, like every path here, are relative to the current folder.
+Errors are one line, ``error: <message>``, with exit status 2 (bad arguments, an output folder it
 must not replace) or 1 (the build failed); ``-v`` adds the traceback. ``--help`` needs only the base install;
 building needs the ``data`` extra (datasets, pyarrow), and without it the command says so in one line.
 """
@@ -15,21 +19,18 @@ building needs the ``data`` extra (datasets, pyarrow), and without it the comman
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
 import sys
 import time
 import traceback
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
 from animal_reid.extras import require_extra
+from animal_reid.manifest import OutputError, OutputFolder, describe_os_error
 
 from .schema import SPECIES, Record
 from .sources import (
@@ -44,11 +45,12 @@ from .sources import (
 )
 from .splits import POLICIES, Item, SplitConfig, apply_cap, assign_splits, check_disjoint
 from .validate import ValidatedRow, ValidationResult, validate
-from .write import DEFAULT_MAX_SHARD_BYTES, OutRow, push_to_hub, write_corpus
+from .write import DEFAULT_MAX_SHARD_BYTES, OutRow, push_to_hub, write_corpus, write_report
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TOOL = "data_scripts.build"
 SOURCE_GROUPS: dict[str, tuple[str, ...]] = {
     "real": LOCAL_SOURCES,
     "lila": ("whaleshark", "gzgc", "leopard", "hyena", "beluga"),
@@ -57,10 +59,6 @@ SOURCE_GROUPS: dict[str, tuple[str, ...]] = {
 
 class UsageError(ValueError):
     """A bad command line (unknown option, source or species, malformed value): exit status 2."""
-
-
-class OutputExistsError(FileExistsError):
-    """The output folder holds something the build must not replace: exit status 2."""
 
 
 class BuildError(RuntimeError):
@@ -105,74 +103,6 @@ def _rel_to(path: Path | None, root: Path) -> str | None:
         return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
     except ValueError:
         return None
-
-
-def _is_corpus(folder: Path) -> bool:
-    return (folder / "build_report.json").is_file() or (folder / "data").is_dir()
-
-
-def check_out(out_dir: Path, overwrite: bool = False, keep: Sequence[Path] = ()) -> None:
-    """Refuse an output folder the build must not replace (:class:`OutputExistsError`).
-
-    Accepted: a missing or empty folder, or, with ``overwrite``, a folder holding a previous corpus
-    (``build_report.json`` or ``data/``). Never a file, a folder holding the current folder or a path in ``keep``
-    (the data root and the sources' folders), nor a non-empty folder that is not a corpus.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output {out} exists and is not a folder")
-    resolved = out.resolve()
-    for what, path in [
-        ("the current folder", Path.cwd()),
-        *(("the data read by the build", p) for p in keep),
-    ]:
-        if Path(path).resolve().is_relative_to(resolved):
-            raise OutputExistsError(f"output folder {out} holds {what} ({path}): refusing to build over it")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(
-                f"output folder {out} exists and is not empty: pass --overwrite to replace the corpus in it"
-            )
-        if not _is_corpus(out):
-            raise OutputExistsError(
-                f"output folder {out} is not empty and holds no corpus (no build_report.json or data/): "
-                "refusing to replace it, even with --overwrite"
-            )
-
-
-def _swap_in(stage: Path, out_dir: Path) -> None:
-    """Put the completed ``stage`` folder at ``out_dir``; a previous corpus there is moved aside, then deleted."""
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
-        try:
-            os.rename(stage, out_dir)
-        except BaseException:
-            os.rename(old, out_dir)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-        if old.exists():
-            logger.warning("could not delete the previous corpus, moved to %s", old)
-        return
-    if out_dir.is_dir():
-        out_dir.rmdir()
-    os.rename(stage, out_dir)
-
-
-@contextmanager
-def staged_out(out_dir: Path, overwrite: bool = False, keep: Sequence[Path] = ()) -> Iterator[Path]:
-    """A new sibling folder of ``out_dir`` to write into, swapped in for ``out_dir`` when the block completes
-    and deleted when it fails: ``out_dir`` is never left half-written and keeps its old corpus until then."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = out_dir.parent / f".{out_dir.name}.building-{uuid.uuid4().hex[:8]}"
-    stage.mkdir()
-    try:
-        yield stage
-        check_out(out_dir, overwrite, keep)  # again: the folder may have changed during the build
-        _swap_in(stage, out_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
 
 
 def _no_rows_message(n_read: int, result, out_dir: Path) -> str:
@@ -346,6 +276,39 @@ def timing_report(marks: dict[str, float], seconds: float, n_read: int, workers:
     }
 
 
+def download_missing(sources: Sequence[Source], data_root: Path, progress: bool) -> None:
+    """Fetch and extract the sources not found under ``data_root``."""
+    for src in sources:
+        if not src.available(data_root):
+            logger.info("downloading %s into %s", src.info.name, data_root)
+            src.download(data_root, progress=progress)
+
+
+def write_staged(out: OutputFolder, rows, sources, report: dict, marks: dict, opts: dict) -> dict:
+    """Write the corpus into a staging folder of ``out`` and put it in place of the previous one; an
+    :class:`OSError` (disk full, permission denied) becomes a :class:`BuildError` naming the file."""
+    try:
+        stage = out.staging()
+        counts = write_corpus(rows, stage, sources, report, opts["max_shard_bytes"], opts["progress"])
+        report["timing"] = timing_report(
+            marks, time.perf_counter() - marks["start"], marks["n"], opts["workers"]
+        )
+        write_report(stage, report)  # again, with the timing (the card carries none: it stays reproducible)
+    except OSError as err:
+        raise BuildError(
+            f"cannot write the corpus: {describe_os_error(err, err.filename or out.path)}; the previous "
+            f"content of {out.path} is left as it was"
+        ) from err
+    try:
+        out.commit(stage)
+    except OSError as err:  # rare: the files are complete, moving them in (or the manifest) failed
+        raise BuildError(
+            f"cannot put the new corpus in place: {describe_os_error(err, err.filename or out.path)}; "
+            f"{out.path} may hold part of it: run the build again with --overwrite"
+        ) from err
+    return counts
+
+
 def build(
     sources: Sequence[Source],
     out_dir: Path,
@@ -358,48 +321,46 @@ def build(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     max_problems_listed: int = 10_000,
     overwrite: bool = False,
+    download: bool = False,
     report_extra: dict | None = None,
 ) -> BuildResult:
     """Build a corpus from ``sources`` into ``out_dir`` and return its counts and report.
 
-    ``out_dir`` must be missing or empty, or hold a previous corpus and ``overwrite`` be true (see
-    :func:`check_out`). The corpus is written into a new sibling folder that replaces ``out_dir`` only once
+    ``out_dir`` is an :class:`~animal_reid.manifest.OutputFolder`: missing or empty, or holding a corpus built
+    here with ``overwrite`` true (:class:`~animal_reid.manifest.OutputError` otherwise, and when it holds the
+    current folder, ``data_root`` or a source). It is locked for the whole build (``download`` included); the
+    corpus is written into a staging folder inside it and replaces the files of the previous manifest only once
     complete: a failed build, or one with no valid rows (:class:`BuildError`), leaves ``out_dir`` as it was.
     ``report_extra`` is added to the build report.
     """
     marks = {"start": time.perf_counter()}
     data_root = Path(data_root) if data_root is not None else default_data_root()
     out_dir = Path(out_dir)
-    if out_dir.is_symlink():  # replace the folder it points at, not the link
+    if out_dir.is_symlink():  # replace the files of the folder it points at, not the link
         out_dir = out_dir.resolve()
     keep = [data_root, *(s.location(data_root) for s in sources)]
-    check_out(out_dir, overwrite, keep)
     split = split or SplitConfig()
     min_per_identity = default_min_per_identity(split, min_per_identity)
-    check_available(sources, data_root)
-    records, read = read_sources(sources, data_root)
-    marks["read"] = time.perf_counter()
-    result = validate(records, min_per_identity=min_per_identity, workers=workers, progress=progress)
-    marks["validated"] = time.perf_counter()
-
-    rows, capped, notes = split_rows(result, split, data_root)
-    if not rows:
-        raise BuildError(_no_rows_message(len(records), result, out_dir))
-    report = {
-        **rows_report(read, data_root, len(records), result, len(capped), len(rows), max_problems_listed),
-        "split": split_report(split, min_per_identity, notes, rows),
-        **(report_extra or {}),
-    }
-    marks["write"] = time.perf_counter()
-    with staged_out(out_dir, overwrite, keep) as stage:
-        counts = write_corpus(rows, stage, [s.info for s in sources], report, max_shard_bytes, progress)
-        seconds = time.perf_counter() - marks["start"]
-        report["timing"] = timing_report(marks, seconds, len(records), workers)
-        # rewrite the report with the timing (the card does not carry timings, so it stays reproducible)
-        (stage / "build_report.json").write_text(
-            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-    return BuildResult(out_dir, counts, report, len(rows), seconds, result.problems)
+    with OutputFolder(out_dir, tool=TOOL, overwrite=overwrite, what="--out", keep=keep) as out:
+        if download:
+            download_missing(sources, data_root, progress)
+        check_available(sources, data_root)
+        records, read = read_sources(sources, data_root)
+        marks["read"] = time.perf_counter()
+        result = validate(records, min_per_identity=min_per_identity, workers=workers, progress=progress)
+        marks["validated"] = time.perf_counter()
+        rows, capped, notes = split_rows(result, split, data_root)
+        if not rows:
+            raise BuildError(_no_rows_message(len(records), result, out_dir))
+        report = {
+            **rows_report(read, data_root, len(records), result, len(capped), len(rows), max_problems_listed),
+            "split": split_report(split, min_per_identity, notes, rows),
+            **(report_extra or {}),
+        }
+        marks["write"], marks["n"] = time.perf_counter(), len(records)
+        opts = {"max_shard_bytes": max_shard_bytes, "progress": progress, "workers": workers}
+        counts = write_staged(out, rows, [s.info for s in sources], report, marks, opts)
+    return BuildResult(out_dir, counts, report, len(rows), report["timing"]["seconds"], result.problems)
 
 
 def _split_description(split: SplitConfig) -> str:
@@ -481,18 +442,8 @@ def _read_config(path: Path) -> dict:
     return values
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the command line; ``--config FILE.yaml`` sets defaults (keys = option names, ``-`` or ``_``).
-
-    Raises :class:`UsageError` for a bad command line or config file."""
-    pre = _Parser(add_help=False)
-    pre.add_argument("--config", type=Path, default=None)
-    known, _ = pre.parse_known_args(argv)
-    p = _Parser(
-        prog="python -m data_scripts.build",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _add_input_output_options(p: argparse.ArgumentParser) -> None:
+    """``--sources``, ``--coco``, ``--miewid``, ``--data-root``, ``--out``, ``--overwrite`` and ``--download``."""
     p.add_argument(
         "--sources",
         nargs="+",
@@ -505,14 +456,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=FOLDER",
-        help="an extra Wildbook/LILA COCO export (folder with annotations/ and images/)",
+        help="an extra Wildbook/LILA COCO export (folder with annotations/ and images/), relative to the "
+        "current folder",
     )
     p.add_argument(
         "--miewid",
         action="append",
         default=[],
         metavar="NAME=CSV",
-        help="an extra MiewID CSV (or folder of CSVs)",
+        help="an extra MiewID CSV (or folder of CSVs), relative to the current folder",
     )
     p.add_argument(
         "--data-root",
@@ -520,15 +472,53 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where sources live (default $REID_DATA_ROOT or ../shared/data)",
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder of the corpus (new or empty)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder of the corpus (new, empty, or holding a corpus built here)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the corpus already in --out (the new one is built aside and swapped in once complete)",
+        help="replace the files of the corpus already in --out, and only those (its manifest lists them; "
+        "files you added are kept), once the new one is complete",
     )
     p.add_argument(
         "--download", action="store_true", help="download (resumably) and extract sources that are missing"
     )
+
+
+def _apply_config(p: argparse.ArgumentParser, config: Path) -> None:
+    """Make the values of the ``--config`` YAML file the parser's defaults (:class:`UsageError` for a key that
+    is no option)."""
+    values = _read_config(config)
+    dests = {a.dest for a in p._actions}
+    defaults = {}
+    for key, value in values.items():
+        dest = str(key).replace("-", "_")
+        if dest not in dests:
+            raise UsageError(f"{config}: unknown option {key!r}; expected one of {sorted(dests - {'help'})}")
+        defaults[dest] = Path(value) if dest in ("out", "data_root") and value is not None else value
+    p.set_defaults(**defaults)
+    for action in p._actions:  # a required option given in the file is no longer required
+        if action.dest in defaults:
+            action.required = False
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``--config FILE.yaml`` sets defaults (keys = option names, ``-`` or ``_``).
+
+    Raises :class:`UsageError` for a bad command line or config file."""
+    pre = _Parser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    known, _ = pre.parse_known_args(argv)
+    p = _Parser(
+        prog="python -m data_scripts.build",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_input_output_options(p)
     p.add_argument(
         "--split",
         choices=POLICIES,
@@ -572,20 +562,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--config", type=Path, default=None, help="YAML file of option defaults (the command line wins)"
     )
     if known.config is not None:
-        values = _read_config(known.config)
-        dests = {a.dest for a in p._actions}
-        defaults = {}
-        for key, value in values.items():
-            dest = str(key).replace("-", "_")
-            if dest not in dests:
-                raise UsageError(
-                    f"{known.config}: unknown option {key!r}; expected one of {sorted(dests - {'help'})}"
-                )
-            defaults[dest] = Path(value) if dest in ("out", "data_root") and value is not None else value
-        p.set_defaults(**defaults)
-        for action in p._actions:  # a required option given in the file is no longer required
-            if action.dest in defaults:
-                action.required = False
+        _apply_config(p, known.config)
     return p.parse_args(argv)
 
 
@@ -594,6 +571,22 @@ def _named(spec: str, flag: str) -> tuple[str, str]:
     if not (sep and name and path):
         raise UsageError(f"{flag} expects NAME=PATH, got {spec!r}")
     return name, path
+
+
+def _input(spec: str, flag: str, data_root: Path) -> tuple[str, Path]:
+    """``NAME=PATH`` of ``--coco`` / ``--miewid`` as the name and the absolute path: a relative path is read from
+    the current folder, like every path of the command line; a missing one is a :class:`UsageError` naming
+    what was typed and where it was looked for (and the data root's copy, where the path was once read)."""
+    name, typed = _named(spec, flag)
+    path = Path(typed).expanduser()
+    full = path if path.is_absolute() else Path.cwd() / path
+    if full.exists():
+        return name, full
+    text = f"{flag} {spec}: {typed} not found (looked for {full}"
+    text += ")" if path.is_absolute() else ", relative to the current folder)"
+    if not path.is_absolute() and (data_root / path).exists():
+        text += f"; {data_root / path} exists: pass {flag} {name}={data_root / path} to read it"
+    raise UsageError(text)
 
 
 def _configs(args: argparse.Namespace) -> tuple[SyntheticConfig, SplitConfig]:
@@ -631,7 +624,7 @@ def _one_line(err: BaseException) -> str:
     """The message of ``err`` on one line; an unexpected kind of error is named and points at ``-v``."""
     text = err.args[0] if isinstance(err, KeyError) and err.args else err
     text = "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or type(err).__name__
-    if not isinstance(err, OSError | ValueError | LookupError | RuntimeError):
+    if not isinstance(err, OSError | ValueError | LookupError | RuntimeError | OutputError):
         text = f"{type(err).__name__}: {text} (run with -v for the traceback)"
     return text
 
@@ -657,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> BuildResult | None:
         args = parse_args(raw)
         verbose = verbose or bool(args.verbose)
         result = run(args)
-    except (UsageError, OutputExistsError) as err:
+    except (UsageError, OutputError) as err:
         _fail(err, 2, verbose)
     except Exception as err:  # every failure reaches the user as one line; -v shows where it came from
         _fail(err, 1, verbose)
@@ -681,14 +674,8 @@ def run(args: argparse.Namespace) -> BuildResult:
         else s
         for s in sources
     ]
-    sources += [coco_source(*_named(s, "--coco")) for s in args.coco]
-    sources += [miewid_source(*_named(s, "--miewid")) for s in args.miewid]
-    check_out(args.out, args.overwrite)  # before any download or decoding: fail in a second, not an hour
-    if args.download:
-        for src in sources:
-            if not src.available(data_root):
-                logger.info("downloading %s into %s", src.info.name, data_root)
-                src.download(data_root, progress=not args.no_progress)
+    sources += [coco_source(*_input(s, "--coco", data_root)) for s in args.coco]
+    sources += [miewid_source(*_input(s, "--miewid", data_root)) for s in args.miewid]
     cli = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     result = build(
         sources,
@@ -700,6 +687,7 @@ def run(args: argparse.Namespace) -> BuildResult:
         progress=not args.no_progress,
         max_shard_bytes=args.max_shard_mb * 1024 * 1024,
         overwrite=args.overwrite,
+        download=args.download,
         report_extra={"cli": cli},
     )
     print(summary_table(result))

@@ -195,7 +195,7 @@ def closed_set(items: Sequence[Item], fractions: Sequence[float], seed: int) -> 
 
 def read_benchmark(path: Path) -> dict[str, str]:
     """``{path relative to the data root: "train"|"test"}`` from a MegaDescriptor split file."""
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a file saved by Excel starts with a BOM
         rows = list(csv.DictReader(fh))
     for col in ("path", "split"):
         if rows and col not in rows[0]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,7 +98,8 @@ def write_shards(
     written: dict[str, dict[str, list[str]]] = {}
     for species in tqdm(sorted(grouped), desc="write parquet", unit="species", disable=not progress):
         folder = Path(out_dir) / "data" / species
-        folder.mkdir(parents=True, exist_ok=True)
+        with naming(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         written[species] = {}
         for split in SPLITS:
             part = sorted(grouped[species][split], key=lambda r: r.image_id)
@@ -115,7 +117,8 @@ def write_shards(
             names = []
             for i, shard in enumerate(shards):
                 name = f"{split}-{i:05d}-of-{len(shards):05d}.parquet"
-                pq.write_table(to_table(shard, schema), folder / name, row_group_size=500)
+                with naming(folder / name):
+                    pq.write_table(to_table(shard, schema), folder / name, row_group_size=500)
                 names.append(f"data/{species}/{name}")
             written[species][split] = names
     return written
@@ -266,6 +269,25 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An :class:`OSError` raised while writing ``path`` carries it as ``filename`` (pyarrow's do not), so the
+    message can name the file (:func:`animal_reid.manifest.describe_os_error`)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(path)
+        raise
+
+
+def write_report(out_dir: Path, report: dict) -> None:
+    """``build_report.json``."""
+    path = Path(out_dir) / "build_report.json"
+    with naming(path):
+        path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def write_corpus(
     rows: Sequence[OutRow],
     out_dir: Path,
@@ -274,28 +296,47 @@ def write_corpus(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     progress: bool = False,
 ) -> dict:
-    """Write shards, card and report into ``out_dir`` (its ``data/`` is replaced); return the counts."""
+    """Write shards, card and report into ``out_dir``, a new or empty folder (the builder passes the staging
+    folder of its output, see :class:`animal_reid.manifest.OutputFolder`); return the counts. A folder that
+    already holds shards is refused: nothing is deleted here. An :class:`OSError` names the file it was writing."""
     out_dir = Path(out_dir)
-    data = out_dir / "data"
-    if data.exists():
-        for old in data.glob("*/*.parquet"):
-            old.unlink()
+    old = sorted((out_dir / "data").glob("*/*.parquet"))
+    if old:
+        raise FileExistsError(f"{out_dir} already holds shards ({old[0]}): write a corpus into a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     report["files"] = write_shards(rows, out_dir, max_shard_bytes, progress)
     counts = _counts(rows)
     report["counts"] = counts
-    (out_dir / "README.md").write_text(render_card(counts, sources, report), encoding="utf-8")
-    (out_dir / "build_report.json").write_text(
-        json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    card = out_dir / "README.md"
+    with naming(card):
+        card.write_text(render_card(counts, sources, report), encoding="utf-8")
+    write_report(out_dir, report)
     return counts
+
+
+def corpus_files(out_dir: Path) -> list[str]:
+    """The files of a built corpus, relative to its folder: those its manifest lists (files a user put beside
+    the corpus, the manifest, lock and staging folders are not the corpus); without a manifest (a corpus built
+    before manifests existed) the card, the report and the shards."""
+    from animal_reid.manifest import Manifest
+
+    out_dir = Path(out_dir)
+    manifest = Manifest.read(out_dir)
+    if manifest is not None:
+        return sorted(manifest.files)
+    names = ["README.md", "build_report.json"]
+    names += [p.relative_to(out_dir).as_posix() for p in sorted((out_dir / "data").glob("*/*.parquet"))]
+    return [n for n in names if (out_dir / n).is_file()]
 
 
 def push_to_hub(
     out_dir: Path, repo_id: str, *, private: bool = False, token: str | None = None, create_pr: bool = False
 ):
-    """Upload a built corpus folder as a Hub dataset repository (card, report and shards)."""
+    """Upload a built corpus as a Hub dataset repository: the files of :func:`corpus_files` only (card, report
+    and shards), never the lock, the staging folders, the manifest or files a user put beside the corpus."""
     from huggingface_hub import HfApi
+
+    from animal_reid.manifest import LOCK_NAME, MANIFEST_NAME, STAGING_PREFIX
 
     out_dir = Path(out_dir)
     for required in ("README.md", "data"):
@@ -309,4 +350,6 @@ def push_to_hub(
         repo_type="dataset",
         commit_message="Upload multispecies re-ID corpus",
         create_pr=create_pr,
+        allow_patterns=corpus_files(out_dir),
+        ignore_patterns=[LOCK_NAME, MANIFEST_NAME, f"{STAGING_PREFIX}*", f"{STAGING_PREFIX}*/**"],
     )

@@ -3,8 +3,9 @@
 They import each other relatively and nothing else of this repository.
 """
 
+from .boxes_animal_reid import InvalidBoxError, InvalidImageError, displayed_size
 from .configuration_animal_reid import HEAD_DEFAULTS, AnimalReIDConfig
-from .image_processing_animal_reid import AnimalReIDImageProcessor, InvalidImageError
+from .image_processing_animal_reid import AnimalReIDImageProcessor
 from .modeling_animal_reid import (
     AnimalReIDForMetricLearning,
     AnimalReIDModel,
@@ -27,8 +28,10 @@ __all__ = [
     "AnimalReIDModel",
     "AnimalReIDOutput",
     "GeM",
+    "InvalidBoxError",
     "InvalidImageError",
     "MetricLearningOutput",
     "SubCenterArcFaceHead",
+    "displayed_size",
     "dynamic_margins",
 ]

@@ -239,32 +239,36 @@ def test_megadescriptor_file_given_to_miewid_converter(tmp_path):
         depths=[1, 1, 1, 1],
         num_heads=[1, 1, 1, 1],
     )
-    torch.save(swin.state_dict(), tmp_path / "pytorch_model.bin")
+    src = tmp_path / "src"  # the output may not lie inside the source folder
+    src.mkdir()
+    torch.save(swin.state_dict(), src / "pytorch_model.bin")
     with pytest.raises(
         CheckpointError, match=r"1208 expected\): 1208 missing.*timm Swin checkpoint \(MegaDescriptor\)"
     ):
-        convert_miewid(tmp_path, tmp_path / "out", verify=False)
-    (tmp_path / "config.json").write_text(
+        convert_miewid(src, tmp_path / "out", verify=False)
+    (src / "config.json").write_text(
         json.dumps(
             {"architecture": "swin_tiny_patch4_window7_224", "pretrained_cfg": {"input_size": [3, 224, 224]}}
         )
     )
     with pytest.raises(CheckpointError, match="is a timm model config"):
-        convert_miewid(tmp_path, tmp_path / "out", verify=False)
+        convert_miewid(src, tmp_path / "out", verify=False)
+    assert not (tmp_path / "out").exists()  # a refused conversion leaves no output folder
 
 
 def test_truncated_safetensors_is_refused(tmp_path):
     save_file({"pooling.p": torch.tensor([3.0]), "bn.weight": torch.ones(DIM)}, tmp_path / "full.safetensors")
     data = (tmp_path / "full.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="not a readable safetensors file .*truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors: truncated or corrupt safetensors file \("):
         convert_miewid(tmp_path / "model.safetensors", tmp_path / "out", verify=False)
 
 
 def test_cli_exit_code_and_message(tmp_path, capsys):
-    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "model.safetensors").write_bytes(b"")
     with pytest.raises(SystemExit) as info:
-        main([str(tmp_path), str(tmp_path / "out")])
+        main([str(tmp_path / "src"), str(tmp_path / "out")])
     assert info.value.code == 2 and "file is empty" in capsys.readouterr().err
 
 

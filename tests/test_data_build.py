@@ -15,7 +15,7 @@ from data_scripts.build import build, main  # noqa: E402
 from data_scripts.sources import coco_source, miewid_source  # noqa: E402
 from data_scripts.splits import SplitConfig  # noqa: E402
 from data_scripts.validate import (  # noqa: E402
-    BOX_OUTSIDE,
+    BOX_PAST_BORDER,
     BOX_ZERO_AREA,
     CORRUPT_IMAGE,
     EXCLUDED,
@@ -95,7 +95,7 @@ def test_bad_rows_are_reported_and_skipped_rest_is_built(miewid_folder, tmp_path
     assert report["skipped_by_reason"] == {
         CORRUPT_IMAGE: 1,
         MISSING_FILE: 1,
-        BOX_OUTSIDE: 1,
+        BOX_PAST_BORDER: 1,
         BOX_ZERO_AREA: 1,
         UNKNOWN_SPECIES: 1,
         MISSING_FIELD: 1,
@@ -103,7 +103,7 @@ def test_bad_rows_are_reported_and_skipped_rest_is_built(miewid_folder, tmp_path
     }
     skipped = {p["image_id"].rsplit("/", 1)[-1]: p["reason"] for p in report["skipped"]}
     assert skipped["corrupt"] == CORRUPT_IMAGE and skipped["missing"] == MISSING_FILE
-    assert skipped["outside"] == BOX_OUTSIDE and skipped["unknown"] == UNKNOWN_SPECIES
+    assert skipped["outside"] == BOX_PAST_BORDER and skipped["unknown"] == UNKNOWN_SPECIES
     assert report["rows_read"] == 31 and report["rows_written"] == 24 == result.rows_written
     assert result.counts["plains_zebra"]["identities"] == 8
 
@@ -126,7 +126,9 @@ def test_load_dataset_round_trip_matches_card(miewid_folder, tmp_path):
         ids = set().union(*(ds[s]["identity"] for s in ds))
         assert (n, len(ids)) == table[config] == (24, 8)
     train = ds["train"]
-    assert train.features["bbox"] == datasets.Sequence(datasets.Value("float32"))  # variable length: pyarrow<26
+    assert train.features["bbox"] == datasets.Sequence(
+        datasets.Value("float32")
+    )  # variable length: pyarrow<26
     assert isinstance(train.features["image"], datasets.Image)
     row = train[0]
     assert row["image"].size == (64, 48)

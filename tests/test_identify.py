@@ -244,14 +244,17 @@ def test_cli_with_tiny_model_writes_outputs_and_reuses_cache(
     assert all(r.new_individual is not None for r in results)
     assert (tmp_path / "out" / "results.csv").is_file() and (tmp_path / "out" / "results.json").is_file()
     assert len(list((tmp_path / "out" / "match_sheets").glob("*.png"))) == 3
-    # the same --out again needs --overwrite (a non-empty output folder is refused before any work)
+    # the same --out again needs --overwrite (a previous output of ours is refused before any work)
     assert identify.main(argv + ["--quiet"]) == 2
-    assert "is not empty" in capsys.readouterr().err
+    assert (
+        f"error: --out {tmp_path / 'out'} holds the output of a previous animal-reid identify run: pass "
+        "--overwrite to replace those files (files you added there are kept)" in capsys.readouterr().err
+    )
     assert identify.main(argv + ["--quiet", "--overwrite"]) == 0
     assert "embedded 0 images" in capsys.readouterr().out
     # the cache key follows the weights: another model directory gets its own entry
     key1, meta = identify.model_cache_key(tiny_model_dir, None)
-    assert meta["weights"].startswith("sha256:") and len(key1) == 20
+    assert meta["weights"].startswith("sha256:") and meta["code"].startswith("sha256:") and len(key1) == 20
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -113,8 +113,8 @@ def test_zero_byte_and_truncated_files(tmp_path):
 @pytest.mark.parametrize(
     "box, message",
     [
-        ([10, 10, 0, 5], "zero or negative area"),
-        ([10, 10, 5, -5], "zero or negative area"),
+        ([10, 10, 0, 5], "zero or negative size"),
+        ([10, 10, 5, -5], "zero or negative size"),
         ([500, 500, 20, 20], "outside"),
         ([-50, -50, 20, 20], "outside"),
         ([0, 0, float("nan"), 3], "non-finite"),

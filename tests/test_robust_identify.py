@@ -25,6 +25,7 @@ from animal_reid.identify import (
     read_gallery,
     read_queries,
 )
+from animal_reid.manifest import LOCK_NAME
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -381,7 +382,8 @@ def _argv(base: dict, **changes) -> list[str]:
         ({"--out": "AFILE"}, "exists and is not a folder"),
         (
             {"--out": "FULL"},
-            "is not empty (1 entry: keep.txt); choose a new or empty folder, or pass --overwrite",
+            "keep.txt) and was not written by animal-reid (no .animal-reid-manifest.json; an output written "
+            "before manifests existed has none either): choose a new or empty folder, or move it aside first",
         ),
         ({"--out": "INSIDE"}, "lies inside --gallery"),
         ({"--cache-dir": "AFILE"}, "--cache-dir"),
@@ -409,9 +411,9 @@ def test_bad_arguments_exit_2_with_one_line_before_any_work(cli, capsys, changes
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert "Traceback" not in err
-    assert (tmp / "full" / "keep.txt").read_text() == "mine" and sorted((tmp / "full").iterdir()) == [
-        tmp / "full" / "keep.txt"
-    ]
+    # the user's folder is untouched (the empty lock file OutputFolder took to look at it is ours)
+    left = sorted(p.name for p in (tmp / "full").iterdir() if p.name != LOCK_NAME)
+    assert (tmp / "full" / "keep.txt").read_text() == "mine" and left == ["keep.txt"]
 
 
 def test_cuda_device_without_cuda_is_a_usage_error(cli, capsys):
@@ -443,13 +445,17 @@ def test_failures_exit_1_with_one_line_and_verbose_shows_the_traceback(cli, caps
 
 
 def test_overwrite_replaces_only_our_outputs(tmp_path, folder_out_run):
+    """--overwrite removes the previous run's files the manifest lists (a sheet this run does not draw again),
+    never a file of the user's, even one named like a sheet (the old rule removed NNNN_*.png by name)."""
     out, run_cli = folder_out_run
+    ours = sorted(p.name for p in (out / "match_sheets").iterdir())
+    assert ours == ["0000_q.png", "0001_q2.png"]
     (out / "notes.txt").write_text("keep me")
-    stale = out / "match_sheets" / "0007_old_query.png"
-    stale.write_bytes(b"old")
-    run_cli(["--overwrite"])
-    assert (out / "notes.txt").read_text() == "keep me" and not stale.exists()
-    assert len(list((out / "match_sheets").glob("*.png"))) == 1
+    yours = out / "match_sheets" / "0007_old_query.png"
+    yours.write_bytes(b"mine")
+    run_cli(["--overwrite"], queries=1)
+    assert (out / "notes.txt").read_text() == "keep me" and yours.read_bytes() == b"mine"
+    assert sorted(p.name for p in (out / "match_sheets").iterdir()) == ["0000_q.png", "0007_old_query.png"]
 
 
 @pytest.fixture
@@ -457,9 +463,12 @@ def folder_out_run(tmp_path, tiny_model_dir):
     root = tmp_path / "g"
     for name in ("red", "blue"):
         _photo(root / name / "0.png", COLOURS[name], 0)
-    q = _photo(tmp_path / "q.png", COLOURS["red"], 1)
+    q = [_photo(tmp_path / "q.png", COLOURS["red"], 1), _photo(tmp_path / "q2.png", COLOURS["blue"], 2)]
     out = tmp_path / "out"
-    argv = ["--model", str(tiny_model_dir), "--gallery", str(root), "--queries", str(q), "--out", str(out)]
-    argv += ["--no-cache", "-q"]
-    assert identify.main(argv) == 0
-    return out, lambda extra: identify.main(argv + extra)
+
+    def run(extra, queries=2):
+        argv = ["--model", str(tiny_model_dir), "--gallery", str(root), "--queries", *map(str, q[:queries])]
+        return identify.main(argv + ["--out", str(out), "--no-cache", "-q", *extra])
+
+    assert run([]) == 0
+    return out, run

@@ -135,8 +135,21 @@ def test_model_card_carries_the_run(base_run):
 
 
 def test_existing_run_dir_needs_resume(base_run, corpus):
-    with pytest.raises(FileExistsError, match="--resume"):
-        train_accelerate.main(tiny_args(corpus, base_run[0]))
+    """A previous run is continued only with --resume, replaced only with --overwrite (issue 31's policy; was a
+    FileExistsError on checkpoints alone). The refusal changes nothing in the folder."""
+    from animal_reid.manifest import OutputError
+
+    run_dir = base_run[0]
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(OutputError) as info:
+        train_accelerate.main(tiny_args(corpus, run_dir))
+    assert str(info.value) == (
+        f"output_dir {run_dir} holds a previous training run: pass --resume to continue it, --overwrite to replace "
+        "its files (files you added there are kept), or choose another output_dir"
+    )
+    assert {
+        p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != ".animal-reid.lock"
+    } == {p: t for p, t in before.items() if p.name != ".animal-reid.lock"}
 
 
 class _Killed(Exception):
@@ -338,6 +351,11 @@ def test_two_process_cpu_run_trains_and_exports(corpus, tmp_path):
     assert "4 batches/process (2 processes, P=4 x K=2, accumulation 2): 4 optimiser steps" in log
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [2, 4]
+    # the main process listed every file of the run, the other process's random states included
+    listed = set(json.loads((out / ".animal-reid-manifest.json").read_text())["files"])
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert listed == written - {".animal-reid-manifest.json", ".animal-reid.lock"}
+    assert any(k.endswith("random_states_1.pkl") for k in listed)
 
 
 @pytest.mark.slow
@@ -426,7 +444,9 @@ def test_refit_trains_on_validation_scores_none_and_exports_the_last_epoch(tmp_p
 
     run_dir = tmp_path / "run"
     results = train_accelerate.main(
-        tiny_args(closed, run_dir, "--epochs", "2", "--eval_protocol", "auto", "--train_on_validation", "true")
+        tiny_args(
+            closed, run_dir, "--epochs", "2", "--eval_protocol", "auto", "--train_on_validation", "true"
+        )
     )
     assert results["best_epoch"] is None and results["val_best"] is None
     assert results["baseline"]["val"]["top1"] is None and results["beats_baseline"] is None
@@ -445,7 +465,9 @@ def test_refit_trains_on_validation_scores_none_and_exports_the_last_epoch(tmp_p
 
 def test_refit_cannot_choose_an_interpolation_on_validation(corpus, tmp_path):
     with pytest.raises(ValueError, match="train_on_validation"):
-        parse_config(tiny_args(corpus, tmp_path / "r", "--train_on_validation", "true", "--interpolate_alphas", "0.5"))
+        parse_config(
+            tiny_args(corpus, tmp_path / "r", "--train_on_validation", "true", "--interpolate_alphas", "0.5")
+        )
 
 
 def _expected_export(run_dir, results):

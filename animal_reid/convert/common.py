@@ -3,23 +3,35 @@ of their command lines.
 
 Pickled checkpoints (``.bin``, ``.pth``, ``.pt``) are read with ``torch.load(..., weights_only=True)`` only:
 a file that needs arbitrary unpickling (a pickled model object, a custom class) is refused, never executed.
+
+The output folder follows the overwrite policy of :mod:`animal_reid.manifest`: a non-empty folder we did not write
+is refused, a previous conversion is replaced only with ``--overwrite`` (files added there are kept), and the
+output may not be, hold or lie inside the source.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import pickle
 import re
-import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from animal_reid.manifest import OutputError, OutputFolder, describe_os_error
+from modeling.modeling_animal_reid import (
+    ModelFileError,
+    check_safetensors_file,
+    check_torch_file,
+    torch_load_problem,
+)
 
 from .model_card import render_card
 
@@ -74,7 +86,9 @@ def find_weights_file(src: Path, candidates: Iterable[str]) -> Path:
 def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except OSError as err:
+        raise CheckpointError(describe_os_error(err, path)) from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: cannot read it as JSON ({err})") from err
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
@@ -94,15 +108,16 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if size == 0:
         raise CheckpointError(f"{path}: file is empty (0 bytes)")
     suffix = path.suffix.lower()
-    if suffix in SAFETENSORS_SUFFIXES:
-        state = _load_safetensors(path, size)
-    elif suffix in PICKLE_SUFFIXES:
-        state = _load_pickle(path)
-    else:
+    if suffix not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{path}: unknown checkpoint type {suffix!r}; expected one of "
             f"{SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES}"
         )
+    try:  # the file's head first: a one-line refusal before a library's paragraph
+        (check_safetensors_file if suffix in SAFETENSORS_SUFFIXES else check_torch_file)(path)
+    except ModelFileError as err:
+        raise CheckpointError(str(err)) from None
+    state = _load_safetensors(path, size) if suffix in SAFETENSORS_SUFFIXES else _load_pickle(path)
     if not state:
         raise CheckpointError(f"{path}: the checkpoint holds no tensors")
     if all(k.startswith("module.") for k in state):
@@ -128,17 +143,17 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        detail = f"it pickles the object {found.group(1)}" if found else str(err).strip().splitlines()[0]
+        if not found:  # bytes that only look like a pickle
+            raise CheckpointError(torch_load_problem(err, path)) from err
+        detail = f"it pickles the object {found.group(1)}"
         raise CheckpointError(
             f"{path}: refused: loading it needs arbitrary unpickling, which can run code from the file "
             f"(torch.load(weights_only=True): {detail}). Only plain state dicts of tensors are "
             "converted; in an environment you trust, re-save it as `torch.save(model.state_dict(), ...)` or "
             "as safetensors first."
         ) from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(
-            f"{path}: cannot read the torch checkpoint (truncated or corrupt?): {err}"
-        ) from err
+    except Exception as err:  # noqa: BLE001 - torch.load raises KeyError, EOFError, RuntimeError... on bad bytes
+        raise CheckpointError(torch_load_problem(err, path)) from err
     return _unwrap(obj, path)
 
 
@@ -201,6 +216,30 @@ def check_floats(state: Mapping[str, torch.Tensor], source: str | Path) -> None:
         raise CheckpointError(f"{source}: {len(bad)} tensor(s) hold NaN or infinity, e.g. {_few(bad)}")
 
 
+@contextlib.contextmanager
+def output_folder(
+    src: str | Path, out_dir: str | Path, *, kind: str, overwrite: bool
+) -> Iterator[OutputFolder]:
+    """The converter's output folder, locked and checked (:class:`OutputFolder`) before anything is read or written.
+
+    Refused (:class:`~animal_reid.manifest.OutputError`): ``out_dir`` equal to ``src``, inside it or holding it
+    (the source's own ``config.json`` would be replaced), a non-empty folder we did not write, and a previous
+    conversion without ``overwrite``.
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    source_dir = (src if src.is_dir() else src.parent).resolve()
+    if src.is_dir() and out_dir.resolve().is_relative_to(source_dir):
+        where = "is the source folder" if out_dir.resolve() == source_dir else "lies inside the source folder"
+        raise OutputError(
+            f"output folder {out_dir} {where} {src}: refusing to write beside the source's files; choose a folder "
+            "outside it"
+        )
+    with OutputFolder(
+        out_dir, tool=f"animal_reid.convert.{kind}", overwrite=overwrite, what="output folder", keep=[src]
+    ) as out:
+        yield out
+
+
 def save_hub_folder(model, processor, out_dir: Path, card: str, extra_files: Mapping[str, str] | None = None):
     """Write config + ``model.safetensors`` + modeling code, ``preprocessor_config.json`` and ``README.md``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -257,14 +296,22 @@ def write_converted(
     source_repo: str | None,
     verify: bool,
     extra: dict[str, Any] | None = None,
+    out: OutputFolder | None = None,
 ) -> ConversionResult:
     """Write a converted model (its ``config``, weights, ``processor`` and model card) into ``out_dir``.
 
     ``weights`` is the source file (named and hashed in the card), ``state`` its converted tensors, ``kind`` the
     converter (``miewid`` or ``megadescriptor``, see :data:`~animal_reid.convert.model_card.SOURCES`) and
-    ``extra`` more provenance lines for the card. With ``verify`` the written folder is reloaded and checked
-    (:func:`verify_reload`).
+    ``extra`` more provenance lines for the card. The files are written into a staging folder of ``out`` (the
+    :func:`output_folder` of ``out_dir``, opened here when not given), reloaded and checked there with ``verify``
+    (:func:`verify_reload`), and only then put in place.
     """
+    if out is None:
+        with output_folder(weights, out_dir, kind=kind, overwrite=False) as opened:
+            return write_converted(
+                model, processor, config, out_dir, weights, state, dropped, kind=kind,
+                source_repo=source_repo, verify=verify, extra=extra, out=opened,
+            )  # fmt: skip
     digest = sha256_of(weights)
     card = render_card(
         kind=kind,
@@ -278,10 +325,12 @@ def write_converted(
         embedding_dim=model.embedding_dim,
         extra=extra,
     )
-    save_hub_folder(model, processor, out_dir, card)
+    stage = out.staging()
+    save_hub_folder(model, processor, stage, card)
     result = ConversionResult(out_dir, weights, digest, len(state), dropped)
     if verify:
-        result.reload_max_abs_diff = verify_reload(out_dir, model)
+        result.reload_max_abs_diff = verify_reload(stage, model)
+    out.commit(stage)
     return result
 
 
@@ -289,21 +338,29 @@ def run_converter_cli(
     parser: argparse.ArgumentParser,
     argv: list[str] | None,
     convert: Callable[[argparse.Namespace], ConversionResult],
-) -> ConversionResult:
-    """The end of a converter's command line: add ``--source-repo`` and ``--no-verify`` to ``parser``, parse
-    ``argv``, run ``convert(args)`` and print :func:`conversion_summary`; a :class:`CheckpointError` exits with
-    status 2 and one ``error:`` line."""
+) -> ConversionResult | None:
+    """The end of a converter's command line: add ``--source-repo``, ``--no-verify`` and ``--overwrite`` to
+    ``parser``, parse ``argv``, run ``convert(args)`` and print :func:`conversion_summary`; a
+    :class:`CheckpointError` or :class:`~animal_reid.manifest.OutputError` exits with status 2 and one ``error:``
+    line. Returns the result when ``argv`` is given (from Python); None from the command line, where the console
+    script exits with the return value."""
     parser.add_argument(
         "--source-repo", default=None, help="Hub id of the source, recorded in the card (base_model)"
     )
     parser.add_argument(
         "--no-verify", action="store_true", help="skip reloading the written folder to check it"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a previous conversion in out_dir (only the files it wrote; files you added are kept). "
+        "A non-empty folder not written by a converter is always refused.",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = convert(args)
-    except CheckpointError as err:
+    except (CheckpointError, OutputError) as err:
         parser.exit(2, f"error: {err}\n")
     print(conversion_summary(result))
-    return result
+    return result if argv is not None else None

@@ -41,6 +41,7 @@ from .common import (
     check_layout,
     find_weights_file,
     load_state_dict,
+    output_folder,
     read_json,
     run_converter_cli,
     write_converted,
@@ -194,57 +195,50 @@ def convert_megadescriptor(
     resample: str | None = None,
     source_repo: str | None = None,
     verify: bool = True,
+    overwrite: bool = False,
 ) -> ConversionResult:
     """Convert a MegaDescriptor directory (``pytorch_model.bin`` + timm ``config.json``) or file into ``out_dir``.
 
     ``architecture`` is required when ``src`` is a bare file; it overrides ``config.json`` otherwise.
     ``backbone_kwargs`` are passed to ``timm.create_model`` (``config.json``'s ``model_args`` by default).
+    ``out_dir`` follows the overwrite policy (:func:`~animal_reid.convert.common.output_folder`): checked before
+    the source is read.
     """
     src, out_dir = Path(src), Path(out_dir)
-    weights = find_weights_file(src, WEIGHT_FILES)
-    cfg_json, architecture = read_timm_config(src, architecture)
-    kwargs, size, mean, std, resample = swin_settings(
-        architecture, cfg_json, backbone_kwargs, image_size, resample
-    )
-
-    state, dropped, n_buffers = read_megadescriptor_state(weights, architecture, kwargs)
-    config = AnimalReIDConfig(
-        backbone=architecture,
-        backbone_kwargs=kwargs,
-        pooling="backbone",
-        embedding_dim=0,
-        neck_bn=False,
-        image_size=size,
-        image_mean=mean,
-        image_std=std,
-    )
-    model = load_swin_model(config, state, n_buffers, weights)
-    processor = AnimalReIDImageProcessor(
-        size={"height": size[0], "width": size[1]}, resample=resample, image_mean=mean, image_std=std
-    )
-    return write_converted(
-        model,
-        processor,
-        config,
-        out_dir,
-        weights,
-        state,
-        dropped,
-        kind="megadescriptor",
-        source_repo=source_repo,
-        verify=verify,
-    )
+    with output_folder(src, out_dir, kind="megadescriptor", overwrite=overwrite) as out:
+        weights = find_weights_file(src, WEIGHT_FILES)
+        cfg_json, architecture = read_timm_config(src, architecture)
+        kwargs, size, mean, std, resample = swin_settings(
+            architecture, cfg_json, backbone_kwargs, image_size, resample
+        )
+        state, dropped, n_buffers = read_megadescriptor_state(weights, architecture, kwargs)
+        config = AnimalReIDConfig(
+            backbone=architecture, backbone_kwargs=kwargs, pooling="backbone", embedding_dim=0, neck_bn=False,
+            image_size=size, image_mean=mean, image_std=std,
+        )  # fmt: skip
+        model = load_swin_model(config, state, n_buffers, weights)
+        processor = AnimalReIDImageProcessor(
+            size={"height": size[0], "width": size[1]}, resample=resample, image_mean=mean, image_std=std
+        )
+        return write_converted(
+            model, processor, config, out_dir, weights, state, dropped, kind="megadescriptor",
+            source_repo=source_repo, verify=verify, out=out,
+        )  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> ConversionResult:
-    """The command line: convert, print a one-line summary (exit status 2 and one ``error:`` line on failure)."""
+def main(argv: list[str] | None = None) -> ConversionResult | None:
+    """The command line: convert, print a one-line summary (exit status 2 and one ``error:`` line on failure).
+
+    Returns the result when ``argv`` is given, None from the command line (the console script exits with it)."""
     parser = argparse.ArgumentParser(
         prog="python -m animal_reid.convert.megadescriptor",
         description="Convert a local MegaDescriptor (timm Swin) checkpoint to an animal-reid Hub folder.",
     )
     parser.add_argument("src", help="directory with pytorch_model.bin + timm config.json, or the weight file")
     parser.add_argument(
-        "out_dir", help="directory to write (config, model.safetensors, processor, README.md)"
+        "out_dir",
+        help="directory to write (config, model.safetensors, processor, README.md): new or empty, outside the "
+        "source; a previous conversion there is replaced only with --overwrite",
     )
     parser.add_argument(
         "--architecture",
@@ -269,6 +263,7 @@ def main(argv: list[str] | None = None) -> ConversionResult:
             resample=args.resample,
             source_repo=args.source_repo,
             verify=not args.no_verify,
+            overwrite=args.overwrite,
         ),
     )
 

@@ -35,6 +35,7 @@ from .common import (
     check_layout,
     find_weights_file,
     load_state_dict,
+    output_folder,
     read_json,
     run_converter_cli,
     write_converted,
@@ -154,51 +155,51 @@ def convert_miewid(
     image_size: int = MIEWID_IMAGE_SIZE,
     source_repo: str | None = None,
     verify: bool = True,
+    overwrite: bool = False,
 ) -> ConversionResult:
     """Convert a MiewID ``.safetensors``/``.bin`` file, or a directory holding one, into ``out_dir``.
 
     ``backbone`` defaults to the ``model_name`` of a MiewID ``config.json`` beside the weights, else
     ``efficientnetv2_rw_m``. ``verify`` reloads the written folder with ``AutoModel`` (remote code) and checks
-    that its embeddings equal the converted model's.
+    that its embeddings equal the converted model's. ``out_dir`` follows the overwrite policy
+    (:func:`~animal_reid.convert.common.output_folder`): checked before the source is read.
     """
     src, out_dir = Path(src), Path(out_dir)
-    weights = find_weights_file(src, WEIGHT_FILES)
+    with output_folder(src, out_dir, kind="miewid", overwrite=overwrite) as out:
+        weights = find_weights_file(src, WEIGHT_FILES)
+        backbone = _miewid_backbone(src, backbone)
+        state, dropped = read_miewid_state(weights, backbone)
+        p = float(state["pooling.p"].reshape(-1)[0])
+        config = miewid_config(backbone, image_size, gem_p=p)
+        model = AnimalReIDModel(config).eval()
+        ours = {("neck_bn." + k[3:] if k.startswith("bn.") else k): v for k, v in state.items()}
+        model.load_state_dict(ours, strict=True)
+        processor = miewid_processor(image_size)
+        return write_converted(
+            model, processor, config, out_dir, weights, state, dropped, kind="miewid", source_repo=source_repo,
+            verify=verify, extra={"GeM exponent p": round(p, 6)}, out=out,
+        )  # fmt: skip
+
+
+def _miewid_backbone(src: Path, backbone: str | None) -> str:
+    """``backbone``, else the ``model_name`` of MiewID's ``config.json`` beside the weights, else the default."""
     cfg_json = read_json(src / "config.json") if src.is_dir() and (src / "config.json").is_file() else {}
     if cfg_json.get("architecture") and "pretrained_cfg" in cfg_json:
         raise CheckpointError(
             f"{src / 'config.json'} is a timm model config (architecture {cfg_json['architecture']!r}), not "
             "MiewID's; for MegaDescriptor use `python -m animal_reid.convert.megadescriptor`"
         )
-    backbone = backbone or cfg_json.get("model_name") or MIEWID_BACKBONE
     if cfg_json.get("use_fc"):
         logger.info(
             "config.json sets use_fc: MiewID's extract_feat still returns bn(gem(x)); fc.* is dropped"
         )
-
-    state, dropped = read_miewid_state(weights, backbone)
-    p = float(state["pooling.p"].reshape(-1)[0])
-    config = miewid_config(backbone, image_size, gem_p=p)
-    model = AnimalReIDModel(config).eval()
-    ours = {("neck_bn." + k[3:] if k.startswith("bn.") else k): v for k, v in state.items()}
-    model.load_state_dict(ours, strict=True)
-    processor = miewid_processor(image_size)
-    return write_converted(
-        model,
-        processor,
-        config,
-        out_dir,
-        weights,
-        state,
-        dropped,
-        kind="miewid",
-        source_repo=source_repo,
-        verify=verify,
-        extra={"GeM exponent p": round(p, 6)},
-    )
+    return backbone or cfg_json.get("model_name") or MIEWID_BACKBONE
 
 
-def main(argv: list[str] | None = None) -> ConversionResult:
-    """The command line: convert, print a one-line summary (exit status 2 and one ``error:`` line on failure)."""
+def main(argv: list[str] | None = None) -> ConversionResult | None:
+    """The command line: convert, print a one-line summary (exit status 2 and one ``error:`` line on failure).
+
+    Returns the result when ``argv`` is given, None from the command line (the console script exits with it)."""
     parser = argparse.ArgumentParser(
         prog="python -m animal_reid.convert.miewid",
         description="Convert a local MiewID checkpoint (file or directory) to an animal-reid Hub folder.",
@@ -207,7 +208,9 @@ def main(argv: list[str] | None = None) -> ConversionResult:
         "src", help="model.safetensors / .bin file, or a directory holding one (and config.json)"
     )
     parser.add_argument(
-        "out_dir", help="directory to write (config, model.safetensors, processor, README.md)"
+        "out_dir",
+        help="directory to write (config, model.safetensors, processor, README.md): new or empty, outside the "
+        "source; a previous conversion there is replaced only with --overwrite",
     )
     parser.add_argument(
         "--backbone", default=None, help=f"timm backbone name (default: config.json or {MIEWID_BACKBONE})"
@@ -225,6 +228,7 @@ def main(argv: list[str] | None = None) -> ConversionResult:
             image_size=args.image_size,
             source_repo=args.source_repo,
             verify=not args.no_verify,
+            overwrite=args.overwrite,
         ),
     )
 

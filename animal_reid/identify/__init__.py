@@ -42,7 +42,8 @@ folders (``.name``) are ignored. Encoding runs in chunks; a chunk that hits a ba
 the bad image is alone, so clean data pays nothing for the check.
 
 Embeddings are cached in ``--cache-dir`` under a key made of the model weights (the Hub commit for a Hub model,
-a hash of the weight files for a directory), the preprocessor configuration and the precision; each image is keyed
+a hash of the weight files for a directory), the modeling code (every ``*.py`` of the export and, when the installed
+``modeling`` package is used, every ``*.py`` of it), the preprocessor configuration and the precision; each image is keyed
 by its file path, size and modification time (bytes hash for corpus images) plus its box and rotation, so a
 second run embeds only images it has not seen. The cache is saved after every chunk (a killed run keeps what it
 embedded), written atomically, and checked when read: a truncated or corrupt cache file is reported in one
@@ -60,8 +61,11 @@ their cosine and are counted. Each query also gets ``match_sheets/NNNN_<query>_m
 keypoint matches drawn between the query and each candidate. See docs/rerank.md.
 
 Outputs in ``--out``: ``results.csv`` (one row per query and rank), ``results.json`` (one record per query),
-``skipped.csv`` and ``match_sheets/NNNN_<query>.png``. An existing non-empty ``--out`` is refused before any work
-unless ``--overwrite`` is given (which replaces these files and nothing else). Every option and path is checked
+``skipped.csv`` and ``match_sheets/NNNN_<query>.png``, with the manifest ``.animal-reid-manifest.json`` listing
+them (:mod:`animal_reid.manifest`). ``--out`` is locked for the whole run (a second run on it is refused, naming
+the first) and the files are moved into place when the run is complete. A non-empty ``--out`` without our
+manifest is refused; one holding an earlier run's output needs ``--overwrite``, which replaces only the files that
+run listed (files you added are kept; listed files you edited are kept aside). Every option and path is checked
 before the model is loaded; errors are one line ``error: <message>`` on stderr, exit status 2 for bad arguments
 and 1 for failures (``-v`` adds the traceback).
 

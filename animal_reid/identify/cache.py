@@ -1,7 +1,8 @@
 """The on-disk embedding cache of identification: its key (model weights, preprocessing, precision) and its files.
 
 Embeddings are cached under a key made of the model weights (the Hub commit for a Hub model, a hash of the weight
-files for a directory), the preprocessor configuration and the precision; each image is keyed by
+files for a directory), the modeling code that computes them (the export's ``*.py`` and, when it is used, the
+installed ``modeling`` package's), the preprocessor configuration and the precision; each image is keyed by
 :meth:`animal_reid.identify.ImageItem.cache_key`. The file discipline (part files, atomic writes, checks on read)
 is :class:`animal_reid.io.PartFileCache`'s.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..io import CorruptCacheFile, PartFileCache, read_npz, remove_stale_temporaries
+from ..manifest import describe_os_error
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +35,31 @@ def _hash_files(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
+def modeling_code_hash(model_dir: str | os.PathLike, *loaded: Any) -> str:
+    """SHA-256 of the modeling code that embeds with an export: every ``*.py`` in ``model_dir`` (the remote code
+    ``trust_remote_code`` loads) and, when an object of ``loaded`` (the model, the processor) comes from the
+    installed ``modeling`` package or the folder has no code of its own, every ``*.py`` of that package (all of
+    them, whatever file the code is split into). A changed or tampered file gives another hash."""
+    files = [("export", p) for p in Path(model_dir).glob("*.py") if p.is_file()]
+    installed = [type(obj).__module__.split(".")[0] for obj in loaded if obj is not None]
+    if not files or "modeling" in installed:
+        import modeling
+
+        package = Path(modeling.__file__).resolve().parent
+        files += [("modeling", p) for p in package.glob("*.py") if p.is_file()]
+    h = hashlib.sha256()
+    for where, p in sorted(files, key=lambda f: (f[0], f[1].name)):
+        h.update(f"{where}/{p.name}\0".encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
 def model_cache_key(
-    model_dir: str | os.PathLike, processor: Any = None, precision: str = "fp32"
+    model_dir: str | os.PathLike, processor: Any = None, precision: str = "fp32", model: Any = None
 ) -> tuple[str, dict]:
-    """Cache key of a local model directory: weights (Hub commit or file hash) + preprocessing + precision."""
+    """Cache key of a local model directory: weights (Hub commit or file hash), the modeling code
+    (:func:`modeling_code_hash`, ``model`` and ``processor`` saying whether the installed package's is used),
+    preprocessing and precision."""
     d = Path(model_dir)
     weights = [p for p in d.iterdir() if p.suffix in (".safetensors", ".bin")] + [d / "config.json"]
     weights = [p for p in weights if p.is_file()]
@@ -49,7 +72,8 @@ def model_cache_key(
     if processor is not None:
         proc = processor.to_dict() if hasattr(processor, "to_dict") else dict(processor)
         proc = {k: v for k, v in proc.items() if k not in ("auto_map", "_processor_class")}
-    meta = {"weights": weights_id, "preprocessor": proc, "precision": precision}
+    code = f"sha256:{modeling_code_hash(d, model, processor)}"
+    meta = {"weights": weights_id, "code": code, "preprocessor": proc, "precision": precision}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return key, meta
 
@@ -78,13 +102,19 @@ class EmbeddingCache(PartFileCache):
     temporary name and renamed into place, so none is ever half-written. Reading checks each file (a readable
     archive, both arrays, as many rows as keys, float32, finite, one dimension for the whole cache): a file
     that fails (truncated, garbage, wrong arrays) is reported in one warning naming it and removed, and its
-    images are embedded again. Runs sharing a cache may re-embed each other's images, never read wrong rows.
+    images are embedded again. Runs sharing a cache may re-embed each other's images, never read wrong rows. A
+    cache that cannot be written (disk full, permission denied, read-only) is reported in one warning naming it
+    and the problem; the run goes on without saving to it.
     """
 
     MAIN = "embeddings.npz"
     CORRUPT_WARNING = (
         "embedding cache file %s is corrupt (%s): removing it, its images will be embedded again"
     )
+    UNUSABLE_WARNING = (
+        "cannot %s the embedding cache %s; the run goes on without it (results are not affected)"
+    )
+    describe_error = staticmethod(describe_os_error)
     log = logger
 
     def __init__(self, root: str | os.PathLike, key: str, meta: dict | None = None):
@@ -171,7 +201,7 @@ class EmbeddingCache(PartFileCache):
     def clear(self) -> None:
         """Forget every row and remove the cache files."""
         for path in self._files:
-            path.unlink(missing_ok=True)
+            self._remove(path)
         self._blocks, self._where, self._files, self._parts = [], {}, [], []
 
 

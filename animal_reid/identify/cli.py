@@ -1,8 +1,10 @@
 """The command line of identification (``python -m animal_reid.identify``, ``animal-reid-identify``).
 
-Every option and path is checked before the model is loaded (:func:`check_args`); errors are one line
-``error: <message>`` on stderr, exit status 2 for bad arguments (:class:`UsageError`) and 1 for failures (``-v``
-adds the traceback). See :mod:`animal_reid.identify` for what the options mean.
+Every option and path is checked before the model is loaded (:func:`check_args`) and ``--out`` is locked for the
+whole run (:class:`animal_reid.manifest.OutputFolder`: a second run on the same folder is refused; ``--overwrite``
+replaces only the files the previous run listed in its manifest); errors are one line ``error: <message>`` on
+stderr, exit status 2 for bad arguments and unusable output folders (:class:`UsageError`,
+:class:`~animal_reid.manifest.OutputError`) and 1 for failures (``-v`` adds the traceback). See :mod:`animal_reid.identify` for what the options mean.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import re
 import sys
 import traceback
 from pathlib import Path
 
+from ..manifest import OutputError, OutputFolder, describe_os_error
 from .cache import default_cache_dir
 from .engine import Identifier, QueryResult
 from .inputs import ON_ERROR, BadImageError, BadImages, ImageItem, UsageError, read_gallery, read_queries
@@ -53,11 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--queries", nargs="+", required=True, help="image files, folders or CSVs (path[,identity])"
     )
-    p.add_argument("--out", required=True, help="output directory (new or empty, unless --overwrite)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: new or empty, or the output of an earlier identify run with --overwrite; one run "
+        "at a time (locked)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="write into a non-empty --out, replacing results.csv/json, skipped.csv and match sheets",
+        help="replace the files an earlier identify run wrote in --out (listed in its manifest) and only those: "
+        "files you added there are kept, ones of ours you edited are kept aside as <name>.edited-<time>",
     )
     p.add_argument("--top-k", type=int, default=5, help="candidate individuals per query (>= 1)")
     p.add_argument(
@@ -244,19 +252,10 @@ def _check_device(spec: str) -> None:
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """``--out`` is new, empty, or ``--overwrite`` is given; not inside the inputs; created and writable."""
+    """``--out`` is a folder (or new) and not inside an input; the rest (ours, empty, lock) when it is opened."""
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
-    if out.is_dir() and not args.overwrite:
-        entries = sorted(p.name for p in out.iterdir())
-        if entries:
-            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-            n = f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}"
-            raise UsageError(
-                f"--out {args.out} is not empty ({n}: {shown}); choose a new or empty folder, or pass "
-                "--overwrite to replace its results"
-            )
     resolved = out.resolve()
     for flag, src in [("--gallery", args.gallery)] + [("--queries", q) for q in args.queries]:
         src_dir = Path(src).resolve()
@@ -264,12 +263,17 @@ def _check_out(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"--out {args.out} lies inside {flag} {src}: its match sheets would become inputs"
             )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"--out {args.out}: cannot create the folder ({err.strerror or err})") from err
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {args.out}: the folder is not writable")
+
+
+def _output_folder(args: argparse.Namespace) -> OutputFolder:
+    """``--out`` under the manifest policy (:mod:`animal_reid.manifest`): locked for the whole run."""
+    return OutputFolder(
+        Path(args.out).expanduser(),
+        tool="animal-reid identify",
+        overwrite=args.overwrite,
+        what="--out",
+        keep=[args.gallery, *args.queries],
+    )
 
 
 def _read_inputs(args: argparse.Namespace, bad: BadImages) -> tuple[list[ImageItem], list[ImageItem]]:
@@ -307,41 +311,67 @@ def _run(args: argparse.Namespace) -> list[QueryResult]:
 
 def _identify_cli(args: argparse.Namespace) -> list[QueryResult]:
     _check_args(args)
-    out = Path(args.out).expanduser()
     bad = BadImages(args.on_error)
-    finished = False
-    try:
-        gallery, queries = _read_inputs(args, bad)
-        cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-        ident = Identifier.from_pretrained(
-            args.model,
-            revision=args.revision,
-            cache_dir=cache_dir,
-            device=args.device,
-            precision=args.precision,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-        )
-        reranker = _cli_reranker(args, ident) if args.rerank == "local" else None
-        results = ident.identify(
-            gallery, queries, top_k=args.top_k, threshold=args.threshold, bad_images=bad, rerank=reranker
-        )
-        write_results(results, out, match_sheets=not args.no_match_sheets, prune_sheets=args.overwrite)
-        finished = True
-    finally:  # after a failure too, as long as it lists something (else an earlier report stays as it was)
-        report = out / SKIPPED_FILE
-        if finished or bad.skipped:
-            try:
-                write_skipped(bad.skipped, out)
-            except OSError as err:
-                logger.error("could not write %s: %s", report, err)
-        if bad.skipped:
-            print(bad.summary(report), file=sys.stderr)
+    with _output_folder(args) as folder:  # locked from here until the results are in place
+        out, stage, finished = folder.path, folder.staging(), False
+        try:
+            gallery, queries, ident, results = _identify(args, bad)
+            _write(lambda: write_results(results, stage, match_sheets=not args.no_match_sheets), out)
+            finished = True
+        finally:
+            report = _commit(folder, stage, bad, finished)
     _print_results(args, results, gallery, ident, bad, out)
     n_queries = len(queries) + bad.count("query")
     if not results and n_queries:
         raise RuntimeError(f"no usable query image: all {n_queries} were skipped (see {report})")
     return results
+
+
+def _identify(args: argparse.Namespace, bad: BadImages):
+    """``(gallery, queries, identifier, results)`` of the run the arguments describe."""
+    gallery, queries = _read_inputs(args, bad)
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    ident = Identifier.from_pretrained(
+        args.model,
+        revision=args.revision,
+        cache_dir=cache_dir,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
+    reranker = _cli_reranker(args, ident) if args.rerank == "local" else None
+    results = ident.identify(
+        gallery, queries, top_k=args.top_k, threshold=args.threshold, bad_images=bad, rerank=reranker
+    )
+    return gallery, queries, ident, results
+
+
+def _write(write, out: Path) -> None:
+    """Run ``write()``; an OSError (disk full, permission denied) becomes one line naming ``--out``."""
+    try:
+        write()
+    except OSError as err:
+        raise OutputError(f"cannot write the results into --out {describe_os_error(err, out)}") from err
+
+
+def _commit(folder: OutputFolder, stage: Path, bad: BadImages, finished: bool) -> Path:
+    """Put the run's files in place of the previous run's (:meth:`OutputFolder.commit`); returns the report's path.
+
+    A failed run that skipped images commits its report alone, unless ``--out`` holds a previous output: that is
+    left as it was (never mixed with this run's files) and the skipped images are only logged.
+    """
+    report = folder.path / SKIPPED_FILE
+    if not finished and (not bad.skipped or folder.previous is not None):
+        if bad.skipped:
+            print(f"{bad.summary()}; {report} not written: --out holds a previous output, left as it was",
+                  file=sys.stderr)  # fmt: skip
+        return report
+    _write(lambda: write_skipped(bad.skipped, stage), folder.path)
+    _write(lambda: folder.commit(stage), folder.path)
+    if bad.skipped:
+        print(bad.summary(report), file=sys.stderr)
+    return report
 
 
 def _print_results(args, results, gallery, ident, bad: BadImages, out: Path) -> None:
@@ -387,7 +417,7 @@ def _one_line(err: BaseException) -> str:
         text = text.splitlines()[0] if text else ""
     if not text:
         return type(err).__name__
-    if isinstance(err, ValueError | OSError | RuntimeError) and not isinstance(err, KeyError):
+    if isinstance(err, ValueError | OSError | RuntimeError | OutputError) and not isinstance(err, KeyError):
         return text
     return f"{type(err).__name__}: {text}"
 
@@ -409,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         verbose = bool(getattr(args, "verbose", False))
         if verbose:
             traceback.print_exc()
-        hint = "" if verbose or isinstance(err, UsageError) else " (-v shows the traceback)"
+        usage = isinstance(err, UsageError | OutputError)
+        hint = "" if verbose or usage else " (-v shows the traceback)"
         print(f"error: {_one_line(err)}{hint}", file=sys.stderr)
-        return 2 if isinstance(err, UsageError) else 1
+        return 2 if usage else 1

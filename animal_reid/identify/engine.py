@@ -160,7 +160,7 @@ class Identifier:
         net = net.to(device).eval()
         if cache_dir == "default":
             cache_dir = default_cache_dir()
-        key, meta = model_cache_key(local, proc, precision)
+        key, meta = model_cache_key(local, proc, precision, model=net)
         meta["model"] = str(model)
         kwargs.setdefault("search_device", device if str(device).startswith("cuda") else None)
         return cls(net, proc, key, cache_dir, meta, precision=precision, model_dir=local, **kwargs)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -17,6 +16,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..manifest import describe_os_error
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +57,14 @@ class ImageItem:
         return hashlib.sha1(payload.encode()).hexdigest()
 
     def open(self):
-        """The image as a PIL image (cropped to its box, if any), for match sheets."""
-        from PIL import Image, ImageOps
+        """The image as an RGB PIL image cropped to its box (rotated by ``theta``), for match sheets.
 
-        with Image.open(io.BytesIO(self.image) if isinstance(self.image, bytes) else self.image) as im:
-            img = ImageOps.exif_transpose(im).convert("RGB")
-        if self.bbox is not None:
-            x, y, w, h = (float(v) for v in self.bbox)
-            if w > 1 and h > 1:
-                img = img.crop((int(x), int(y), int(x + w), int(y + h)))
-        return img
+        The crop the model and re-ranking see: the image processor's, the box in the displayed photo's pixels
+        (EXIF orientation applied); an unusable box raises its ``InvalidImageError``.
+        """
+        from ..rerank.features import crop_item
+
+        return crop_item(self)
 
 
 @dataclass
@@ -169,35 +168,76 @@ def _scan(folder: Path, role: str, bad: BadImages | None, **fields) -> list[Imag
     return items
 
 
+def _open_csv(path: Path):
+    """``path`` as UTF-8 text for :mod:`csv` (a byte-order mark, as Excel writes, is dropped)."""
+    try:
+        return open(path, newline="", encoding="utf-8-sig")
+    except OSError as err:
+        raise ValueError(f"cannot read the CSV {describe_os_error(err, path)}") from err
+
+
+def _csv_rows(path: Path, need: set[str]) -> list[tuple[int, dict]]:
+    """``(row number, row)`` of a CSV (the header is row 1); ValueError naming the file when it cannot be read as
+    UTF-8 text or lacks a column of ``need``."""
+    with _open_csv(path) as f:
+        try:
+            reader = csv.DictReader(f)
+            cols = set(reader.fieldnames or [])
+            if not need <= cols:
+                raise ValueError(f"{path}: CSV needs columns {sorted(need)}, has {sorted(cols)}")
+            return [(reader.line_num, row) for row in reader]
+        except UnicodeDecodeError as err:
+            byte = err.object[err.start]
+            raise ValueError(
+                f"{path}: not UTF-8 text (byte {byte:#04x} is not UTF-8); save the CSV as UTF-8"
+            ) from err
+        except csv.Error as err:
+            raise ValueError(f"{path}: not a readable CSV ({err})") from err
+
+
+def _duplicate_row(path: Path, first: tuple[int, dict], row_no: int, row: dict) -> None:
+    """A row listing a file an earlier row (``first``) listed: ValueError naming both rows when their identities
+    differ; else a warning naming both (the caller skips the later row)."""
+    first_no, first_row = first
+    a, b = first_row.get("identity") or "", row.get("identity") or ""
+    both = f"{path}: rows {first_no} and {row_no} list the same image ({first_row['path']!r} and {row['path']!r})"
+    if a != b:
+        raise ValueError(
+            f"{both} under two identities, {a!r} on row {first_no} and {b!r} on row {row_no}: keep one"
+        )
+    logger.warning("%s with the same identity %r: skipping row %d", both, b, row_no)
+
+
 def _read_csv(path: Path, need_identity: bool, bad: BadImages | None = None) -> list[ImageItem]:
+    """Items of a gallery or query CSV. One file on two rows is an error when their identities differ (naming
+    both rows), else the later row is skipped with a warning naming both."""
     role = "gallery" if need_identity else "query"
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        need = {"path", "identity"} if need_identity else {"path"}
-        if not need <= cols:
-            raise ValueError(f"{path}: CSV needs columns {sorted(need)}, has {sorted(cols)}")
-        items = []
-        for row in reader:
-            p = Path(row["path"])
-            p = p if p.is_absolute() else path.parent / p
-            if not p.is_file():
-                if bad is None:
-                    raise FileNotFoundError(f"{path}: image {row['path']!r} not found (looked at {p})")
-                bad.add(str(p), role, f"file not found (listed in {path.name} as {row['path']!r})")
-                continue
-            if bad is not None and p.suffix.lower() not in IMAGE_EXTENSIONS:
-                bad.add(str(p), role, unsupported_reason(p))
-                continue
-            items.append(
-                ImageItem(
-                    image=str(p),
-                    name=row["path"],
-                    identity=row.get("identity") or None,
-                    species=row.get("species") or None,
-                    encounter=row.get("encounter") or None,
-                )
+    items, seen = [], {}
+    for row_no, row in _csv_rows(path, {"path", "identity"} if need_identity else {"path"}):
+        p = Path(row["path"] or "")
+        p = p if p.is_absolute() else path.parent / p
+        if not p.is_file():
+            if bad is None:
+                raise FileNotFoundError(f"{path}: image {row['path']!r} not found (looked at {p})")
+            bad.add(str(p), role, f"file not found (listed in {path.name} as {row['path']!r})")
+            continue
+        if bad is not None and p.suffix.lower() not in IMAGE_EXTENSIONS:
+            bad.add(str(p), role, unsupported_reason(p))
+            continue
+        same = p.resolve()
+        if same in seen:
+            _duplicate_row(path, seen[same], row_no, row)
+            continue
+        seen[same] = (row_no, row)
+        items.append(
+            ImageItem(
+                image=str(p),
+                name=row["path"],
+                identity=row.get("identity") or None,
+                species=row.get("species") or None,
+                encounter=row.get("encounter") or None,
             )
+        )
     return items
 
 

@@ -1,6 +1,9 @@
 """Outputs of identification: ``results.csv``, ``results.json``, ``skipped.csv`` and the match sheets.
 
-Every file is written under a temporary name and renamed into place (:func:`animal_reid.io.write_atomic`).
+Every file is written under a temporary name and renamed into place (:func:`animal_reid.io.write_atomic`). The
+command line writes them into a staging folder of its ``--out`` (:class:`animal_reid.manifest.OutputFolder`),
+moved into place when the run is complete: files of a previous run that this one does not write (match sheets of
+more queries) are removed because the manifest lists them, never by their names.
 """
 
 from __future__ import annotations
@@ -25,16 +28,12 @@ OUTPUT_NAMES = ("results.csv", "results.json", SKIPPED_FILE, "match_sheets")
 
 
 def write_results(
-    results: Sequence[QueryResult],
-    out_dir: str | os.PathLike,
-    match_sheets: bool = True,
-    prune_sheets: bool = False,
+    results: Sequence[QueryResult], out_dir: str | os.PathLike, match_sheets: bool = True
 ) -> Path:
     """Write ``results.csv``, ``results.json`` and (optionally) ``match_sheets/*.png`` into ``out_dir``.
 
-    Each file is written under a temporary name and renamed into place. A match sheet that cannot be drawn is
-    logged and left out. ``prune_sheets`` removes earlier ``match_sheets/NNNN_*.png`` this call did not write
-    (``--overwrite``: a shorter run must not leave sheets of the previous one).
+    Each file is written under a temporary name and renamed into place; nothing else in ``out_dir`` is touched. A
+    match sheet that cannot be drawn is logged and left out.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +67,7 @@ def write_results(
     _write_text(out / "results.csv", buf.getvalue())
     _write_text(out / "results.json", json.dumps([r.to_dict() for r in results], indent=2))
     if match_sheets:
-        _write_match_sheets(results, out / "match_sheets", prune_sheets)
+        _write_match_sheets(results, out / "match_sheets")
     return out
 
 
@@ -77,10 +76,9 @@ def _write_text(path: Path, text: str) -> None:
     write_atomic(path, lambda f: f.write(data))
 
 
-def _write_match_sheets(results: Sequence[QueryResult], sheets: Path, prune: bool) -> None:
+def _write_match_sheets(results: Sequence[QueryResult], sheets: Path) -> None:
     from ..plots import match_sheet
 
-    written = set()
     for i, r in enumerate(results):
         if r.item is None:
             continue
@@ -107,7 +105,6 @@ def _write_match_sheets(results: Sequence[QueryResult], sheets: Path, prune: boo
         except Exception as err:  # noqa: BLE001 - results are written; one sheet must not stop the others
             logger.warning("no match sheet for %s: %s", r.query, err)
             continue
-        written.add(path.name)
         if r.matches is not None and r.candidates:
             from ..rerank.reranker import draw_match_sheet
 
@@ -121,12 +118,6 @@ def _write_match_sheets(results: Sequence[QueryResult], sheets: Path, prune: boo
                 draw_match_sheet(r.item, r.candidate_items, r.matches, captions, mpath, r.match_config)
             except Exception as err:  # noqa: BLE001 - as above
                 logger.warning("no keypoint match sheet for %s: %s", r.query, err)
-                continue
-            written.add(mpath.name)
-    if prune and sheets.is_dir():
-        for old in sheets.glob("[0-9][0-9][0-9][0-9]_*.png"):
-            if old.name not in written:
-                old.unlink(missing_ok=True)
 
 
 def write_skipped(skipped: Sequence[SkippedImage], out_dir: str | os.PathLike) -> Path:

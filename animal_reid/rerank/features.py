@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..io import SAVE_EVERY, CorruptCacheFile, PartFileCache, cv2_threads, progress_bar, read_npz
+from ..manifest import describe_os_error
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,8 @@ def crop_item(item: Any):
     """The RGB crop of an item (its box rotated by theta, if any), at the image's own resolution.
 
     ``item`` is an :class:`animal_reid.identify.ImageItem` (or anything with ``image``, ``bbox``, ``theta``) or a
-    PIL image. Raises ``ValueError`` (the processor's ``InvalidImageError``) or ``OSError`` for unusable input.
+    PIL image. The box is in the displayed photo's pixels (EXIF orientation applied), as for the model. Raises
+    ``ValueError`` (the processor's ``InvalidImageError``, naming the image) or ``OSError`` for unusable input.
     """
     from PIL import Image
 
@@ -156,7 +158,8 @@ def crop_item(item: Any):
     proc = _processor()
     img = proc.load_image(item.image)
     if item.bbox is not None:
-        img = proc.crop(img, item.bbox, float(item.theta or 0.0))
+        name = item.image if isinstance(item.image, str) else getattr(item, "name", None)
+        img = proc.crop(img, item.bbox, item.theta, name=name)
     return img
 
 
@@ -262,12 +265,17 @@ class LocalFeatureCache(PartFileCache):
     The same discipline as :class:`animal_reid.identify.EmbeddingCache` (both are
     :class:`animal_reid.io.PartFileCache`): the folder is keyed by the extraction settings, each image by
     :meth:`ImageItem.cache_key`; every file is written atomically, parts are saved as they are computed and folded
-    into ``features.npz`` by :meth:`save`; a corrupt file is reported, removed and its images computed again.
-    Images without usable keypoints are cached too (with their status).
+    into ``features.npz`` by :meth:`save`; a corrupt file is reported, removed and its images computed again; a
+    cache that cannot be written is reported once and the run goes on without saving to it. Images without usable
+    keypoints are cached too (with their status).
     """
 
     MAIN = "features.npz"
     CORRUPT_WARNING = "local-feature cache file %s is corrupt (%s): removing it"
+    UNUSABLE_WARNING = (
+        "cannot %s the local-feature cache %s; the run goes on without it (results are not affected)"
+    )
+    describe_error = staticmethod(describe_os_error)
     log = logger
 
     def __init__(self, root: str | os.PathLike, config: LocalFeatureConfig):

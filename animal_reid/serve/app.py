@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from animal_reid.serve.page import PAGE
 from animal_reid.serve.service import TOKEN_ENV, Service
 from animal_reid.serve.store import Conflict, NewPhoto, NotFound
+from modeling.boxes_animal_reid import displayed_size
 
 SPECIES_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 
@@ -51,7 +52,10 @@ def _validation_error(_request: Request, exc: RequestValidationError) -> JSONRes
 
 
 def check_image(data: bytes, name: str, service: Service) -> NewPhoto:
-    """A NewPhoto when ``data`` is an allowed image within the limits (read from its header); else a 4xx."""
+    """A NewPhoto when ``data`` is an allowed image within the limits (read from its header); else a 4xx.
+
+    Its width and height are as displayed (EXIF orientation applied): the coordinates boxes are given in.
+    """
     limits = service.limits
     if len(data) > limits.max_upload_bytes:
         raise _fail(413, f"{name}: upload is over the {limits.max_upload_bytes} byte limit")
@@ -59,7 +63,7 @@ def check_image(data: bytes, name: str, service: Service) -> NewPhoto:
         raise _fail(400, f"{name}: the upload is empty")
     try:
         with Image.open(io.BytesIO(data)) as im:
-            fmt, (w, h) = im.format, im.size
+            fmt, (w, h) = im.format, displayed_size(im)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
         if isinstance(err, Image.DecompressionBombError):
             raise _fail(413, f"{name}: image has too many pixels (decompression bomb?)") from err
@@ -72,11 +76,15 @@ def check_image(data: bytes, name: str, service: Service) -> NewPhoto:
 
 
 def parse_box(text: str | None, what: str = "box") -> list[float] | None:
-    """``[x, y, w, h]`` from JSON (``[1, 2, 3, 4]``) or ``"1,2,3,4"``; None for empty; 422 otherwise."""
+    """``[x, y, w, h]`` from JSON (``[1, 2, 3, 4]``: numbers, not strings or booleans) or ``"1,2,3,4"``; None for
+    empty; 422 otherwise. Boxes are in the photo's pixels as displayed (EXIF orientation applied); whether one fits
+    its photo is the image processor's check, the same as everywhere else."""
     if text is None or not text.strip() or text.strip() == "null":
         return None
     try:
         value = json.loads(text) if text.strip().startswith("[") else [float(v) for v in text.split(",")]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            raise TypeError("not numbers")
         box = [float(v) for v in value]
     except (ValueError, TypeError) as err:
         raise _fail(422, f"{what}: expected [x, y, w, h] numbers, got {text[:80]!r}") from err
@@ -106,7 +114,8 @@ async def _embed(service: Service, photo: NewPhoto, name: str, box, theta: float
     try:
         return await service.batcher.embed(photo.data, box, float(theta or 0.0))
     except (ValueError, OSError) as err:  # InvalidImageError is a ValueError; truncated files raise OSError
-        raise _fail(400, f"{name}: cannot use this image: {str(err).splitlines()[0][:300]}") from err
+        reason = re.sub(r"^<\d+ bytes>: ", "", (str(err).splitlines() or [type(err).__name__])[0])
+        raise _fail(400, f"{name}: cannot use this image: {reason[:300]}") from err
 
 
 class BodyLimit:

@@ -41,12 +41,14 @@ def load_model(model: str | os.PathLike, device: str | None = None) -> tuple[Any
 
 
 def model_keys(model_dir: Path, processor: Any) -> tuple[str, str]:
-    """(model id, preprocessing key): short hashes of the weights and of the processor's settings."""
+    """(model id, preprocessing key): short hashes of the weights, and of the processor's settings with the
+    modeling code that runs them (a changed ``*.py`` of the export re-embeds the catalogue at the next start)."""
     from animal_reid.identify import model_cache_key
 
     _, meta = model_cache_key(model_dir, processor)
     model_id = hashlib.sha256(meta["weights"].encode()).hexdigest()[:32]
-    prep = hashlib.sha256(json.dumps(meta["preprocessor"], sort_keys=True, default=str).encode()).hexdigest()
+    how = {"preprocessor": meta["preprocessor"], "code": meta["code"]}
+    prep = hashlib.sha256(json.dumps(how, sort_keys=True, default=str).encode()).hexdigest()
     return model_id, prep[:32]
 
 

@@ -4,6 +4,7 @@
   and datasets run offline (also ``python -m animal_reid.testing.hub_emulator --root DIR --port N``).
 * :mod:`animal_reid.testing.serve`: helpers for testing the re-ID service for real (a tiny model, generated
   photos, a uvicorn thread, a throwaway PostgreSQL server).
+* :mod:`animal_reid.testing.images`: generated photos (JPEGs carrying EXIF orientation and other tags).
 
 Used by ``tests/`` and ``benchmarks/``.
 """

@@ -212,7 +212,13 @@ class DataArguments:
 class TrainArguments:
     """How to train: sampler, optimiser, schedule, precision, checkpoints, export."""
 
-    output_dir: str = field(default="runs/default", metadata={"help": "Run directory (created)."})
+    output_dir: str = field(
+        default="runs/default",
+        metadata={
+            "help": "Run directory (created). A non-empty folder not written by a run is refused; a previous run "
+            "there needs --resume (continue it) or --overwrite (replace only its files)."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed of the sampler, augmentations and initialisation."})
     epochs: int = field(default=10, metadata={"help": "Training epochs."})
     identities_per_batch: int = field(default=8, metadata={"help": "P: identities per batch."})
@@ -300,6 +306,14 @@ class TrainArguments:
     )
     save_total_limit: int = field(default=2, metadata={"help": "Training states kept under checkpoints/."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a new run in an output_dir holding a previous one: only the files that run wrote (listed "
+            "in its manifest) are removed, an edited one is kept aside; files you added are kept. Never saved in "
+            "config.yaml (re-running a saved config does not overwrite)."
+        },
+    )
     log_every: int = field(default=10, metadata={"help": "Log the training loss every N optimiser steps."})
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub repo id to push the exported model, processor and card to."}
@@ -386,6 +400,11 @@ class TrainArguments:
                 raise ValueError(f"interpolate_alphas must lie in (0, 1), got {alpha}")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "resume and overwrite contradict each other: --resume continues the run in output_dir, "
+                "--overwrite replaces it"
+            )
 
     @property
     def batch_size(self) -> int:
@@ -473,9 +492,10 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Write the resolved configuration as flat YAML that `parse_config([path])` reads back."""
+    """Write the resolved configuration as flat YAML that `parse_config([path])` reads back (``overwrite`` saved as
+    false: it is what this command did to the folder, not part of the recipe)."""
     with open(path, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(config.to_flat_dict(), fh, sort_keys=False)
+        yaml.safe_dump(config.to_flat_dict() | {"overwrite": False}, fh, sort_keys=False)
 
 
 def config_summary(config: TrainConfig) -> dict[str, Any]:

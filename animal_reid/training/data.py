@@ -131,9 +131,14 @@ class Corpus:
 
 
 def corpus_fingerprint(root: Path) -> str:
-    """A hash of the corpus files (relative path, size, modification time) and of its card."""
+    """A hash of the corpus files (relative path, size, modification time) and of its card: the files its
+    manifest lists when it has one (not a user's files beside it, nor a build in progress), else every one."""
+    from animal_reid.manifest import Manifest
+
+    manifest = Manifest.read(root)
+    paths = sorted(root / rel for rel in manifest.files) if manifest is not None else sorted(root.rglob("*"))
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
+    for path in paths:
         if path.is_file() and (path.suffix == ".parquet" or path.name == "README.md"):
             st = path.stat()
             h.update(f"{path.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns}\n".encode())

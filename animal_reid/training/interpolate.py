@@ -21,11 +21,15 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_snapshot(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Save ``state`` as safetensors at ``path`` atomically, readable by others as the umask allows."""
     from safetensors.torch import save_file
+
+    from animal_reid.manifest import apply_umask
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(dict(state), str(tmp))
+    apply_umask(tmp)
     tmp.replace(path)  # never a half-written file under the real name
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,15 @@ def is_inside(path: Path | str, folder: Path | str) -> bool:
         return Path(path).resolve().is_relative_to(Path(folder).resolve())
     except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: not a path to read
         return False
+
+
+def outside_detail(path: Path | str, folder: Path | str) -> str:
+    """How a path refused by :func:`is_inside` is described: a symbolic link (the file's or a folder's on its
+    way) "points outside the source folder"; any other path "resolves outside the source folder"."""
+    lexical = Path(os.path.abspath(path))  # ".." folded, links not followed
+    if lexical.is_relative_to(os.path.abspath(folder)) or lexical.is_relative_to(Path(folder).resolve()):
+        return "is a symbolic link that points outside the source folder"
+    return "resolves outside the source folder"
 
 
 @dataclass(frozen=True)
@@ -97,7 +107,10 @@ class Source:
         folder = self.folder(Path(root)).resolve()
         for rec in self.scan(Path(root)):
             if rec.path is not None and not is_inside(rec.path, folder):  # never read: validation reports it
-                rec.extra["invalid"] = (OUTSIDE_SOURCE, f"{rec.path} is not inside {folder}")
+                rec.extra["invalid"] = (
+                    OUTSIDE_SOURCE,
+                    f"{rec.path} {outside_detail(rec.path, folder)} {folder}",
+                )
                 rec.path = None
             if rec.image_id in self.info.exclude:  # validation skips it and reports the reason
                 rec.extra["excluded"] = self.info.exclude_reason

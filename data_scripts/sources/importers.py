@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..schema import Record, normalize_species
-from ..validate import MALFORMED_ROW, OUTSIDE_SOURCE
-from .base import Source, SourceError, SourceInfo, is_inside
+from ..validate import DUPLICATE_IMAGE_ENTRY, MALFORMED_ROW, OUTSIDE_SOURCE
+from .base import Source, SourceError, SourceInfo, is_inside, outside_detail
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +109,30 @@ def _row_id(row, names: tuple[str, ...], index: int) -> str:
 
 
 def _exists(path: Path) -> bool:
+    """Whether there is a file (or a symbolic link, even a dangling one) at ``path``."""
     try:
-        return path.exists()
+        return path.exists() or path.is_symlink()
     except (OSError, ValueError):  # a name too long for the file system, a NUL byte
         return False
+
+
+def _images_by_id(entries: list, json_name: str) -> tuple[dict, dict]:
+    """The COCO ``images`` by id, and for each id listed more than once with different file names, the one-line
+    description of its entries ("images[2] 'a.jpg' and images[5] 'b.jpg'"). Entries that agree on the file are
+    one photo (kept); entries that do not leave the photo of an annotation on that id unknown."""
+    listed: dict = {}
+    for index, img in enumerate(entries):
+        if isinstance(img, dict) and _key(img.get("id")) is not None:
+            listed.setdefault(_key(img["id"]), []).append((index, img))
+    images, ambiguous = {}, {}
+    for key, group in listed.items():
+        images[key] = group[0][1]
+        if len({repr(img.get("file_name")) for _, img in group}) > 1:
+            ambiguous[key] = " and ".join(f"images[{i}] {_show(img.get('file_name'))}" for i, img in group)
+            logger.warning(
+                "%s: image id %s is listed %d times: %s", json_name, _show(key), len(group), ambiguous[key]
+            )
+    return images, ambiguous
 
 
 class CocoSource(Source):
@@ -124,8 +144,10 @@ class CocoSource(Source):
     share it). Annotations with no individual are reported by validation and skipped.
 
     An annotation that cannot be read (not an object, unknown ``image_id``, an image without ``file_name``,
-    a field of the wrong type, a ``bbox`` that is not 4 numbers) or whose image resolves outside the source
-    folder (an absolute ``file_name``, ``../``) is reported as skipped with its annotation id and the reason;
+    a field of the wrong type, a ``bbox`` that is not 4 numbers), whose image resolves outside the source
+    folder (an absolute ``file_name``, ``../``, a symbolic link pointing out) or whose ``image_id`` is listed
+    twice in ``images`` with different files is reported as skipped with its annotation id and the reason
+    (both ``images`` entries named);
     a file that is not JSON or not a COCO object (``images`` and ``annotations`` lists) raises
     :class:`~data_scripts.sources.base.SourceError` naming it.
     """
@@ -171,23 +193,44 @@ class CocoSource(Source):
             for c in coco.get("categories", [])
             if isinstance(c, dict) and _key(c.get("id")) is not None
         }
-        images = {_key(img.get("id")): img for img in coco["images"] if isinstance(img, dict)}
-        images.pop(None, None)  # an image without a usable id: annotations pointing at it are reported
+        # an image without a usable id is left out: annotations pointing at it are reported
+        images, ambiguous = _images_by_id(coco["images"], json_path.name)
         dirs = self.image_dirs(base, json_path)
         for index, ann in enumerate(coco["annotations"]):
             ann_id = _row_id(ann, ("uuid", "id"), index)
             image_id = f"{json_path.stem}/{ann_id}"
+            row = f"{json_path.name} annotations[{index}]" + (
+                f" (id {ann_id})" if ann_id != f"#{index}" else ""
+            )
             try:
-                yield self.read_annotation(ann, image_id, images, categories, dirs, base)
+                ref = _key(ann.get("image_id")) if isinstance(ann, dict) else None
+                if ref in ambiguous:
+                    raise RowError(
+                        f"image_id {_show(ref)} is listed more than once among the file's images, with different "
+                        f"files ({ambiguous[ref]}): which photo the annotation is on is unknown",
+                        DUPLICATE_IMAGE_ENTRY,
+                    )
+                rec = self.read_annotation(ann, image_id, images, categories, dirs, base)
             except RowError as err:
                 yield self.skipped(image_id, err.reason, f"{json_path.name} annotation {ann_id}: {err}")
+                continue
+            rec.extra["row"] = row
+            yield rec
 
     def locate(self, file_name: str, dirs: list[Path], base: Path) -> Path:
-        """The image file: the first of ``dirs / file_name`` that exists, only among those inside ``base``."""
-        inside = [d / file_name for d in dirs if is_inside(d / file_name, base)]
+        """The image file: the first of ``dirs / file_name`` that exists (a missing one: the first inside
+        ``base``, reported missing by validation). One that exists but resolves outside ``base`` (a symbolic
+        link pointing out, ``../``) is refused, never read."""
+        candidates = [d / file_name for d in dirs]
+        for path in candidates:
+            if _exists(path):
+                if is_inside(path, base):
+                    return path
+                raise RowError(f"file_name {_show(file_name)} {outside_detail(path, base)}", OUTSIDE_SOURCE)
+        inside = [p for p in candidates if is_inside(p, base)]
         if not inside:
             raise RowError(f"file_name {_show(file_name)} resolves outside the source folder", OUTSIDE_SOURCE)
-        return next((p for p in inside if _exists(p)), inside[0])
+        return inside[0]
 
     def read_annotation(
         self, ann, image_id: str, images: dict, categories: dict, dirs: list[Path], base: Path
@@ -269,11 +312,14 @@ class MiewIDCsvSource(Source):
                 for index, row in enumerate(reader):
                     image_id = f"{csv_path.stem}/{self._first(row, *_ID_COLUMNS) or index}"
                     try:
-                        yield self.read_row(row, index, csv_path, folder)
+                        rec = self.read_row(row, index, csv_path, folder)
                     except RowError as err:
                         yield self.skipped(
                             image_id, err.reason, f"{csv_path.name} line {reader.line_num}: {err}"
                         )
+                        continue
+                    rec.extra["row"] = f"{csv_path.name} line {reader.line_num}"
+                    yield rec
             except UnicodeDecodeError as err:
                 raise SourceError(f"{where} is not UTF-8 text ({err})") from err
             except csv.Error as err:
@@ -306,7 +352,7 @@ class MiewIDCsvSource(Source):
         if not path.is_absolute():
             path = folder / path
         if not is_inside(path, folder):
-            raise RowError(f"path {_show(file_path)} resolves outside the source folder", OUTSIDE_SOURCE)
+            raise RowError(f"path {_show(file_path)} {outside_detail(path, folder)}", OUTSIDE_SOURCE)
         corners = [row.get(k) not in (None, "") for k in "xywh"]
         if row.get("bbox"):
             bbox = _bbox(row["bbox"])

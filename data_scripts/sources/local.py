@@ -299,7 +299,8 @@ class MacaqueFaces(Source):
         base = self.location(root)
         table = base / "MacaqueFaces_ImageInfo.csv"
         with open(table, newline="", encoding="utf-8-sig") as fh:
-            for row in csv.DictReader(fh):
+            reader = csv.DictReader(fh)
+            for row in reader:
                 rel = Path("MacaqueFaces") / row["Path"].strip("/") / row["FileName"]
                 yield Record(
                     source=self.info.name,
@@ -308,7 +309,11 @@ class MacaqueFaces(Source):
                     image_id=rel.as_posix(),
                     path=base / rel,
                     encounter=f"{row['ID']}/{row['DateTaken']}",
-                    extra={"category": row["Category"], "group": row["Group"]},
+                    extra={
+                        "category": row["Category"],
+                        "group": row["Group"],
+                        "row": f"{table.name} line {reader.line_num}",
+                    },
                 )
 
 
