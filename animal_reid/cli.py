@@ -16,6 +16,21 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "serve": ("animal_reid.serve.cli", ("serve",), "serve a model and a catalogue over HTTP"),
     "identify": ("animal_reid.identify.cli", (), "match query photos against a gallery of known individuals"),
+    "ingest": (
+        "animal_reid.season.ingest_cli",
+        (),
+        "read a season's photos (folder with EXIF, MegaDetector JSON, COCO, CSV, Camtrap DP) into one annotation table",
+    ),
+    "calibrate": (
+        "animal_reid.season.calibrate_cli",
+        (),
+        "fit per-species decision bands (known / unsure / new) on a labelled catalogue",
+    ),
+    "season": (
+        "animal_reid.season.season_cli",
+        (),
+        "a season's photos against a catalogue: decisions, proposed new individuals, exports and a report",
+    ),
 }
 
 

@@ -281,12 +281,21 @@ def gallery_queries(
 
 @dataclass
 class OpenSetThreshold:
-    """Calibrated new-individual thresholds: one global, optionally one per species."""
+    """Calibrated new-individual thresholds: one global, optionally one per species.
+
+    Optionally a second, higher threshold per species, ``known_above`` (decision bands,
+    :class:`animal_reid.season.decisions.Bands`): a best score at or above it is *known*, one below the
+    new-individual threshold is *new*, one between the two is *unsure* (:meth:`decision`). Without it a score is
+    known or new. Files without ``known_above`` (every file written before it existed) load unchanged, and files
+    without one are written as before.
+    """
 
     global_threshold: float
     per_species: dict[str, float] = field(default_factory=dict)
     objective: str = "geometric_mean_BAKS_BAUS"
     calibration: dict = field(default_factory=dict)
+    known_above: float | None = None
+    known_above_per_species: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def fit(
@@ -366,16 +375,43 @@ class OpenSetThreshold:
     def predict(self, best_scores, best_labels, species=None) -> np.ndarray:
         return predict_open_set(best_scores, best_labels, self.thresholds(species, len(best_scores)))
 
+    def known_above_for(self, species: str | None) -> float:
+        """The score from which a match is *known* (the new-individual threshold where no band is set)."""
+        if species is not None and str(species) in self.known_above_per_species:
+            return self.known_above_per_species[str(species)]
+        if self.known_above is not None and (species is None or str(species) not in self.per_species):
+            return self.known_above
+        return self.threshold_for(species)
+
+    def decision(self, best_score: float | None, species: str | None = None) -> str:
+        """``"new"`` below the new-individual threshold, ``"known"`` from ``known_above``, ``"unsure"`` between."""
+        if best_score is None or math.isnan(best_score) or best_score < self.threshold_for(species):
+            return "new"
+        return (
+            "known"
+            if best_score >= max(self.known_above_for(species), self.threshold_for(species))
+            else "unsure"
+        )
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.known_above is None and not self.known_above_per_species:
+            del d["known_above"], d["known_above_per_species"]  # as written before bands existed
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> OpenSetThreshold:
         if "global_threshold" not in d:
             raise ValueError(f"an open-set threshold dict needs 'global_threshold', got keys {sorted(d)}")
-        return cls(
-            **{k: d[k] for k in ("global_threshold", "per_species", "objective", "calibration") if k in d}
+        keys = (
+            "global_threshold",
+            "per_species",
+            "objective",
+            "calibration",
+            "known_above",
+            "known_above_per_species",
         )
+        return cls(**{k: d[k] for k in keys if k in d and d[k] is not None})
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

@@ -71,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         default=None,
-        help="new-individual threshold: a cosine in [-1, 1], a thresholds JSON, or 'gallery' (calibrated per "
-        "species on the labelled gallery itself: each gallery image queries the rest as a known and an unknown)",
+        help="new-individual threshold: a cosine in [-1, 1], a thresholds JSON, a decision-bands JSON "
+        "(animal-reid calibrate: its new_below), or 'gallery' (calibrated per species on the labelled gallery "
+        "itself: each gallery image queries the rest as a known and an unknown)",
     )
     p.add_argument(
         "--on-error",

@@ -3,10 +3,15 @@
 A query whose best score is below its threshold is a new individual. :func:`resolve_threshold` turns what a caller
 passes into an :class:`~animal_reid.openset.OpenSetThreshold` (checked), :data:`GALLERY_THRESHOLD` (calibrated by
 :func:`gallery_threshold` once the gallery is embedded) or None (no verdicts).
+
+A threshold JSON is either an ``OpenSetThreshold`` file or a decision-bands file written by ``animal-reid
+calibrate`` (:class:`animal_reid.season.decisions.Bands`): its ``new_below`` per species is the new-individual
+threshold, and its ``known_above`` rides along (``OpenSetThreshold.decision`` gives known / unsure / new).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -28,6 +33,8 @@ def resolve_threshold(threshold, model_dir: Path | None) -> OpenSetThreshold | N
     None: the one saved in ``model_dir``, if any) as a checked OpenSetThreshold, ``"gallery"`` or None."""
     if isinstance(threshold, OpenSetThreshold):
         return checked_threshold(threshold, "threshold")
+    if hasattr(threshold, "to_open_set"):  # decision bands (animal_reid.season.decisions.Bands)
+        return checked_threshold(threshold.to_open_set(), "threshold")
     if threshold is None:
         if model_dir is not None and (model_dir / THRESHOLD_FILE).is_file():
             logger.info("using the open-set threshold saved with the model: %s", model_dir / THRESHOLD_FILE)
@@ -47,7 +54,8 @@ def resolve_threshold(threshold, model_dir: Path | None) -> OpenSetThreshold | N
     if Path(text).is_file():
         return load_threshold(Path(text))
     raise ValueError(
-        f"threshold must be a number, an open-set threshold JSON file or {GALLERY_THRESHOLD!r}, got {threshold!r}"
+        f"threshold must be a number, an open-set threshold or decision-bands JSON file or {GALLERY_THRESHOLD!r}, "
+        f"got {threshold!r}"
     )
 
 
@@ -68,13 +76,26 @@ def gallery_threshold(embeddings: np.ndarray, gallery: Sequence[ImageItem]) -> O
 
 
 def load_threshold(path: Path) -> OpenSetThreshold:
-    """The checked OpenSetThreshold saved in ``path``; ValueError naming the file when it is not one."""
-    try:
-        thr = OpenSetThreshold.load(path)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
-        raise ValueError(
+    """The checked OpenSetThreshold saved in ``path`` (an OpenSetThreshold or a decision-bands JSON); ValueError
+    naming the file when it is neither."""
+    from ..season.decisions import Bands, is_bands
+
+    def not_ours(err: Exception) -> ValueError:
+        return ValueError(
             f"threshold file {path} is not an open-set threshold JSON ({type(err).__name__}: {err})"
-        ) from err
+        )
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise not_ours(err) from err
+    if is_bands(data):  # a BandsError names the file and the field
+        thr = Bands.from_dict(data, f"threshold file {path}").to_open_set()
+    else:
+        try:
+            thr = OpenSetThreshold.from_dict(data)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise not_ours(err) from err
     return checked_threshold(thr, f"threshold file {path}")
 
 
@@ -84,6 +105,14 @@ def checked_threshold(thr: OpenSetThreshold, what: str, low: float = -math.inf, 
         "global": thr.global_threshold,
         **{f"species {k!r}": v for k, v in (thr.per_species or {}).items()},
     }
+    if getattr(thr, "known_above", None) is not None:
+        values["global known_above"] = thr.known_above
+    values.update(
+        {
+            f"species {k!r} known_above": v
+            for k, v in (getattr(thr, "known_above_per_species", None) or {}).items()
+        }
+    )
     for name, v in values.items():
         try:
             ok = math.isfinite(float(v)) and low <= float(v) <= high
