@@ -108,10 +108,9 @@ def discover_new(annotations: Sequence[Annotation], embeddings, assignments: Seq
             k=settings.cluster_k,
             conflicts="split",
         )
-        for i, label in zip(rows, labels, strict=True):
-            out[i] = dataclasses.replace(
-                out[i], individual=f"new:{species or 'unknown'}:{int(label) + 1:04d}"
-            )
+        ids = proposed_ids(labels, [species or "unknown"] * len(rows))
+        for i, ident in zip(rows, ids, strict=True):
+            out[i] = dataclasses.replace(out[i], individual=ident)
     return out
 
 
