@@ -1,7 +1,8 @@
 """Build the multispecies re-ID corpus: source declarations, validation, seeded splits, Parquet + card.
 
 ``python -m data_scripts.build --sources synthetic --out corpus/synthetic`` builds the embedded default;
-``--sources real`` builds the six sources in ``$REID_DATA_ROOT`` (default ``../shared/data``).
+``--sources real`` builds the six sources in ``$REID_DATA_ROOT`` (default ``../shared/data``); ``--sources real8``
+adds humpback flukes (HumpbackWhaleID) and cat faces (Cat-Faces-Identification).
 """
 
 from .schema import SPECIES, Record, Species

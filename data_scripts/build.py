@@ -35,6 +35,7 @@ from animal_reid.manifest import OutputError, OutputFolder, describe_os_error
 from .schema import SPECIES, Record
 from .sources import (
     LOCAL_SOURCES,
+    REAL8_SOURCES,
     SOURCES,
     Source,
     Synthetic,
@@ -52,7 +53,8 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = "data_scripts.build"
 SOURCE_GROUPS: dict[str, tuple[str, ...]] = {
-    "real": LOCAL_SOURCES,
+    "real": LOCAL_SOURCES,  # the six of the earlier results: unchanged, so their commands build the same corpus
+    "real8": REAL8_SOURCES,  # the six + humpback flukes (humpbackwhaleid) and cat faces (catfaces)
     "lila": ("whaleshark", "gzgc", "leopard", "hyena", "beluga"),
 }
 

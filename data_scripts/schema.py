@@ -40,6 +40,8 @@ SPECIES: dict[str, Species] = {
         Species("beluga", "beluga whale", "Delphinapterus leucas"),
         Species("chimpanzee", "chimpanzee", "Pan troglodytes"),
         Species("sea_turtle", "loggerhead sea turtle", "Caretta caretta"),
+        Species("humpback", "humpback whale", "Megaptera novaeangliae"),
+        Species("cat", "domestic cat", "Felis catus"),
         # Procedural species of the synthetic source (data_scripts/sources/synthetic.py).
         Species("synth_stripes", "synthetic striped animal", "Synthetica striata"),
         Species("synth_spots", "synthetic spotted animal", "Synthetica maculata"),
@@ -67,6 +69,11 @@ SPECIES_ALIASES: dict[str, str] = {
     "beluga_whale": "beluga",
     "whale_beluga": "beluga",
     "delphinapterus_leucas": "beluga",
+    "humpback_whale": "humpback",
+    "whale_humpback": "humpback",
+    "megaptera_novaeangliae": "humpback",
+    "domestic_cat": "cat",
+    "felis_catus": "cat",
 }
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -15,6 +16,11 @@ from ..validate import OUTSIDE_SOURCE
 logger = logging.getLogger(__name__)
 
 
+UNIDENTIFIED = "unidentified animal"
+"""Skip reason of a row whose identity says nobody identified the animal (Kaggle's ``new_whale``, wildlife-datasets'
+``unknown``): not an identity, so not a row of a re-ID corpus."""
+
+
 class SourceError(ValueError):
     """A whole file of a source cannot be read (not JSON, no header, wrong shape): the build stops, naming it."""
 
@@ -25,6 +31,17 @@ def is_inside(path: Path | str, folder: Path | str) -> bool:
         return Path(path).resolve().is_relative_to(Path(folder).resolve())
     except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: not a path to read
         return False
+
+
+def file_digest(path: Path | str, folder: Path | str) -> str | None:
+    """The sha256 of a file inside ``folder`` (byte-identical copies share it); None for a file outside it (never
+    read) or one that cannot be read (validation reports it)."""
+    if not is_inside(path, folder):
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def outside_detail(path: Path | str, folder: Path | str) -> str:
