@@ -137,3 +137,17 @@ def test_dataloader_kwargs():
     state = torch.get_rng_state()
     iter(DataLoader(range(4), **dataloader_kwargs(0)))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_cap_per_species_keeps_whole_identities_up_to_the_cap():
+    from animal_reid.training.data import cap_per_species
+
+    identities = [f"d{i // 4}" for i in range(40)] + [f"c{i // 2}" for i in range(6)]  # dog: 10 x 4, cat: 3 x 2
+    species = ["dog"] * 40 + ["cat"] * 6
+    keep = cap_per_species(identities, species, cap=10, seed=0)
+    kept_dogs = [identities[i] for i in keep if species[i] == "dog"]
+    assert len(kept_dogs) == 8 and all(kept_dogs.count(d) == 4 for d in set(kept_dogs))  # two whole dogs (8 <= 10)
+    assert [i for i in keep if species[i] == "cat"] == list(range(40, 46))  # under the cap: all kept
+    assert keep == sorted(keep)
+    assert keep == cap_per_species(identities, species, cap=10, seed=0)  # seeded
+    assert keep != cap_per_species(identities, species, cap=10, seed=1)

@@ -171,6 +171,13 @@ class DataArguments:
     max_eval_images_per_identity: int | None = field(
         default=None, metadata={"help": "Cap on validation/test images per identity (a seeded choice)."}
     )
+    max_train_images_per_species: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cap on training images per species after the per-identity cap: whole identities are kept, "
+            "drawn in a seeded order until the species reaches the cap (species balance for a mixed corpus)."
+        },
+    )
     use_boxes: bool = field(
         default=True, metadata={"help": "Crop to the annotated box (rotated by theta) before resizing."}
     )
@@ -200,6 +207,10 @@ class DataArguments:
     def __post_init__(self) -> None:
         if self.max_images_per_identity is not None and self.max_images_per_identity < 1:
             raise ValueError(f"max_images_per_identity must be >= 1, got {self.max_images_per_identity}")
+        if self.max_train_images_per_species is not None and self.max_train_images_per_species < 1:
+            raise ValueError(
+                f"max_train_images_per_species must be >= 1, got {self.max_train_images_per_species}"
+            )
         if self.max_eval_images_per_identity is not None and self.max_eval_images_per_identity < 2:
             raise ValueError(
                 f"max_eval_images_per_identity must be >= 2 (a query needs a match), got {self.max_eval_images_per_identity}"

@@ -90,6 +90,25 @@ def cap_per_identity(identities: Sequence[str], cap: int, seed: int) -> list[int
     return sorted(keep)
 
 
+def cap_per_species(identities: Sequence[str], species: Sequence[str], cap: int, seed: int) -> list[int]:
+    """Row indices keeping at most ``cap`` rows per species: whole identities, in a seeded order per species,
+    while they fit (an identity larger than what is left is passed over); original order kept."""
+    rows: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, (ident, sp) in enumerate(zip(identities, species, strict=True)):
+        rows[sp][ident].append(i)
+    keep: list[int] = []
+    for sp in sorted(rows):
+        digest = hashlib.sha256(f"{seed}:species:{sp}".encode()).digest()
+        order = sorted(rows[sp])
+        np.random.default_rng(int.from_bytes(digest[:8], "little")).shuffle(order)
+        left = cap
+        for ident in order:
+            if len(rows[sp][ident]) <= left:
+                keep.extend(rows[sp][ident])
+                left -= len(rows[sp][ident])
+    return sorted(keep)
+
+
 @dataclass
 class Corpus:
     """The three splits of a corpus, filtered and capped as the config says, with the train label map."""
@@ -177,6 +196,9 @@ def load_corpus(data_args: DataArguments, seed: int) -> Corpus:
         )
         if cap is not None:
             ds = ds.select(cap_per_identity(list(ds["identity"]), cap, seed))
+        if split == "train" and data_args.max_train_images_per_species is not None:
+            cap_sp = data_args.max_train_images_per_species
+            ds = ds.select(cap_per_species(list(ds["identity"]), list(ds["species"]), cap_sp, seed))
         if len(ds) == 0:
             raise ValueError(
                 f"split {split!r} of {root} is empty after filtering (species={data_args.species})"
