@@ -1,8 +1,10 @@
 """The FastAPI app: versioned routes over a :class:`~animal_reid.serve.service.Service`.
 
-Reads (embed, identify, list, photos) are open; every write needs ``Authorization: Bearer <token>``. Uploads
-are checked before any decoding (size, format, pixel count from the header); errors are one-line 4xx
-``{"detail": "..."}`` answers naming the problem. OpenAPI docs at ``/docs``.
+Reads (embed, identify, list, photos) are open; every write needs ``Authorization: Bearer <token>`` (declared
+in the OpenAPI spec as the ``bearer`` scheme, so ``/docs`` has an Authorize button). Uploads are checked before
+any decoding (size, format, pixel count from the header); errors are one-line 4xx ``{"detail": "..."}`` answers
+naming the problem. Species names are case-insensitive (stored lower-case). API docs at ``/docs`` and
+``/redoc``, their scripts served by the app itself (no CDN: they work offline).
 """
 
 from __future__ import annotations
@@ -17,23 +19,40 @@ from typing import Annotated
 
 import numpy as np
 from anyio import to_thread
-from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+from pydantic_core import PydanticCustomError
 
+from animal_reid.serve.docs import add_offline_docs
 from animal_reid.serve.page import PAGE
 from animal_reid.serve.service import TOKEN_ENV, Service
+from animal_reid.serve.settings import species_key
 from animal_reid.serve.store import Conflict, NewPhoto, NotFound
 from modeling.boxes_animal_reid import displayed_size
 
-SPECIES_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+
+def _species(value: str) -> str:
+    try:
+        return species_key(value)
+    except ValueError as err:
+        raise PydanticCustomError("species", str(err)) from None
+
+
+#: a species name as clients may send it: any case, stored and answered lower-case
+Species = Annotated[str, AfterValidator(_species)]
+SPECIES_HELP = "species, any case (stored lower-case): letters, digits, _"
+BEARER = HTTPBearer(
+    auto_error=False, scheme_name="bearer", description=f"the server's write token (its {TOKEN_ENV} variable)"
+)
 
 
 class NewIndividual(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    species: str = Field(pattern=SPECIES_RE.pattern)
+    species: Species = Field(description=SPECIES_HELP)
     notes: str = Field(default="", max_length=10_000)
 
 
@@ -147,8 +166,11 @@ def create_app(service: Service) -> FastAPI:
             await to_thread.run_sync(service.open)
         yield
 
-    app = FastAPI(title="animal-reid", version="1", lifespan=lifespan,
-                  description="Animal re-identification against a growing catalogue of known individuals.")  # fmt: skip
+    app = FastAPI(title="animal-reid", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  swagger_ui_oauth2_redirect_url=None,
+                  description="Animal re-identification against a growing catalogue of known individuals. "
+                  f"Writes need the server's token ({TOKEN_ENV}): press Authorize.")  # fmt: skip
+    add_offline_docs(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.service = service
 
@@ -162,16 +184,17 @@ def create_app(service: Service) -> FastAPI:
 
     app.add_middleware(BodyLimit, service=service)
 
-    def writer(authorization: Annotated[str | None, Header()] = None) -> None:
+    def writer(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
         if service.token is None:
             raise _fail(403, f"writes are disabled on this server (start it with {TOKEN_ENV} set)")
-        if not authorization or not authorization.lower().startswith("bearer "):
+        if credentials is None:  # no header, another scheme, or no token after "Bearer"
             raise HTTPException(401, "writes need an 'Authorization: Bearer <token>' header",
                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-        if not hmac.compare_digest(authorization[7:].strip().encode(), service.token.encode()):
+        if not hmac.compare_digest(credentials.credentials.strip().encode(), service.token.encode()):
             raise _fail(403, "the bearer token is not valid for this server")
 
     _add_read_routes(app, service)
+    _add_catalogue_reads(app, service)
     _add_write_routes(app, service, Depends(writer))
     return app
 
@@ -212,7 +235,7 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/identify")
     async def identify(
         file: Annotated[UploadFile, File(description="the photo to identify")],
-        species: Annotated[str, Form(pattern=SPECIES_RE.pattern)],
+        species: Annotated[Species, Form(description=SPECIES_HELP)],
         box: Annotated[str | None, Form(description="[x, y, w, h]")] = None,
         theta: Annotated[float, Form()] = 0.0,
         top_k: Annotated[int, Form(ge=1, le=100)] = 5,
@@ -228,8 +251,17 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
             described = await to_thread.run_sync(service.describe, *ids)
         return _identify_answer(service, species, found, described)
 
+
+def _add_catalogue_reads(app: FastAPI, service: Service) -> None:
+    @app.get("/v1/species")
+    async def species() -> dict:
+        """Species in the catalogue or in the threshold file, with their counts (the page's drop-down)."""
+        return {"species": await to_thread.run_sync(service.species)}
+
     @app.get("/v1/individuals")
-    async def list_individuals(species: Annotated[str | None, Query()] = None) -> list[dict]:
+    async def list_individuals(
+        species: Annotated[Species | None, Query(description=SPECIES_HELP)] = None,
+    ) -> list[dict]:
         return await to_thread.run_sync(service.catalogue.list_individuals, species)
 
     @app.get("/v1/individuals/{individual_id}")
@@ -298,7 +330,7 @@ def _add_write_routes(app: FastAPI, service: Service, writer) -> None:
         name: Annotated[
             str | None, Form(description="a new individual's name (instead of individual_id)")
         ] = None,
-        species: Annotated[str | None, Form(pattern=SPECIES_RE.pattern)] = None,
+        species: Annotated[Species | None, Form(description=SPECIES_HELP)] = None,
         notes: Annotated[str, Form()] = "",
         box: Annotated[str | None, Form(description="[x, y, w, h]")] = None,
         theta: Annotated[float, Form()] = 0.0,

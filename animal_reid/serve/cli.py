@@ -1,7 +1,8 @@
 """``animal-reid serve --model DIR_OR_REPO --catalogue URL``: start the re-ID service with uvicorn.
 
 The write token comes from the ``ANIMAL_REID_TOKEN`` environment variable (never the command line, where
-other users of the machine could read it). Errors: one ``error:`` line on stderr, exit 2 for bad arguments.
+other users of the machine could read it). Once the index is built and the port is bound, one line
+``listening on http://HOST:PORT`` goes to stdout. Errors: one ``error:`` line on stderr, exit 2 for bad arguments.
 ``--help`` needs only the base install; serving needs the ``serve`` extra, and without it the command says so in
 one line (exit 1).
 """
@@ -9,11 +10,14 @@ one line (exit 1).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
+import socket
 import sys
 
 from animal_reid.extras import MissingExtraError, require_extra
-from animal_reid.serve.settings import TOKEN_ENV, Limits
+from animal_reid.serve.settings import DEFAULT_POLL_MS, TOKEN_ENV, Limits
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,8 +41,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="batching threads, each encoding on its share of the cores (default: one per core)")  # fmt: skip
     s.add_argument("--max-upload-mb", type=float, default=20.0)
     s.add_argument("--max-megapixels", type=float, default=50.0)
+    s.add_argument("--poll-ms", type=float, default=float(DEFAULT_POLL_MS),
+                   help="how often to look for writes made by other replicas on the same catalogue, in ms "
+                   f"(default {DEFAULT_POLL_MS}; on PostgreSQL a NOTIFY wakes them at once; 0: never)")  # fmt: skip
     s.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def check_listen(host: str, port: int) -> None:
+    """OSError with one line when ``host:port`` cannot be listened on (checked before the model loads; port 0,
+    a free one, always can)."""
+    if port == 0:
+        return
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            why = "the port is in use (another server? choose another --port)"
+        else:  # os.strerror: create_server's own strerror repeats the address
+            why = (os.strerror(err.errno) if (err.errno or 0) > 0 else err.strerror or str(err)).lower()
+        raise OSError(f"cannot listen on {host}:{port}: {why}") from None
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -47,26 +71,48 @@ def serve(args: argparse.Namespace) -> None:
     from animal_reid.serve.app import create_app
     from animal_reid.serve.service import Service
 
+    check_listen(args.host, args.port)
     limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6)
     )
     service = Service.from_pretrained(
         args.model, args.catalogue, photo_dir=args.photos, threshold=args.threshold, device=args.device,
         limits=limits, max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000, engine=args.engine,
-        workers=args.workers,
+        workers=args.workers, poll_s=args.poll_ms / 1000,
     )  # fmt: skip
     if service.token is None:
         logging.getLogger(__name__).warning("%s is not set: the catalogue is read-only", TOKEN_ENV)
+    config = uvicorn.Config(
+        create_app(service),
+        host=args.host,
+        port=args.port,
+        log_level="info" if args.verbose else "warning",
+        access_log=args.verbose,  # one log record per request costs the event loop CPU
+    )
     try:
-        uvicorn.run(
-            create_app(service),
-            host=args.host,
-            port=args.port,
-            log_level="info" if args.verbose else "warning",
-            access_log=args.verbose,  # one log record per request costs the event loop CPU
-        )
+        _announcing_server_class()(config).run()
     finally:
         service.close()
+
+
+def _listening_url(server) -> str:
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _announcing_server_class():
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        """uvicorn's server, printing ``listening on URL`` once it is bound (after the app's startup: the
+        catalogue is open and the index built), with the port actually bound (``--port 0`` picks a free one)."""
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and self.servers:
+                print(f"listening on {_listening_url(self)}", flush=True)
+
+    return AnnouncingServer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.max_batch < 1 or args.max_wait_ms < 0 or (args.workers is not None and args.workers < 1):
         print("error: --max-batch and --workers must be >= 1 and --max-wait-ms >= 0", file=sys.stderr)
+        return 2
+    if args.poll_ms < 0:
+        print(
+            f"error: --poll-ms must be >= 0 (0: do not follow other replicas), got {args.poll_ms:g}",
+            file=sys.stderr,
+        )
         return 2
     try:
         require_extra("animal-reid serve", "serve")

@@ -1,7 +1,8 @@
 """The in-memory search index over the catalogue's sightings, one ``GalleryIndex`` per species.
 
-It is rebuilt from the store at start and then follows every committed change (add, delete, merge) under one
-lock; a species' ``GalleryIndex`` is rebuilt lazily, on the next search after a change.
+It is rebuilt from the store at start and then follows every committed change (add, delete, merge; and, through
+:meth:`CatalogueIndex.apply`, what other replicas changed) under one lock; a species' ``GalleryIndex`` is
+rebuilt lazily, on the next search after a change.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ class _Species:
         self.gallery: GalleryIndex | None = None
 
     def add(self, sighting_id: int, individual_id: int, emb: np.ndarray) -> None:
-        self.sighting_ids = np.append(self.sighting_ids, sighting_id)
-        self.individual_ids = np.append(self.individual_ids, individual_id)
-        self.embeddings = np.vstack([self.embeddings, emb.reshape(1, -1).astype(np.float32)])
+        self.extend([sighting_id], [individual_id], [emb])
+
+    def extend(self, sighting_ids: list[int], individual_ids: list[int], embs: list[np.ndarray]) -> None:
+        self.sighting_ids = np.append(self.sighting_ids, np.asarray(sighting_ids, np.int64))
+        self.individual_ids = np.append(self.individual_ids, np.asarray(individual_ids, np.int64))
+        rows = [e.reshape(1, -1).astype(np.float32) for e in embs]
+        self.embeddings = np.vstack([self.embeddings, *rows])
         self.gallery = None
 
     def keep(self, mask: np.ndarray) -> None:
@@ -52,10 +57,8 @@ class CatalogueIndex:
     @classmethod
     def from_rows(cls, rows: IndexRows, dim: int, method: str = "auto") -> CatalogueIndex:
         index = cls(dim, method)
-        for sid, iid, sp, emb in zip(
-            rows.sighting_ids, rows.individual_ids, rows.species, rows.embeddings, strict=True
-        ):
-            index.add(int(sid), int(iid), sp, emb)
+        index.apply(add=zip(rows.sighting_ids.tolist(), rows.individual_ids.tolist(), rows.species,
+                            rows.embeddings, strict=True))  # fmt: skip
         return index
 
     def __len__(self) -> int:
@@ -71,6 +74,47 @@ class CatalogueIndex:
                 for a, b in zip(s.sighting_ids, s.individual_ids, strict=True)
             ]
         return sorted(pairs)
+
+    def entries(self) -> dict[int, tuple[int, str]]:
+        """{sighting id: (individual id, species)} of every indexed sighting."""
+        with self._lock:
+            return {
+                int(sid): (int(iid), name)
+                for name, sp in self._species.items()
+                for sid, iid in zip(sp.sighting_ids.tolist(), sp.individual_ids.tolist(), strict=True)
+            }
+
+    def apply(self, remove=(), moves: dict[int, tuple[int, str]] | None = None, add=()) -> None:
+        """Several changes under one lock: drop the sightings ``remove``; give those in ``moves`` their new
+        (individual, species), their embedding moving between species if need be; then ``add`` the rows
+        ``(sighting id, individual id, species, embedding)``."""
+        moves = moves or {}
+        add = list(add)
+        for sid, _iid, _sp, emb in add:
+            if emb.size != self.dim:
+                raise ValueError(f"sighting {sid} has a {emb.size}-d embedding, the index is {self.dim}-d")
+        with self._lock:
+            gone, moved = set(remove), []
+            for name, sp in self._species.items():
+                if not len(sp.sighting_ids):
+                    continue
+                hit = np.isin(sp.sighting_ids, list(gone | moves.keys()))
+                for i in np.flatnonzero(hit):
+                    sid = int(sp.sighting_ids[i])
+                    if sid in moves and moves[sid][1] == name:
+                        sp.individual_ids[i] = moves[sid][0]
+                        sp.gallery = None
+                        hit[i] = False
+                    elif sid in moves:
+                        moved.append((sid, *moves[sid], sp.embeddings[i].copy()))
+                if hit.any():
+                    sp.keep(~hit)
+            by_species: dict[str, list] = {}
+            for row in moved + add:
+                by_species.setdefault(row[2], []).append(row)
+            for name, rows in by_species.items():
+                sids, iids, _, embs = zip(*rows, strict=True)
+                self._species.setdefault(name, _Species(self.dim)).extend(list(sids), list(iids), list(embs))
 
     def has_sightings_of(self, species: str) -> bool:
         with self._lock:

@@ -2,7 +2,8 @@
 
 Upload a photo (draw a box on it or type one), see the top candidates beside their catalogue photos with
 scores, then click "same as ..." or "new individual"; the page posts the sighting with the bearer token typed
-into it (kept in the browser's localStorage).
+into it (kept in the browser's localStorage). The species field offers the catalogue's species (``/v1/species``)
+as a drop-down and still takes a new one.
 """
 
 PAGE = """<!doctype html>
@@ -10,6 +11,7 @@ PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <title>animal-reid review</title>
+<link rel="icon" href="data:,">
 <style>
  body { font-family: sans-serif; margin: 1.5em; max-width: 70em; }
  fieldset { margin-bottom: 1em; }
@@ -26,7 +28,9 @@ PAGE = """<!doctype html>
 <h1>Who is this?</h1>
 <fieldset>
  <label>Photo <input type="file" id="file" accept="image/jpeg,image/png,image/webp"></label>
- <label>Species <input id="species" value="" placeholder="e.g. lion" size="12"></label>
+ <label>Species <input id="species" list="species-list" value="" placeholder="e.g. lion" size="12"
+  autocomplete="off"></label>
+ <datalist id="species-list"></datalist>
  <label>Box x,y,w,h <input id="box" placeholder="drag on the photo" size="18"></label>
  <label>Token <input id="token" type="password" size="12"></label>
  <button id="identify">Identify</button>
@@ -46,6 +50,21 @@ let img = null, scale = 1, drag = null;
 $("token").value = localStorage.getItem("animal-reid-token") || "";
 $("token").addEventListener("change", () => localStorage.setItem("animal-reid-token", $("token").value));
 
+async function loadSpecies() {
+  try {
+    const r = await fetch("/v1/species");
+    if (!r.ok) return;
+    const list = $("species-list");
+    list.innerHTML = "";
+    for (const s of (await r.json()).species) {
+      const o = document.createElement("option");
+      o.value = s.name;
+      o.label = `${s.name}: ${s.individuals} individuals`;
+      list.appendChild(o);
+    }
+  } catch (err) { /* the list is a convenience: typing a species still works */ }
+}
+loadSpecies();
 function status(text, isError) {
   $("status").textContent = text;
   $("status").className = isError ? "error" : "";
@@ -123,6 +142,7 @@ async function record(fields, name) {
   try {
     const r = await call("/v1/sightings", fd, true);
     status(`recorded sighting ${r.id} of ${r.individual_name} (individual ${r.individual_id})`);
+    loadSpecies();
   } catch (err) { status(err.message, true); }
 }
 $("new-individual").addEventListener("click", () => {

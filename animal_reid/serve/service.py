@@ -2,6 +2,8 @@
 
 Every catalogue change goes through :class:`Service` under one write lock: the store commits first, then the
 index follows, so the index is always the store's committed state (and is rebuilt from it at every start).
+Changes committed by other processes on the same catalogue (replicas on one PostgreSQL) are brought in by a
+:class:`~animal_reid.serve.changes.ChangeFollower` thread calling :meth:`Service.sync`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from animal_reid.serve.batcher import MicroBatcher
+from animal_reid.serve.changes import ChangeFollower
 from animal_reid.serve.index import CatalogueIndex
-from animal_reid.serve.settings import TOKEN_ENV, Limits  # noqa: F401  (re-exported)
-from animal_reid.serve.store import Catalogue, NewPhoto
+from animal_reid.serve.settings import DEFAULT_POLL_MS, SPECIES_RE, TOKEN_ENV, Limits  # noqa: F401  (re-exported)
+from animal_reid.serve.store import Catalogue, FollowState, NewPhoto
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ class Service:
         max_batch: int = 32,
         max_wait_s: float = 0.005,
         workers: int | None = None,
+        poll_s: float | None = DEFAULT_POLL_MS / 1000,
         **encode_kwargs,
     ):
         self.model, self.processor, self.catalogue = model, processor, catalogue
@@ -78,11 +82,16 @@ class Service:
         )
         self.index: CatalogueIndex | None = None
         self.write_lock = threading.Lock()
-        # read-through cache of what each answer shows (individual names, sighting photo hashes): names never
-        # change and entries are dropped on delete and merge, so a hit is always the store's answer
+        # other processes' writes: checked every poll_s seconds (and at each NOTIFY on PostgreSQL); None or 0: off
+        self.follower = (
+            ChangeFollower(catalogue.engine, self.sync, poll_s, catalogue.shown_url) if poll_s else None
+        )
+        # read-through cache of what each answer shows (individual names, sighting photo hashes): entries are
+        # dropped on delete and merge and updated by sync() (other replicas' renames), so a hit is the store's
         self._names: dict[int, str] = {}
         self._photos: dict[int, str] = {}
         self._cache_lock = threading.Lock()
+        self._unembeddable: set[int] = set()  # other models' sightings whose photo could not be read here
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, catalogue_url: str, photo_dir=None, threshold=None,
@@ -109,8 +118,12 @@ class Service:
         """Migrate the store, re-embed sightings made with another model, and build the index from the store."""
         self.catalogue.migrate()
         self._reembed_stale()
+        if self.follower is not None:
+            self.follower.prime()  # before reading the rows: a commit from now on is looked at by the follower
         self.index = CatalogueIndex.from_rows(self.catalogue.index_rows(), self.dim)
-        logger.info("catalogue %s: %d sightings indexed", self.catalogue.url, len(self.index))
+        logger.info("catalogue %s: %d sightings indexed", self.catalogue.shown_url, len(self.index))
+        if self.follower is not None:
+            self.follower.start()
 
     def _reembed_stale(self) -> None:
         stale = self.catalogue.stale_sightings(self.model_id, self.preprocessing_key)
@@ -121,6 +134,8 @@ class Service:
             self.catalogue.update_embedding(sid, emb, self.model_id, self.preprocessing_key)
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         self.batcher.close()
         self.catalogue.close()
 
@@ -133,6 +148,18 @@ class Service:
 
     def threshold_for(self, species: str) -> float | None:
         return None if self.threshold is None else float(self.threshold.threshold_for(species))
+
+    def species(self) -> list[dict]:
+        """Every species in the catalogue or in the threshold file: name, individuals, sightings, threshold."""
+        counts = self.catalogue.species_counts()
+        names = set(counts) | {
+            s for s in getattr(self.threshold, "per_species", {}) if SPECIES_RE.fullmatch(s)
+        }
+        return [
+            {"name": name, "individuals": counts.get(name, (0, 0))[0], "sightings": counts.get(name, (0, 0))[1],
+             "threshold": self.threshold_for(name)}
+            for name in sorted(names)
+        ]  # fmt: skip
 
     # --- writes: store first, then the index, under one lock ----------------------------------------------
     def add_sighting(self, photo: NewPhoto, embedding: np.ndarray, **kwargs) -> dict:
@@ -159,6 +186,55 @@ class Service:
             with self._cache_lock:
                 self._names.pop(source_id, None)
             return out
+
+    # --- other processes' writes ---------------------------------------------------------------------------
+    def sync(self) -> dict:
+        """Bring the index and caches to the store's committed state: sightings other processes added, deleted
+        or moved (merges, species edits) and individuals they renamed or deleted. Returns what changed."""
+        with self.write_lock:
+            state = self.catalogue.follow_state(self.model_id, self.preprocessing_key)
+            have = self.index.entries()
+            want = {**state.sightings, **state.other_model}
+            remove = [sid for sid in have if sid not in want]
+            moves = {sid: want[sid] for sid, entry in have.items() if sid in want and want[sid] != entry}
+            new = [sid for sid in want if sid not in have]
+            add = self._embeddings_for(new, state)
+            self.index.apply(remove=remove, moves=moves, add=add)
+            renamed = self._sync_caches(state, remove)
+        changed = {"added": len(add), "removed": len(remove), "moved": len(moves), "renamed": renamed}
+        if any(changed.values()):
+            logger.info("catalogue changed by another process: %s", changed)
+        return changed
+
+    def _embeddings_for(self, sighting_ids: list[int], state: FollowState) -> list[tuple]:
+        """Index rows for new sightings: the stored embedding when this model made it, else one made here from
+        the photo (kept in memory only: writing it back would make replicas with two models take turns)."""
+        ours = [sid for sid in sighting_ids if sid in state.sightings]
+        rows = [(sid, *state.sightings[sid], emb) for sid, emb in self.catalogue.embeddings(ours).items()]
+        others = self.catalogue.photo_files([sid for sid in sighting_ids if sid in state.other_model])
+        for sid, (path, box, theta) in others.items():
+            try:
+                emb = self.batcher.encode([path.read_bytes()], [box], [theta])[0]
+            except (OSError, ValueError) as err:  # e.g. replicas on two machines that do not share --photos
+                if sid not in self._unembeddable:  # tried again at every sync, said once
+                    self._unembeddable.add(sid)
+                    logger.warning("sighting %d (embedded by another model) is left out of this replica's index:"
+                                   " cannot re-embed %s: %s", sid, path, err)  # fmt: skip
+                continue
+            rows.append((sid, *state.other_model[sid], emb))
+        return rows
+
+    def _sync_caches(self, state: FollowState, removed: list[int]) -> int:
+        with self._cache_lock:
+            for sid in removed:
+                self._photos.pop(sid, None)
+            stale = [i for i, name in self._names.items() if state.names.get(i) != name]
+            for i in stale:
+                if i in state.names:
+                    self._names[i] = state.names[i]
+                else:
+                    del self._names[i]
+        return len(stale)
 
     def describe_cached(self, individual_ids: list[int], sighting_ids: list[int]) -> tuple[dict, dict] | None:
         """What :meth:`describe` answers when every id is cached (no store read, so the event loop may call it);
@@ -197,4 +273,6 @@ class Service:
             "preprocessing_key": self.preprocessing_key,
             "schema_revision": self.catalogue.revision(),
             "encode_batches": self.batcher.batches,
+            "follow_poll_s": None if self.follower is None else self.follower.poll_s,
+            "syncs": 0 if self.follower is None else self.follower.syncs,
         }

@@ -19,6 +19,9 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from animal_reid.serve.changes import notify_on_write
+from animal_reid.serve.settings import species_key
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -79,6 +82,16 @@ class NewPhoto:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class FollowState:
+    """What a replica's index and caches are derived from, without embeddings: every sighting's individual and
+    species (split by whether this replica's model made its embedding) and every individual's name."""
+
+    sightings: dict[int, tuple[int, str]]
+    other_model: dict[int, tuple[int, str]]
+    names: dict[int, str]
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,12 @@ class Catalogue:
         self.engine = sa.create_engine(url, pool_pre_ping=not is_sqlite)
         if is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        notify_on_write(self.engine)  # PostgreSQL: other replicas wake up at each commit (changes.py)
+
+    @property
+    def shown_url(self) -> str:
+        """The URL for messages and logs: any password masked."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
@@ -202,7 +221,7 @@ class Catalogue:
     # --- individuals --------------------------------------------------------------------------------------
     def create_individual(self, name: str, species: str, notes: str = "") -> dict:
         with Session(self.engine) as s, s.begin():
-            ind = Individual(name=name, species=species, notes=notes, created_at=_now())
+            ind = Individual(name=name, species=species_key(species), notes=notes, created_at=_now())
             s.add(ind)
             s.flush()
             return _individual_dict(ind, 0)
@@ -215,13 +234,30 @@ class Catalogue:
         with Session(self.engine) as s:
             q = sa.select(Individual).order_by(Individual.id)
             if species is not None:
-                q = q.where(Individual.species == species)
+                q = q.where(Individual.species == species_key(species))
             counts = self._counts(s)
             return [_individual_dict(i, counts.get(i.id, 0)) for i in s.scalars(q)]
 
     def species(self) -> list[str]:
         with Session(self.engine) as s:
             return sorted(s.scalars(sa.select(Individual.species).distinct()))
+
+    def species_counts(self) -> dict[str, tuple[int, int]]:
+        """{species: (individuals, sightings)} for every species in the catalogue."""
+        with Session(self.engine) as s:
+            n_sightings = (
+                sa.select(Sighting.individual_id, sa.func.count().label("n"))
+                .group_by(Sighting.individual_id)
+                .subquery()
+            )
+            q = (
+                sa.select(
+                    Individual.species, sa.func.count(), sa.func.coalesce(sa.func.sum(n_sightings.c.n), 0)
+                )
+                .outerjoin(n_sightings, n_sightings.c.individual_id == Individual.id)
+                .group_by(Individual.species)
+            )
+            return {sp: (int(n_ind), int(n_sig)) for sp, n_ind, n_sig in s.execute(q)}
 
     def _individual(self, s: Session, individual_id: int) -> Individual:
         ind = s.get(Individual, individual_id)
@@ -278,7 +314,8 @@ class Catalogue:
         sha = self._write_photo(photo)
         with Session(self.engine) as s, s.begin():
             if individual_id is None:
-                ind = Individual(**{"notes": "", **new_individual}, created_at=_now())
+                fields = {"notes": "", **new_individual, "species": species_key(new_individual["species"])}
+                ind = Individual(**fields, created_at=_now())
                 s.add(ind)
                 s.flush()
             else:
@@ -343,6 +380,43 @@ class Catalogue:
                     model_id,
                     key,
                 )
+
+    def follow_state(self, model_id: str, preprocessing_key: str) -> FollowState:
+        """Every sighting's (individual, species) and every individual's name, read in one transaction."""
+        with Session(self.engine) as s, s.begin():
+            mine = (Sighting.model_id == model_id) & (Sighting.preprocessing_key == preprocessing_key)
+            q = sa.select(Sighting.id, Sighting.individual_id, Individual.species, mine).join(
+                Individual, Individual.id == Sighting.individual_id
+            )
+            sightings, other = {}, {}
+            for sid, iid, species, is_mine in s.execute(q):
+                (sightings if is_mine else other)[int(sid)] = (int(iid), species)
+            names = dict(s.execute(sa.select(Individual.id, Individual.name)).all())
+        return FollowState(sightings, other, names)
+
+    def embeddings(self, sighting_ids: list[int], chunk: int = 500) -> dict[int, np.ndarray]:
+        """{sighting id: stored embedding} for those of ``sighting_ids`` still in the catalogue."""
+        out: dict[int, np.ndarray] = {}
+        with Session(self.engine) as s:
+            for i in range(0, len(sighting_ids), chunk):
+                q = sa.select(Sighting.id, Sighting.embedding).where(
+                    Sighting.id.in_(sighting_ids[i : i + chunk])
+                )
+                out.update((int(sid), np.frombuffer(emb, dtype=np.float32)) for sid, emb in s.execute(q))
+        return out
+
+    def photo_files(self, sighting_ids: list[int]) -> dict[int, tuple[Path, list | None, float]]:
+        """{sighting id: (photo file, box, theta)} for those of ``sighting_ids`` still in the catalogue."""
+        with Session(self.engine) as s:
+            q = (
+                sa.select(Sighting.id, Sighting.photo_sha256, Photo.format, Sighting.box, Sighting.theta)
+                .join(Photo, Photo.sha256 == Sighting.photo_sha256)
+                .where(Sighting.id.in_(sighting_ids))
+            )
+            return {
+                int(sid): (self.photo_path(sha, fmt), box, theta)
+                for sid, sha, fmt, box, theta in s.execute(q)
+            }
 
     def index_rows(self) -> IndexRows:
         """Every sighting's (id, individual, species, embedding), in id order, read in one transaction."""
