@@ -71,9 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         default=None,
-        help="new-individual threshold: a cosine in [-1, 1], a thresholds JSON, a decision-bands JSON "
-        "(animal-reid calibrate: its new_below), or 'gallery' (calibrated per species on the labelled gallery "
-        "itself: each gallery image queries the rest as a known and an unknown)",
+        help="new-individual threshold: a cosine in [-1, 1], a thresholds or bands JSON (animal-reid calibrate), "
+        "or 'gallery' (calibrated per species on the labelled gallery itself)",
     )
     p.add_argument(
         "--on-error",
