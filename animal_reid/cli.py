@@ -8,6 +8,7 @@ line on stderr: exit 2 for bad arguments, 1 for failures.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,17 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "a season's photos against a catalogue: decisions, proposed new individuals, exports and a report",
     ),
 }
+
+
+class UsageError(ValueError):
+    """A bad option, path or input of a command; the message is the one line to show (exit 2)."""
+
+
+class UsageParser(argparse.ArgumentParser):
+    """A command's argument parser whose errors raise :class:`UsageError` (``"<problem> (see --help)"``)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see --help)")
 
 
 def register(name: str, module: str, help_text: str, prefix: Sequence[str] = ()) -> None:

@@ -403,8 +403,9 @@ class OutputFolder:
         for rel in new:
             self._move_in(stage / rel, rel)
         self.remove_previous(keep=new)
-        self.manifest = Manifest(tool=self.tool, created=self.manifest.created)
-        self.record(new)
+        # a rename keeps a file's size and modification time: the records (and hashes) taken in the stage hold
+        self.manifest = Manifest(tool=self.tool, files=staged, created=self.manifest.created)
+        self.manifest.write(self.path)
         shutil.rmtree(stage, ignore_errors=True)
         self._stages = [s for s in self._stages if s != stage]
         return new

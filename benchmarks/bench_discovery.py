@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -197,16 +196,6 @@ def run_worker(n: int, args: argparse.Namespace, argv: list[str]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        model = report.lscpu_model(model)
-    except OSError:
-        pass
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return f"{model}, nproc={os.cpu_count()}, {mem_gb:.0f} GiB RAM"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -253,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     res = {
         "command": "python -m benchmarks.bench_discovery " + " ".join(argv),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": report.cpu_description(),
         "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
         "settings": {key: getattr(args, key) for key in ("dim", "k", "threshold", "index", "sample", "seed")},
         "data": __doc__.split("\n\n")[1].replace("\n", " "),

@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -163,16 +162,6 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        model = report.lscpu_model(model)
-    except OSError:
-        pass
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return f"{model}, nproc={os.cpu_count()}, {mem_gb:.0f} GiB RAM"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (with the hidden options of worker mode)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,7 +188,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def print_header(args: argparse.Namespace) -> None:
     """The run's description (date, machine, settings, load) and the table's header."""
-    print(f"# search benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
+    print(
+        f"# search benchmark, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {report.cpu_description()}"
+    )
     print(f"# {args.n_queries} queries, top-{args.k}, dim {args.dim}, IVF nprobe {args.nprobe}")
     print(f"# load average at start (1/5/15 min): {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
     header = (

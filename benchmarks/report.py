@@ -46,6 +46,17 @@ def lscpu_model(default: str) -> str:
     )
 
 
+def cpu_description() -> str:
+    """``"<CPU model>, nproc=<cores>, <RAM> GiB RAM"``: the machine the CPU-only benchmarks ran on."""
+    model = platform.processor() or "?"
+    try:
+        model = lscpu_model(model)
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return f"{model}, nproc={os.cpu_count()}, {mem_gb:.0f} GiB RAM"
+
+
 def machine_description() -> str:
     """``"<cores> cores, <CPU model>[, GPU <name>]"``: the machine the embedding benchmarks ran on."""
     import torch

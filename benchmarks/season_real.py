@@ -77,7 +77,7 @@ def calibrated(run: dict, rule: str, target: float, viewpoint_aware: bool = True
 def season_result(run: dict, bands, settings, alone: bool = False, species=None) -> dict:
     """Decide and discover with ``settings``; scored (``alone``: every image its own encounter)."""
     from animal_reid.season.matching import MatchCatalogue
-    from animal_reid.season.pipeline import decide_season, discover_new
+    from animal_reid.season.pipeline import season_assignments
 
     cat = run["catalogue"]
     catalogue = MatchCatalogue(run["catalogue_embeddings"], [p.identity for p in cat], [p.species for p in cat],
@@ -86,10 +86,7 @@ def season_result(run: dict, bands, settings, alone: bool = False, species=None)
     if alone:
         anns = [dataclasses.replace(a, encounter=f"alone:{a.annotation_id}") for a in anns]
     anns = [dataclasses.replace(a, viewpoint=run["truth"][a.annotation_id].viewpoint) for a in anns]
-    decided, assignments, _ = decide_season(anns, run["embeddings"], catalogue, bands, settings)
-    order = {a.annotation_id: i for i, a in enumerate(anns)}
-    emb = run["embeddings"][[order[a.annotation_id] for a in decided]]
-    assignments = discover_new(decided, emb, assignments, bands, settings)
+    decided, assignments = season_assignments(anns, run["embeddings"], catalogue, bands, settings)
     truth = {k: p.identity for k, p in run["truth"].items()}
     return score(decided, assignments, truth, run["known"], species)
 

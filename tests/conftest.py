@@ -41,6 +41,18 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server's URL for the module (skipped without the binaries or psycopg)."""
+    from animal_reid.testing.serve import postgres_binaries, throwaway_postgres
+
+    if postgres_binaries() is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+    pytest.importorskip("psycopg")
+    with throwaway_postgres() as url:
+        yield url
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_torch_state():
     """Fail a test that leaves process-wide torch settings changed (thread count, grad mode, default dtype).
@@ -55,4 +67,6 @@ def _no_leaked_torch_state():
         torch.set_num_threads(before[0])
         torch.set_grad_enabled(before[1])
         torch.set_default_dtype(before[2])
-        pytest.fail(f"the test changed torch's (threads, grad enabled, default dtype) from {before} to {after}")
+        pytest.fail(
+            f"the test changed torch's (threads, grad enabled, default dtype) from {before} to {after}"
+        )

@@ -16,9 +16,7 @@ from animal_reid.serve.app import create_app  # noqa: E402
 from animal_reid.serve.service import Limits, Service  # noqa: E402
 from animal_reid.testing.serve import (  # noqa: E402
     photo,
-    postgres_binaries,
     serve_in_thread,
-    throwaway_postgres,
     tiny_model,
 )
 
@@ -29,15 +27,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return tiny_model(tmp_path_factory.mktemp("model") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    if postgres_binaries() is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql")
-    pytest.importorskip("psycopg")
-    with throwaway_postgres() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

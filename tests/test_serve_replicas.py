@@ -27,9 +27,7 @@ from animal_reid.serve.service import Service  # noqa: E402
 from animal_reid.testing.serve import (  # noqa: E402
     free_port,
     photo,
-    postgres_binaries,
     serve_in_thread,
-    throwaway_postgres,
     tiny_model,
     wait_http,
 )
@@ -43,15 +41,6 @@ POLL_S = 0.2
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return tiny_model(tmp_path_factory.mktemp("model") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    if postgres_binaries() is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql")
-    pytest.importorskip("psycopg")
-    with throwaway_postgres() as url:
-        yield url
 
 
 def _new_database(base_url: str, tmp_path) -> str:

@@ -27,6 +27,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from ..cli import UsageError, UsageParser
 from ..manifest import OutputError
 
 logger = logging.getLogger(__name__)
@@ -39,15 +40,6 @@ RULES = (
     "vote",
 )  # animal_reid.season.matching.RULES (not imported: --help stays light)
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
-
-
-class UsageError(ValueError):
-    """A bad option, path or catalogue; the message is the one line to show."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message} (see --help)")
 
 
 def add_catalogue_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,7 +76,7 @@ def add_catalogue_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="animal-reid calibrate",
         description="Fit per-species decision bands (known / unsure / new) on a labelled catalogue at the error "
         "rates you state, print the expected rates, and write the bands JSON that `animal-reid season`, "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .camtrapdp_schema import SUPPORTED_VERSIONS, TABLES, Table, key_problems, read_table
-from .ingest import IngestError, is_inside
+from .ingest import IngestError, is_inside, read_text
 
 __all__ = ["Package", "open_package", "validate_package"]
 
@@ -35,12 +35,7 @@ class Package:
 
 
 def _read_descriptor(file: Path) -> dict[str, Any]:
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise IngestError(f"{file}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    except OSError as err:
-        raise IngestError(f"{file}: {err.strerror or err}") from err
+    text = read_text(file)
     try:
         descriptor = json.loads(text)
     except json.JSONDecodeError as err:

@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .ingest import IngestError
+from .ingest import IngestError, read_text
 
 __all__ = [
     "PROFILE_URL",
@@ -170,12 +170,7 @@ def read_table(path: str | Path, name: str) -> Table:
     """The CSV of table ``name`` read against its schema: each row typed, with its problems (one line each).
     :class:`IngestError` naming the file when it cannot be read or lacks a required column."""
     path, schema = Path(path), load_schema(name)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise IngestError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    except OSError as err:
-        raise IngestError(f"{path}: {err.strerror or err}") from err
+    text = read_text(path)
     records = _records(path, text)
     first = next(records, None)
     if first is None:

@@ -31,6 +31,7 @@ from .ingest_exif import IMAGE_SUFFIXES, PhotoInfo, UnreadablePhoto, read_photo
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "read_text",
     "BAD_BOX",
     "DETECTOR_FAILURE",
     "DUPLICATE",
@@ -130,6 +131,16 @@ def _species_pairs(path: Path, text: str, key: str) -> Iterator[tuple[str, str, 
         yield f"{path} line {reader.line_num}", row[key] or "", row["species"]
 
 
+def read_text(path: Path) -> str:
+    """A text input (a BOM accepted); :class:`IngestError` naming the file when it is not UTF-8 or unreadable."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise IngestError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except OSError as err:
+        raise IngestError(f"{path}: {err.strerror or err}") from err
+
+
 def read_species_map(path: str | os.PathLike, key: str = "folder") -> dict[str, str]:
     """``{folder: species}`` from a JSON object or a CSV with columns ``folder,species``; folders are relative
     to the photo folder ("" or "." is the whole folder). With another ``key`` (Camtrap DP's
@@ -137,12 +148,7 @@ def read_species_map(path: str | os.PathLike, key: str = "folder") -> dict[str, 
     :class:`IngestError` naming the file and row of an entry that is not text, a folder outside, or a key
     listed twice (both rows named)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise IngestError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    except OSError as err:
-        raise IngestError(f"{path}: {err.strerror or err}") from err
+    text = read_text(path)
     out: dict[str, str] = {}
     seen: dict[str, str] = {}
     for where, name, species in _species_pairs(path, text, key):

@@ -26,6 +26,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from ..cli import UsageError, UsageParser
 from ..manifest import OutputError, describe_os_error, replace_file
 from .annotations import Annotation, annotations_csv
 from .ingest import IngestError, Skip, read_species_map, skips_csv
@@ -33,15 +34,6 @@ from .ingest import IngestError, Skip, read_species_map, skips_csv
 logger = logging.getLogger(__name__)
 
 TOOL = "animal-reid ingest"
-
-
-class UsageError(ValueError):
-    """A bad option or path; the message is the one line to show."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message} (see --help)")
 
 
 def add_input_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,7 +63,7 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="animal-reid ingest",
         description="Read a season's photos into one annotation table (photo, box, species, date-time, place, "
         "camera, encounter, ...). Rows that cannot be used are listed in <out stem>.skipped.csv; nothing is "

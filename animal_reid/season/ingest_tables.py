@@ -45,6 +45,7 @@ from .ingest import (
     Skip,
     is_inside,
     photo_annotation,
+    read_text,
     species_for,
 )
 from .ingest_exif import PhotoInfo, UnreadablePhoto, iso_datetime, read_photo
@@ -309,12 +310,7 @@ _CSV_COLUMNS = {
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise IngestError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    except OSError as err:
-        raise IngestError(f"{path}: {err.strerror or err}") from err
+    text = read_text(path)
     reader = csv.DictReader(io.StringIO(text))
     if not set(_PATH_COLUMNS) & set(reader.fieldnames or []):
         raise IngestError(

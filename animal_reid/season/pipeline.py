@@ -12,7 +12,7 @@ Steps (each a function, so a benchmark can embed once and try settings on the em
    one photo never join), at a similarity threshold per species: by default the species' ``known_above`` band, the
    score at which the calibration calls two photos the same known animal.
 
-:func:`run_season` chains them for the ``animal-reid season`` command.
+:func:`season_assignments` chains the last two for the ``animal-reid season`` command and the benchmark.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .annotations import Annotation, Assignment
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SeasonSettings", "decide_season", "discover_new", "embed_annotations", "run_season"]
+__all__ = ["SeasonSettings", "decide_season", "discover_new", "embed_annotations", "season_assignments"]
 
 
 @dataclass
@@ -114,31 +114,9 @@ def discover_new(annotations: Sequence[Annotation], embeddings, assignments: Seq
     return out
 
 
-def run_season(identifier, annotations, catalogue_items, bands, settings: SeasonSettings | None = None,
-               bad_images=None, catalogue_viewpoints: Sequence[str | None] | None = None) -> dict:  # fmt: skip
-    """Embed the season and the catalogue (identify's ``ImageItem`` rows, and their viewpoints when known),
-    decide and discover: a dict with ``annotations`` (encounters set, the usable ones), ``assignments``,
-    ``matches``, ``skipped`` (photos that could not be embedded)."""
-    from animal_reid.identify import BadImages
-
-    from .matching import MatchCatalogue
-
-    settings = settings or SeasonSettings()
-    bad = bad_images if bad_images is not None else BadImages("skip")
-    kept, emb = embed_annotations(identifier, annotations, bad)
-    usable = [annotations[i] for i in kept]
-    cat_kept, cat_emb = identifier.embed_usable(catalogue_items, bad, "gallery")
-    items = [catalogue_items[i] for i in cat_kept]
-    catalogue = MatchCatalogue(
-        cat_emb,
-        [it.identity for it in items],
-        species=[it.species for it in items],
-        viewpoints=[catalogue_viewpoints[i] for i in cat_kept]
-        if (catalogue_viewpoints is not None and settings.viewpoint_aware)
-        else None,
-    )
-    anns, assignments, matches = decide_season(usable, emb, catalogue, bands, settings)
-    order = {a.annotation_id: i for i, a in enumerate(usable)}
-    emb_in_order = emb[[order[a.annotation_id] for a in anns]]
-    assignments = discover_new(anns, emb_in_order, assignments, bands, settings)
-    return {"annotations": anns, "assignments": assignments, "matches": matches, "skipped": bad.skipped}
+def season_assignments(annotations: Sequence[Annotation], embeddings, catalogue, bands,
+                       settings: SeasonSettings | None = None) -> tuple[list[Annotation], list[Assignment]]:  # fmt: skip
+    """:func:`decide_season` then :func:`discover_new`: ``(annotations with encounters, assignments)``, in the
+    order of ``annotations`` (encounter grouping keeps it), so ``embeddings`` rows stay aligned."""
+    anns, assignments, _ = decide_season(annotations, embeddings, catalogue, bands, settings)
+    return anns, discover_new(anns, embeddings, assignments, bands, settings)

@@ -22,14 +22,11 @@ import math
 import sys
 from pathlib import Path
 
+from ..cli import UsageError
 from ..manifest import OutputError, OutputFolder
 
 TOOL = "animal-reid season"
 logger = logging.getLogger(__name__)
-
-
-class UsageError(ValueError):
-    """A bad option; the message names it."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,17 +76,12 @@ def _sensitive(values: list[str]) -> dict[str, float]:
 
 def check_args(args: argparse.Namespace) -> dict:
     """Every option before anything is read; returns the species map and the sensitive grid."""
-    from .calibrate_cli import UsageError as CatalogueUsage
     from .calibrate_cli import check_catalogue_args
     from .exports_capture import parse_occasion
-    from .ingest_cli import UsageError as InputUsage
     from .ingest_cli import check_inputs
 
-    try:
-        species_map = check_inputs(args)
-        check_catalogue_args(args)
-    except (InputUsage, CatalogueUsage) as err:
-        raise UsageError(str(err)) from err
+    species_map = check_inputs(args)
+    check_catalogue_args(args)
     if not (math.isfinite(args.gap) and args.gap >= 0):
         raise UsageError(f"--gap must be a number of seconds >= 0, got {args.gap:g}")
     if args.bands is not None and not Path(args.bands).is_file():
@@ -152,7 +144,7 @@ def _run(args: argparse.Namespace) -> str:
     from ..identify import BadImages
     from .calibrate_cli import embed_catalogue, read_catalogue
     from .ingest_cli import ingest
-    from .pipeline import SeasonSettings, decide_season, discover_new, embed_annotations
+    from .pipeline import SeasonSettings, embed_annotations, season_assignments
 
     checked = check_args(args)
     with OutputFolder(args.out, tool=TOOL, overwrite=args.overwrite, what="--out", keep=_inputs(args)) as out:
@@ -164,11 +156,7 @@ def _run(args: argparse.Namespace) -> str:
         usable = [annotations[i] for i in kept]
         settings = SeasonSettings(fusion=args.fusion, viewpoint_aware=not args.viewpoint_blind, gap_s=args.gap,
                                   cluster_offset=args.cluster_offset)  # fmt: skip
-        anns, assignments, _ = decide_season(usable, emb, _catalogue(args, items, cat_emb), bands, settings)
-        order = {a.annotation_id: i for i, a in enumerate(usable)}
-        assignments = discover_new(
-            anns, emb[[order[a.annotation_id] for a in anns]], assignments, bands, settings
-        )
+        anns, assignments = season_assignments(usable, emb, _catalogue(args, items, cat_emb), bands, settings)
         files = _write(out, args, checked, anns, assignments, bands, items, skips, bad)
     return summary(anns, assignments, args.out, files)
 
