@@ -120,6 +120,9 @@ def test_rendered_card_round_trips(tmp_path):
     assert "did not beat its starting point" not in text
     assert "no projection, no BNNeck" not in text and "gem pooling, no projection, BatchNorm (BNNeck)" in text
     assert "research use only" in text and "@inproceedings{dlamini2020lions" in text
+    # the weights carry the most restrictive source terms: LionData states none (no licence to redistribute)
+    binding = "most restrictive of their terms:\n**no licence for redistribution (ask the authors)** (the terms of LionData)"
+    assert binding in text.replace(" \n", "\n")
     assert "`efficientnet_lite0`" in text and "3.4M parameters" in text
     assert "128x128 pixels" in text and "horizontal flip off" in text
     assert "procedurally generated" not in text  # real species: no synthetic disclaimer
@@ -143,8 +146,14 @@ def test_card_says_loudly_when_training_did_not_beat_its_start(tmp_path):
     config = parse_config(["--corpus", "corpus/real"])
     card = render_model_card(
         config=config,
-        model_config=AnimalReIDConfig(backbone="efficientnet_lite0", embedding_dim=0, pooling="avg", neck_bn=False),
-        results={**RESULTS, "baseline": {"test": RESULTS["test"], "val": RESULTS["test"]}, "beats_baseline": False},
+        model_config=AnimalReIDConfig(
+            backbone="efficientnet_lite0", embedding_dim=0, pooling="avg", neck_bn=False
+        ),
+        results={
+            **RESULTS,
+            "baseline": {"test": RESULTS["test"], "val": RESULTS["test"]},
+            "beats_baseline": False,
+        },
         history=HISTORY,
         corpus_info={"corpus": "real", "dataset_card_text": CORPUS_CARD_TEXT},
         train_counts={"images": 800, "identities": 120},
@@ -152,3 +161,28 @@ def test_card_says_loudly_when_training_did_not_beat_its_start(tmp_path):
     )
     assert "Training did not beat its starting point on validation" in card.text
     assert "avg pooling, no projection, no BNNeck" in card.text
+
+
+@pytest.mark.parametrize(
+    "licences, binding, names",
+    [
+        (["MIT", "CC BY 4.0"], "attribution", ["b"]),
+        (["MIT", "research use only", "CC BY-SA 4.0"], "research / non-commercial use only", ["b"]),
+        (["CC BY-NC-SA 4.0", "competition data: research use only, no redistribution"], "no licence", ["b"]),
+        (
+            ["unknown (none stated by the source)", "no redistribution without permission"],
+            "no licence",
+            ["a", "b"],
+        ),
+        (
+            ["Apache-2.0", "CDLA-Permissive-1.0 (Community Data License Agreement, permissive variant)"],
+            "permissive",
+            ["a", "b"],
+        ),
+    ],
+)
+def test_weights_carry_the_most_restrictive_licence(licences, binding, names):
+    from animal_reid.training.licences import most_restrictive
+
+    words, which = most_restrictive([{"name": n, "license": t} for n, t in zip("ab", licences, strict=True)])
+    assert words.startswith(binding) and which == names

@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from animal_reid.training.licences import most_restrictive
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_card.md"
@@ -278,6 +280,7 @@ def _template_fields(config, model_config, results, run: dict[str, Any], sources
     m, d, t = config.model, config.data, config.train
     h, w = model_config.image_size
     licences = sorted({s["license"] for s in sources if s["license"]})
+    binding = most_restrictive(sources) or ("see the corpus card", [])
     baseline = results.get("baseline") or {}
     return dict(
         model_name=run["model_name"],
@@ -299,6 +302,8 @@ def _template_fields(config, model_config, results, run: dict[str, Any], sources
         species=", ".join(run["species"]) or "n/a",
         sources=sources,
         licences=", ".join(licences) or "see the corpus card",
+        binding_licence=binding[0],
+        binding_sources=", ".join(binding[1]),
         protocol=run["protocol"].replace("_", "-"),
         test_rows=_metric_rows(results.get("test"), baseline.get("test")),
         val_rows=_metric_rows(results.get("val_best"), baseline.get("val")),
