@@ -16,6 +16,7 @@ from collections.abc import Sequence
 #: command -> (module with ``main(argv) -> int``, the argv prefix that module expects, one-line help)
 COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "serve": ("animal_reid.serve.cli", ("serve",), "serve a model and a catalogue over HTTP"),
+    "catalogue": ("animal_reid.serve.catalogue_cli", (), "back up, restore or calibrate a served catalogue"),
     "identify": ("animal_reid.identify.cli", (), "match query photos against a gallery of known individuals"),
     "ingest": (
         "animal_reid.season.ingest_cli",

@@ -13,6 +13,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")
 
 from animal_reid.serve.app import create_app  # noqa: E402
+from animal_reid.serve.reviewers import Reviewers  # noqa: E402
 from animal_reid.serve.service import Limits, Service  # noqa: E402
 from animal_reid.testing.serve import (  # noqa: E402
     photo,
@@ -103,7 +104,8 @@ def test_embed_identify_confirm_merge_delete_and_restart(model_dir, catalogue_ur
     again = _service(model_dir, catalogue_url, tmp_path)  # a fresh process state over the same store
     with serve_in_thread(create_app(again)) as base, httpx.Client(base_url=base, timeout=30) as c:
         assert c.get(f"/v1/individuals/{a['id']}").json() == before
-        assert [i["name"] for i in c.get("/v1/individuals", params={"species": "lion"}).json()] == ["Asha"]
+        listed = c.get("/v1/individuals", params={"species": "lion"}).json()
+        assert listed["total"] == 1 and [i["name"] for i in listed["individuals"]] == ["Asha"]
         stats = c.get("/v1/stats").json()
         assert stats["index_agrees_with_store"] and stats["sightings_in_index"] == 2
         r = c.post("/v1/identify", files=_one(3), data={"species": "lion"}).json()
@@ -210,7 +212,7 @@ def test_concurrent_requests_are_micro_batched(model_dir, tmp_path):
 
 def test_writes_are_refused_without_a_configured_token(model_dir, tmp_path):
     service = _service(model_dir, f"sqlite:///{tmp_path / 'c.db'}", tmp_path)
-    service.token = None
+    service.reviewers = Reviewers()  # no reviewers file, no operator token
     with serve_in_thread(create_app(service)) as base:
         r = httpx.post(f"{base}/v1/individuals", json={"name": "X", "species": "lion"}, headers=AUTH)
     service.close()
@@ -252,5 +254,6 @@ def test_answers_read_names_and_photos_from_the_store_once_and_follow_merge_and_
     # the event loop's cache-only read answers None on a miss (then the route reads the store in a thread)
     assert service.describe_cached([b["individual_id"]], []) is None
     assert service.describe_cached([a["individual_id"]], [b["id"]]) == (
-        {a["individual_id"]: "Asha"}, {b["id"]: b["photo"]}
+        {a["individual_id"]: "Asha"},
+        {b["id"]: b["photo"]},
     )

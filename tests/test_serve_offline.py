@@ -152,15 +152,19 @@ def _with_ready(app):
 
 # --- the OpenAPI spec -------------------------------------------------------------------------------------------
 WRITES = [("post", "/v1/individuals"), ("post", "/v1/sightings"), ("post", "/v1/individuals/{individual_id}/merge"),
-          ("delete", "/v1/sightings/{sighting_id}")]  # fmt: skip
-READS = [("get", "/v1/individuals"), ("post", "/v1/identify"), ("post", "/v1/embed"), ("get", "/v1/species")]
+          ("delete", "/v1/sightings/{sighting_id}"), ("patch", "/v1/sightings/{sighting_id}"),
+          ("patch", "/v1/individuals/{individual_id}"), ("delete", "/v1/individuals/{individual_id}"),
+          ("post", "/v1/encounters"), ("post", "/v1/flags/{flag_id}/resolve"), ("get", "/v1/whoami")]  # fmt: skip
+READS = [("get", "/v1/individuals"), ("post", "/v1/identify"), ("post", "/v1/embed"), ("get", "/v1/species"),
+         ("get", "/v1/individuals/{individual_id}"), ("get", "/v1/changes"), ("get", "/v1/flags")]  # fmt: skip
 
 
 def test_openapi_declares_the_bearer_scheme_on_every_write_route_only(served):
     base, _ = served
     spec = httpx.get(f"{base}/openapi.json").json()
     assert spec["components"]["securitySchemes"]["bearer"] == {
-        "type": "http", "scheme": "bearer", "description": "the server's write token (its ANIMAL_REID_TOKEN variable)"
+        "type": "http", "scheme": "bearer",
+        "description": "a reviewer's token (from the server's --reviewers file) or the operator's (ANIMAL_REID_TOKEN)",
     }  # fmt: skip
     for method, path in WRITES:
         assert spec["paths"][path][method]["security"] == [{"bearer": []}], (method, path)
@@ -255,7 +259,7 @@ def test_species_are_case_insensitive(served, given, stored):
         found = c.post("/v1/identify", files={"file": ("p.png", photo(seed), "image/png")},
                        data={"species": given.swapcase()}).json()  # fmt: skip
         assert found["species"] == stored and found["candidates"][0]["individual_id"] == made.json()["id"]
-        listed = c.get("/v1/individuals", params={"species": given}).json()
+        listed = c.get("/v1/individuals", params={"species": given}).json()["individuals"]
         assert {f"N-{stored}", f"M-{stored}"} <= {i["name"] for i in listed}
         assert {i["species"] for i in listed} == {stored}
         after = {s["name"]: s for s in c.get("/v1/species").json()["species"]}[stored]

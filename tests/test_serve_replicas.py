@@ -1,7 +1,8 @@
 """Several replicas on one catalogue: what one writes, the others serve without a restart.
 
 Two services (each its own engine, index and caches, as two processes would have) on one SQLite file or one
-throwaway PostgreSQL: adds, renames, merges, deletes and species edits through A (or by another tool, straight
+throwaway PostgreSQL: adds, renames, metadata edits, merges, deletes of sightings and individuals, and species
+edits through A (or by another tool, straight
 into the database) are served by B within a generous bound; B closed, A written, B opened again has it all;
 a dropped LISTEN connection is re-made; and two real `animal-reid serve` processes on PostgreSQL, one killed
 with -9 while the other writes, lose no acknowledged sighting."""
@@ -21,6 +22,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 sa = pytest.importorskip("sqlalchemy")
 
+from animal_reid.serve import service as service_module  # noqa: E402
 from animal_reid.serve.app import check_image, create_app  # noqa: E402
 from animal_reid.serve.index import CatalogueIndex  # noqa: E402
 from animal_reid.serve.service import Service  # noqa: E402
@@ -104,11 +106,14 @@ def test_adds_renames_merges_deletes_through_a_are_served_by_b(model_dir, catalo
         top, latency["add"] = _until("the new sighting", lambda: _top(b, 1))
         assert top[0]["individual_id"] == asha["individual_id"] and top[0]["name"] == "Asha"
 
-        # rename (no route for it yet: straight through A's store, as any writer of the catalogue would)
-        with a_svc.catalogue.engine.begin() as conn:
-            conn.execute(sa.text("UPDATE individuals SET name = 'Asha II' WHERE id = :i"),
-                         {"i": asha["individual_id"]})  # fmt: skip
+        # rename, and a sighting's metadata edited, through A's routes
+        r = a.patch(f"/v1/individuals/{asha['individual_id']}", json={"name": "Asha II"}, headers=AUTH)
+        assert r.status_code == 200, r.text
         _, latency["rename"] = _until("the rename", lambda: _top(b, 1)[0]["name"] == "Asha II")
+        a.patch(
+            f"/v1/sightings/{asha['id']}", json={"notes": "left ear torn"}, headers=AUTH
+        ).raise_for_status()
+        assert b.get(f"/v1/sightings/{asha['id']}").json()["notes"] == "left ear torn"
 
         # merge: Bo's sighting is served as Asha's
         bo = a.post(
@@ -128,6 +133,20 @@ def test_adds_renames_merges_deletes_through_a_are_served_by_b(model_dir, catalo
             lambda: [p["sighting_id"] for p in _top(b, 1)[0]["photos"]] == [bo["id"]],
         )
 
+        # delete an individual: Cleo and her sighting leave B's index and name cache
+        cleo = a.post(
+            "/v1/sightings", files=_one(5), data={"name": "Cleo", "species": "lion"}, headers=AUTH
+        ).json()
+        _until("Cleo", lambda: cleo["individual_id"] in [c["individual_id"] for c in _top(b, 5)])
+        gone = a.delete(f"/v1/individuals/{cleo['individual_id']}", headers=AUTH)
+        assert gone.status_code == 200 and gone.json()["sightings"] == 1, gone.text
+        _, latency["delete individual"] = _until(
+            "the deleted individual",
+            lambda: cleo["individual_id"] not in [c["individual_id"] for c in _top(b, 5)],
+        )
+        assert b_svc.describe_cached([cleo["individual_id"]], []) is None  # not served from a stale cache
+        assert b.get(f"/v1/individuals/{cleo['individual_id']}").status_code == 404
+
         # a species edit moves the individual's sightings to the other species' index
         with a_svc.catalogue.engine.begin() as conn:
             conn.execute(sa.text("UPDATE individuals SET species = 'tiger' WHERE id = :i"),
@@ -136,6 +155,12 @@ def test_adds_renames_merges_deletes_through_a_are_served_by_b(model_dir, catalo
 
         for client in (a, b):  # both replicas serve the store's state
             _until("index and store agreeing", lambda c=client: _agree(c))
+        last = a.get("/v1/changes").json()["last_seq"]
+        _until(
+            "B following the change log to its end", lambda: b.get("/v1/stats").json()["follow_seq"] >= last
+        )
+        kinds = [c["kind"] for c in b.get("/v1/changes", params={"limit": 1000}).json()["changes"]]
+        assert {"individual.update", "individual.merge", "individual.delete", "sighting.update"} <= set(kinds)
         assert a_svc.index.entries() == b_svc.index.entries() == {bo["id"]: (asha["individual_id"], "tiger")}
     a_svc.close()
     b_svc.close()
@@ -198,6 +223,70 @@ def test_a_replica_closed_while_a_writes_catches_up_when_opened(model_dir, catal
         assert b_svc.stats()["index_agrees_with_store"] and a_svc.stats()["index_agrees_with_store"]
         found = b_svc.index.search(_embed(b_svc, 3), "lion", 1)
         assert found[0]["sightings"][0]["sighting_id"] == rows[1]["id"]
+    finally:
+        a_svc.close()
+        b_svc.close()
+
+
+def _looked(svc, check):
+    """``svc``'s follower looks now (its thread stopped: the test decides when); what its last sync read."""
+    assert svc.follower.check() and check()
+    return svc.stats()["last_sync"]
+
+
+def test_a_replica_follows_the_change_log_and_looks_at_everything_after_another_tool(
+    model_dir, catalogue_url, tmp_path, monkeypatch
+):
+    """B reads only what the change rows since its seq name (one add: that sighting's embedding alone); a write
+    by another tool (no change row, alone or beside logged ones), or more rows than it follows, makes it read
+    every sighting."""
+    a_svc = _service(model_dir, catalogue_url, tmp_path, poll_s=None)
+    a_svc.open()
+    rows = [
+        _sighting(a_svc, s, individual_id=None, new_individual={"name": f"n{s}", "species": "lion"})
+        for s in (1, 2, 3)
+    ]
+    b_svc = _service(model_dir, catalogue_url, tmp_path, poll_s=600)
+    b_svc.open()
+    b_svc.follower.stop()  # no thread (nor NOTIFY) racing the looks below
+    read, embeddings = [], b_svc.catalogue.embeddings
+    b_svc.catalogue.embeddings = lambda ids: read.extend(ids) or embeddings(ids)
+    try:
+        new = _sighting(a_svc, 4, individual_id=None, new_individual={"name": "Dida", "species": "lion"})
+        last = _looked(b_svc, lambda: new["id"] in b_svc.index.entries())
+        assert last == {"mode": "incremental", "changes": 2, "sightings_read": 1} and read == [new["id"]]
+        assert b_svc.stats()["follow_seq"] == a_svc.catalogue.last_seq()
+
+        other = sa.create_engine(catalogue_url)  # psql, a script: no change row, no NOTIFY
+        with other.begin() as conn:
+            conn.execute(sa.text("UPDATE sightings SET individual_id = :t WHERE id = :i"),
+                         {"t": rows[0]["individual_id"], "i": rows[1]["id"]})  # fmt: skip
+        last = _looked(b_svc, lambda: b_svc.index.entries()[rows[1]["id"]][0] == rows[0]["individual_id"])
+        assert last == {"mode": "full", "changes": None, "sightings_read": 4} and read == [new["id"]]
+
+        b_svc.describe([rows[2]["individual_id"]], [])  # cached, then renamed through A: followed
+        a_svc.update_individual(rows[2]["individual_id"], "ana", name="Cleo")
+        last = _looked(b_svc, lambda: b_svc.describe_cached([rows[2]["individual_id"]], []))
+        assert last == {"mode": "incremental", "changes": 1, "sightings_read": 1}
+        assert b_svc.describe_cached([rows[2]["individual_id"]], [])[0] == {rows[2]["individual_id"]: "Cleo"}
+
+        # a logged write and another tool's between two looks: the digest tells, everything is read
+        b_svc.describe([rows[0]["individual_id"]], [])
+        a_svc.update_individual(rows[2]["individual_id"], "ana", notes="old female")
+        with other.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE individuals SET name = 'Asha' WHERE id = :i"), {"i": rows[0]["individual_id"]}
+            )
+        other.dispose()
+        last = _looked(b_svc, lambda: b_svc.describe_cached([rows[0]["individual_id"]], []))
+        assert last["mode"] == "full" and last["changes"] is None
+        assert b_svc.describe_cached([rows[0]["individual_id"]], [])[0] == {rows[0]["individual_id"]: "Asha"}
+
+        monkeypatch.setattr(service_module, "MAX_INCREMENTAL", 1)  # more rows than followed: a full look
+        a_svc.delete_sighting(new["id"])
+        a_svc.update_individual(rows[2]["individual_id"], "ana", notes="")
+        last = _looked(b_svc, lambda: new["id"] not in b_svc.index.entries())
+        assert last["mode"] == "full" and b_svc.stats()["index_agrees_with_store"]  # A has no follower
     finally:
         a_svc.close()
         b_svc.close()

@@ -1,67 +1,70 @@
 """The FastAPI app: versioned routes over a :class:`~animal_reid.serve.service.Service`.
 
-Reads (embed, identify, list, photos) are open; every write needs ``Authorization: Bearer <token>`` (declared
-in the OpenAPI spec as the ``bearer`` scheme, so ``/docs`` has an Authorize button). Uploads are checked before
-any decoding (size, format, pixel count from the header); errors are one-line 4xx ``{"detail": "..."}`` answers
-naming the problem. Species names are case-insensitive (stored lower-case). API docs at ``/docs`` and
-``/redoc``, their scripts served by the app itself (no CDN: they work offline).
+Reads (embed, identify, the catalogue, photos, the change log) are open; every write needs
+``Authorization: Bearer <token>`` of a reviewer (:mod:`animal_reid.serve.reviewers`; declared in the OpenAPI spec
+as the ``bearer`` scheme, so ``/docs`` has an Authorize button), and the change log records that reviewer's name.
+Uploads are checked before any decoding (:mod:`animal_reid.serve.uploads`); errors are one-line 4xx
+``{"detail": "..."}`` answers naming the problem; every route has a typed answer (:mod:`animal_reid.serve.
+api_models`). Species names are case-insensitive (stored lower-case). API docs at ``/docs`` and ``/redoc``, their
+scripts served by the app itself (no CDN: they work offline). The catalogue's routes are in
+:mod:`animal_reid.serve.routes_catalogue`; the review queue, admin and page routes are added by
+:func:`_add_extensions` when their modules are installed.
 """
 
-from __future__ import annotations
-
-import hmac
-import io
 import json
-import math
 import re
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-import numpy as np
 from anyio import to_thread
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from PIL import Image, UnidentifiedImageError
-from pydantic import AfterValidator, BaseModel, Field
-from pydantic_core import PydanticCustomError
 
+from animal_reid.serve import api_models as m
+from animal_reid.serve.api_models import SPECIES_HELP, Species  # noqa: F401  (re-exported)
 from animal_reid.serve.docs import add_offline_docs
-from animal_reid.serve.page import PAGE
+from animal_reid.serve.routes_catalogue import add_catalogue_routes
 from animal_reid.serve.service import TOKEN_ENV, Service
-from animal_reid.serve.settings import species_key
-from animal_reid.serve.store import Conflict, NewPhoto, NotFound
-from modeling.boxes_animal_reid import displayed_size
+from animal_reid.serve.store import Conflict, Invalid, NotFound
+from animal_reid.serve.uploads import (  # noqa: F401  (re-exported)
+    check_image,
+    embed_photo,
+    fail,
+    json_list,
+    parse_box,
+    read_upload,
+)
 
-
-def _species(value: str) -> str:
-    try:
-        return species_key(value)
-    except ValueError as err:
-        raise PydanticCustomError("species", str(err)) from None
-
-
-#: a species name as clients may send it: any case, stored and answered lower-case
-Species = Annotated[str, AfterValidator(_species)]
-SPECIES_HELP = "species, any case (stored lower-case): letters, digits, _"
 BEARER = HTTPBearer(
-    auto_error=False, scheme_name="bearer", description=f"the server's write token (its {TOKEN_ENV} variable)"
+    auto_error=False,
+    scheme_name="bearer",
+    description=f"a reviewer's token (from the server's --reviewers file) or the operator's ({TOKEN_ENV})",
 )
 
 
-class NewIndividual(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    species: Species = Field(description=SPECIES_HELP)
-    notes: str = Field(default="", max_length=10_000)
+def reviewer_dependency(service: Service) -> Callable[..., str]:
+    """A FastAPI dependency giving the name of the reviewer whose bearer token came with the request: 401
+    without one, 403 for a token no reviewer has, 403 when the server has no reviewers (read-only). Routes
+    declare ``reviewer: Annotated[str, Depends(reviewer_dependency(service))]`` and log changes as ``reviewer``."""
 
+    def reviewer(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> str:
+        reviewers = service.reviewers
+        if not reviewers.enabled:
+            raise fail(
+                403, f"writes are disabled on this server (start it with --reviewers FILE or {TOKEN_ENV} set)"
+            )
+        if credentials is None:  # no header, another scheme, or no token after "Bearer"
+            raise HTTPException(401, "writes need an 'Authorization: Bearer <token>' header",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        name = reviewers.who(credentials.credentials)
+        if name is None:
+            raise fail(403, "the bearer token is not valid for this server")
+        return name
 
-class MergeRequest(BaseModel):
-    source: int = Field(description="the individual merged into this one (deleted afterwards)")
-
-
-def _fail(status: int, detail: str) -> HTTPException:
-    return HTTPException(status_code=status, detail=detail)
+    return reviewer
 
 
 def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -70,71 +73,14 @@ def _validation_error(_request: Request, exc: RequestValidationError) -> JSONRes
     return JSONResponse({"detail": f"{where or 'request'}: {first.get('msg', 'invalid')}"}, status_code=422)
 
 
-def check_image(data: bytes, name: str, service: Service) -> NewPhoto:
-    """A NewPhoto when ``data`` is an allowed image within the limits (read from its header); else a 4xx.
+def _add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for error, status in ((NotFound, 404), (Conflict, 409), (Invalid, 422)):
 
-    Its width and height are as displayed (EXIF orientation applied): the coordinates boxes are given in.
-    """
-    limits = service.limits
-    if len(data) > limits.max_upload_bytes:
-        raise _fail(413, f"{name}: upload is over the {limits.max_upload_bytes} byte limit")
-    if not data:
-        raise _fail(400, f"{name}: the upload is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt, (w, h) = im.format, displayed_size(im)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
-        if isinstance(err, Image.DecompressionBombError):
-            raise _fail(413, f"{name}: image has too many pixels (decompression bomb?)") from err
-        raise _fail(415, f"{name}: not an image in an allowed format ({', '.join(limits.formats)})") from err
-    if fmt not in limits.formats:
-        raise _fail(415, f"{name}: {fmt} images are not accepted (allowed: {', '.join(limits.formats)})")
-    if w * h > limits.max_pixels:
-        raise _fail(413, f"{name}: image is {w}x{h} pixels, over the {limits.max_pixels} pixel limit")
-    return NewPhoto(data=data, format=fmt, width=w, height=h)
+        async def handler(_r: Request, exc: Exception, status: int = status) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
 
-
-def parse_box(text: str | None, what: str = "box") -> list[float] | None:
-    """``[x, y, w, h]`` from JSON (``[1, 2, 3, 4]``: numbers, not strings or booleans) or ``"1,2,3,4"``; None for
-    empty; 422 otherwise. Boxes are in the photo's pixels as displayed (EXIF orientation applied); whether one fits
-    its photo is the image processor's check, the same as everywhere else."""
-    if text is None or not text.strip() or text.strip() == "null":
-        return None
-    try:
-        value = json.loads(text) if text.strip().startswith("[") else [float(v) for v in text.split(",")]
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-            raise TypeError("not numbers")
-        box = [float(v) for v in value]
-    except (ValueError, TypeError) as err:
-        raise _fail(422, f"{what}: expected [x, y, w, h] numbers, got {text[:80]!r}") from err
-    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
-        raise _fail(422, f"{what}: expected 4 finite numbers [x, y, w, h] with w, h > 0, got {text[:80]!r}")
-    return box
-
-
-def _json_list(text: str | None, n: int, what: str) -> list:
-    if text is None or not text.strip():
-        return [None] * n
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise _fail(422, f"{what}: expected a JSON list, got {text[:80]!r}") from err
-    if not isinstance(value, list) or len(value) != n:
-        raise _fail(422, f"{what}: expected a JSON list of {n} entries (one per file)")
-    return value
-
-
-async def _read(upload: UploadFile, service: Service) -> NewPhoto:
-    data = await upload.read(service.limits.max_upload_bytes + 1)
-    return check_image(data, upload.filename or "upload", service)
-
-
-async def _embed(service: Service, photo: NewPhoto, name: str, box, theta: float) -> np.ndarray:
-    try:
-        return await service.batcher.embed(photo.data, box, float(theta or 0.0))
-    except (ValueError, OSError) as err:  # InvalidImageError is a ValueError; truncated files raise OSError
-        reason = re.sub(r"^<\d+ bytes>: ", "", (str(err).splitlines() or [type(err).__name__])[0])
-        raise _fail(400, f"{name}: cannot use this image: {reason[:300]}") from err
+        app.add_exception_handler(error, handler)
 
 
 class BodyLimit:
@@ -169,70 +115,89 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="animal-reid", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   swagger_ui_oauth2_redirect_url=None,
                   description="Animal re-identification against a growing catalogue of known individuals. "
-                  f"Writes need the server's token ({TOKEN_ENV}): press Authorize.")  # fmt: skip
+                  "Writes need a reviewer's token: press Authorize.")  # fmt: skip
     add_offline_docs(app)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    _add_error_handlers(app)
     app.state.service = service
-
-    @app.exception_handler(NotFound)
-    async def _not_found(_r: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(Conflict)
-    async def _conflict(_r: Request, exc: Conflict) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
     app.add_middleware(BodyLimit, service=service)
-
-    def writer(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-        if service.token is None:
-            raise _fail(403, f"writes are disabled on this server (start it with {TOKEN_ENV} set)")
-        if credentials is None:  # no header, another scheme, or no token after "Bearer"
-            raise HTTPException(401, "writes need an 'Authorization: Bearer <token>' header",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-        if not hmac.compare_digest(credentials.credentials.strip().encode(), service.token.encode()):
-            raise _fail(403, "the bearer token is not valid for this server")
-
+    writer = Depends(reviewer_dependency(service))
     _add_read_routes(app, service)
     _add_catalogue_reads(app, service)
-    _add_write_routes(app, service, Depends(writer))
+    _add_identify(app, service)
+    _add_service_routes(app, service, writer)
+    add_catalogue_routes(app, service, writer)
+    _add_extensions(app, service, writer)  # the review queue (C), admin (B) and pages (D), when installed
     return app
 
 
-def _add_read_routes(app: FastAPI, service: Service) -> None:
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> str:
-        return PAGE
+def _add_extensions(app: FastAPI, service: Service, writer) -> None:
+    """The calibration and exports (routes_admin), the review queue (routes_review) and the pages (routes_pages)."""
+    from animal_reid.serve.routes_admin import add_admin_routes
+    from animal_reid.serve.routes_pages import add_page_routes
+    from animal_reid.serve.routes_review import add_review_routes
 
-    @app.get("/health")
+    add_admin_routes(app, service, writer)
+    add_review_routes(app, service, writer)
+    add_page_routes(app, service)
+
+
+def _add_read_routes(app: FastAPI, service: Service) -> None:
+    @app.get("/health", response_model=m.Health)
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", response_model=m.Ready, responses={503: {"model": m.Ready}})
     async def ready() -> JSONResponse:
         state = await to_thread.run_sync(service.ready)
         return JSONResponse(
             {"ready": all(state.values()), **state}, status_code=200 if all(state.values()) else 503
         )
 
-    @app.post("/v1/embed")
+    @app.post("/v1/embed", response_model=m.EmbedAnswer)
     async def embed(
         files: Annotated[list[UploadFile], File(description="one or more images")],
         boxes: Annotated[str | None, Form(description="JSON list: [x, y, w, h] or null per file")] = None,
         thetas: Annotated[str | None, Form(description="JSON list: radians per file")] = None,
     ) -> dict:
         if len(files) > service.limits.max_files:
-            raise _fail(413, f"{len(files)} files in one request; at most {service.limits.max_files}")
+            raise fail(413, f"{len(files)} files in one request; at most {service.limits.max_files}")
         box_list = [parse_box(None if b is None else json.dumps(b), f"boxes[{i}]")
-                    for i, b in enumerate(_json_list(boxes, len(files), "boxes"))]  # fmt: skip
-        theta_list = _json_list(thetas, len(files), "thetas")
-        photos = [await _read(f, service) for f in files]
-        rows = [await _embed(service, p, f.filename or "upload", b, t)
+                    for i, b in enumerate(json_list(boxes, len(files), "boxes"))]  # fmt: skip
+        theta_list = json_list(thetas, len(files), "thetas")
+        photos = [await read_upload(f, service) for f in files]
+        rows = [await embed_photo(service, p, f.filename or "upload", b, t)
                 for p, f, b, t in zip(photos, files, box_list, theta_list, strict=True)]  # fmt: skip
         return {"model_id": service.model_id, "preprocessing_key": service.preprocessing_key,
                 "dim": service.dim, "embeddings": [r.tolist() for r in rows]}  # fmt: skip
 
-    @app.post("/v1/identify")
+
+def _add_catalogue_reads(app: FastAPI, service: Service) -> None:
+    @app.get("/v1/species", response_model=m.SpeciesList)
+    async def species() -> dict:
+        """Species in the catalogue or in the threshold file, with their counts (the page's drop-down)."""
+        return {"species": await to_thread.run_sync(service.species)}
+
+    @app.get("/v1/photos/{sha256}", response_class=FileResponse)
+    async def photo(sha256: str) -> FileResponse:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise fail(404, f"photo {sha256[:80]!r} is not in the catalogue (expected a sha256 hex digest)")
+        path, fmt = await to_thread.run_sync(service.catalogue.find_photo, sha256)
+        return FileResponse(path, media_type=f"image/{fmt.lower()}")
+
+    @app.get("/v1/stats", response_model=m.Stats)
+    async def stats() -> dict:
+        return await to_thread.run_sync(service.stats)
+
+
+def _add_service_routes(app: FastAPI, service: Service, writer) -> None:
+    @app.get("/v1/whoami", response_model=m.Whoami)
+    async def whoami(reviewer: Annotated[str, writer]) -> dict:
+        """The reviewer the bearer token belongs to (the name the change log records)."""
+        return {"reviewer": reviewer}
+
+
+def _add_identify(app: FastAPI, service: Service) -> None:
+    @app.post("/v1/identify", response_model=m.IdentifyAnswer)
     async def identify(
         file: Annotated[UploadFile, File(description="the photo to identify")],
         species: Annotated[Species, Form(description=SPECIES_HELP)],
@@ -242,8 +207,8 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
     ) -> dict:
         if not service.index.has_sightings_of(species):  # else no database round trip for this check
             await _check_species(service, species)
-        photo = await _read(file, service)
-        emb = await _embed(service, photo, file.filename or "upload", parse_box(box), theta)
+        photo = await read_upload(file, service)
+        emb = await embed_photo(service, photo, file.filename or "upload", parse_box(box), theta)
         found = service.index.search(emb, species, top_k)
         ids = _answer_ids(found)
         described = service.describe_cached(*ids)  # no thread hop when the answer needs no store read
@@ -252,38 +217,10 @@ def _add_read_routes(app: FastAPI, service: Service) -> None:
         return _identify_answer(service, species, found, described)
 
 
-def _add_catalogue_reads(app: FastAPI, service: Service) -> None:
-    @app.get("/v1/species")
-    async def species() -> dict:
-        """Species in the catalogue or in the threshold file, with their counts (the page's drop-down)."""
-        return {"species": await to_thread.run_sync(service.species)}
-
-    @app.get("/v1/individuals")
-    async def list_individuals(
-        species: Annotated[Species | None, Query(description=SPECIES_HELP)] = None,
-    ) -> list[dict]:
-        return await to_thread.run_sync(service.catalogue.list_individuals, species)
-
-    @app.get("/v1/individuals/{individual_id}")
-    async def get_individual(individual_id: int) -> dict:
-        return await to_thread.run_sync(service.catalogue.get_individual, individual_id)
-
-    @app.get("/v1/photos/{sha256}")
-    async def photo(sha256: str) -> FileResponse:
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise _fail(404, f"photo {sha256[:80]!r} is not in the catalogue (expected a sha256 hex digest)")
-        path, fmt = await to_thread.run_sync(service.catalogue.find_photo, sha256)
-        return FileResponse(path, media_type=f"image/{fmt.lower()}")
-
-    @app.get("/v1/stats")
-    async def stats() -> dict:
-        return await to_thread.run_sync(service.stats)
-
-
 async def _check_species(service: Service, species: str) -> None:
     known = await to_thread.run_sync(service.catalogue.species)
     if species not in known:
-        raise _fail(
+        raise fail(
             404,
             f"no individuals of species {species!r} in the catalogue (it has: {', '.join(known) or 'none'})",
         )
@@ -306,53 +243,6 @@ def _identify_answer(service: Service, species: str, found: list[dict], describe
     best = candidates[0]["score"] if candidates else None
     thr = service.threshold_for(species)
     new = None if thr is None else (best is None or best < thr)
-    return {"species": species, "model_id": service.model_id, "candidates": candidates,
-            "best_score": best, "threshold": thr, "new_individual": new}  # fmt: skip
-
-
-def _add_write_routes(app: FastAPI, service: Service, writer) -> None:
-    @app.post("/v1/individuals", status_code=201, dependencies=[writer])
-    async def create_individual(body: NewIndividual) -> dict:
-        return await to_thread.run_sync(
-            service.catalogue.create_individual, body.name, body.species, body.notes
-        )
-
-    @app.post("/v1/individuals/{individual_id}/merge", dependencies=[writer])
-    async def merge(individual_id: int, body: MergeRequest) -> dict:
-        return await to_thread.run_sync(service.merge, body.source, individual_id)
-
-    @app.post("/v1/sightings", status_code=201, dependencies=[writer])
-    async def add_sighting(
-        file: Annotated[UploadFile, File(description="the photo of this sighting")],
-        individual_id: Annotated[
-            int | None, Form(description="a known individual (confirming a match)")
-        ] = None,
-        name: Annotated[
-            str | None, Form(description="a new individual's name (instead of individual_id)")
-        ] = None,
-        species: Annotated[Species | None, Form(description=SPECIES_HELP)] = None,
-        notes: Annotated[str, Form()] = "",
-        box: Annotated[str | None, Form(description="[x, y, w, h]")] = None,
-        theta: Annotated[float, Form()] = 0.0,
-    ) -> dict:
-        new = None
-        if individual_id is None:
-            if not name or not species:
-                raise _fail(422, "give individual_id (a known individual) or name and species (a new one)")
-            new = {"name": name, "species": species, "notes": notes}
-        elif name or species:
-            raise _fail(422, "give individual_id or name and species, not both")
-        else:
-            await to_thread.run_sync(service.catalogue.get_individual, individual_id)  # 404 before embedding
-        photo = await _read(file, service)
-        box_v = parse_box(box)
-        emb = await _embed(service, photo, file.filename or "upload", box_v, theta)
-        return await to_thread.run_sync(
-            lambda: service.add_sighting(
-                photo, emb, individual_id=individual_id, new_individual=new, box=box_v, theta=theta
-            )  # fmt: skip
-        )
-
-    @app.delete("/v1/sightings/{sighting_id}", dependencies=[writer])
-    async def delete_sighting(sighting_id: int) -> dict:
-        return await to_thread.run_sync(service.delete_sighting, sighting_id)
+    band, reason = service.band_for(species, best)
+    return {"species": species, "model_id": service.model_id, "candidates": candidates, "best_score": best,
+            "threshold": thr, "new_individual": new, "band": band, "band_reason": reason}  # fmt: skip

@@ -1,111 +1,74 @@
 """The catalogue store: individuals, their sightings and embeddings, in SQLite (default) or PostgreSQL.
 
-Each public method of :class:`Catalogue` is one transaction. Embeddings are stored as float32 bytes with the
-model id and preprocessing key they came from; photos are stored content-addressed (``<sha256>.<ext>``) in
-``photo_dir``, written (fsynced, renamed into place) before the row that names them is committed, so a crash
-leaves at worst an unreferenced photo file, never a sighting without its photo. The schema is versioned with
-Alembic (``migrations/``); :meth:`Catalogue.migrate` brings a database to the newest revision.
+Each public method of :class:`Catalogue` is one transaction, and every write appends its change-log rows
+(:mod:`animal_reid.serve.changelog`: who, what, before and after) in that same transaction, under the
+catalogue's write lock. Embeddings are stored as float32 bytes with the model id and preprocessing key they
+came from; photos are stored content-addressed (``<sha256>.<ext>``) in ``photo_dir``, written (fsynced, renamed
+into place) before the row that names them is committed, so a crash leaves at worst an unreferenced photo file,
+never a sighting without its photo; deletes keep the files. Names are unique per species, case-insensitively; a
+photo already filed for an individual is refused for it, and filed with a flag for another. The tables are in
+:mod:`~animal_reid.serve.schema`, the reads in :mod:`~animal_reid.serve.store_reads`; the schema is versioned
+with Alembic (``migrations/``) and :meth:`Catalogue.migrate` brings a database to the newest revision.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import os
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from animal_reid.serve.changes import notify_on_write
+from animal_reid.serve import changelog
+from animal_reid.serve.changes import register_sqlite_functions
+from animal_reid.serve.schema import (  # noqa: F401  (re-exported: the store's public names)
+    TEXT_FIELDS,
+    TEXT_LIMITS,
+    Base,
+    Conflict,
+    Encounter,
+    Flag,
+    Individual,
+    IndividualAlias,
+    Invalid,
+    NewPhoto,
+    NotFound,
+    Photo,
+    SamePhoto,
+    Sighting,
+    SightingMeta,
+    check_fields,
+    checked_place,
+    clean_aliases,
+    clean_name,
+    clean_text,
+    encounter_dict,
+    flag_dict,
+    name_key,
+    now,
+    photo_exif,
+    place_fields,
+    sighting_dict,
+    when_text,
+)
 from animal_reid.serve.settings import species_key
+from animal_reid.serve.store_reads import (  # noqa: F401  (re-exported)
+    FORMAT_EXT,
+    CatalogueReads,
+    FollowState,
+    IndexRows,
+    Touched,
+    aliases_of,
+    get_or_404,
+    individual_dict,
+)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Individual(Base):
-    __tablename__ = "individuals"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(200))
-    species: Mapped[str] = mapped_column(sa.String(64), index=True)
-    notes: Mapped[str] = mapped_column(sa.Text, default="")
-    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
-
-
-class Photo(Base):
-    __tablename__ = "photos"
-    sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    format: Mapped[str] = mapped_column(sa.String(16))
-    width: Mapped[int]
-    height: Mapped[int]
-    n_bytes: Mapped[int]
-
-
-class Sighting(Base):
-    __tablename__ = "sightings"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    individual_id: Mapped[int] = mapped_column(sa.ForeignKey("individuals.id"), index=True)
-    photo_sha256: Mapped[str] = mapped_column(sa.ForeignKey("photos.sha256"))
-    box: Mapped[list | None] = mapped_column(sa.JSON, nullable=True)
-    theta: Mapped[float] = mapped_column(default=0.0)
-    embedding: Mapped[bytes] = mapped_column(sa.LargeBinary)
-    dim: Mapped[int]
-    model_id: Mapped[str] = mapped_column(sa.String(64))
-    preprocessing_key: Mapped[str] = mapped_column(sa.String(64))
-    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
-
-
-class NotFound(LookupError):
-    """A named individual or sighting is not in the catalogue (HTTP 404)."""
-
-
-class Conflict(ValueError):
-    """A change the catalogue refuses, e.g. merging individuals of two species (HTTP 409)."""
-
-
-@dataclass(frozen=True)
-class NewPhoto:
-    """A validated upload: its bytes and what the header said."""
-
-    data: bytes
-    format: str
-    width: int
-    height: int
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
-
-
-@dataclass(frozen=True)
-class FollowState:
-    """What a replica's index and caches are derived from, without embeddings: every sighting's individual and
-    species (split by whether this replica's model made its embedding) and every individual's name."""
-
-    sightings: dict[int, tuple[int, str]]
-    other_model: dict[int, tuple[int, str]]
-    names: dict[int, str]
-
-
-@dataclass(frozen=True)
-class IndexRows:
-    """Every sighting's embedding, for rebuilding the search index."""
-
-    sighting_ids: np.ndarray
-    individual_ids: np.ndarray
-    species: list[str]
-    embeddings: np.ndarray
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+INDIVIDUAL_FIELDS = ("name", "notes", "aliases")
+SIGHTING_FIELDS = ("taken_at", "lat", "lon", *TEXT_FIELDS, "encounter_id")
+ENCOUNTER_FIELDS = ("started_at", "ended_at", "site", "lat", "lon", "observer", "notes")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -115,6 +78,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
+    register_sqlite_functions(dbapi_conn)  # the replicas' content digest
 
 
 def default_photo_dir(url: str) -> Path:
@@ -125,30 +89,13 @@ def default_photo_dir(url: str) -> Path:
     return Path(parsed.database).with_suffix(".photos")
 
 
-def _individual_dict(ind: Individual, n_sightings: int) -> dict:
-    return {
-        "id": ind.id,
-        "name": ind.name,
-        "species": ind.species,
-        "notes": ind.notes,
-        "n_sightings": n_sightings,
-        "created_at": ind.created_at.isoformat(),
-    }
+def _state(s: Session, ind: Individual) -> dict:
+    """An individual as the change log keeps it."""
+    return {"id": ind.id, "name": ind.name, "species": ind.species, "notes": ind.notes,
+            "aliases": aliases_of(s, [ind.id]).get(ind.id, [])}  # fmt: skip
 
 
-def _sighting_dict(s: Sighting) -> dict:
-    return {
-        "id": s.id,
-        "individual_id": s.individual_id,
-        "photo": s.photo_sha256,
-        "box": s.box,
-        "theta": s.theta,
-        "model_id": s.model_id,
-        "created_at": s.created_at.isoformat(),
-    }
-
-
-class Catalogue:
+class Catalogue(CatalogueReads):
     """Individuals and sightings in a SQL database (``url``), photos in ``photo_dir``."""
 
     def __init__(self, url: str, photo_dir: str | os.PathLike | None = None):
@@ -159,15 +106,14 @@ class Catalogue:
         self.engine = sa.create_engine(url, pool_pre_ping=not is_sqlite)
         if is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        notify_on_write(self.engine)  # PostgreSQL: other replicas wake up at each commit (changes.py)
 
     @property
     def shown_url(self) -> str:
         """The URL for messages and logs: any password masked."""
         return self.engine.url.render_as_string(hide_password=True)
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to the newest Alembic revision (or to ``revision``)."""
         from alembic import command
         from alembic.config import Config
 
@@ -175,7 +121,7 @@ class Catalogue:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
 
     def revision(self) -> str | None:
         with self.engine.connect() as conn:
@@ -192,109 +138,209 @@ class Catalogue:
     def close(self) -> None:
         self.engine.dispose()
 
-    # --- photos -------------------------------------------------------------------------------------------
-    def photo_path(self, sha256: str, fmt: str) -> Path:
-        return self.photo_dir / sha256[:2] / f"{sha256}.{FORMAT_EXT.get(fmt, 'bin')}"
-
-    def find_photo(self, sha256: str) -> tuple[Path, str]:
-        """The file and format of a stored photo; NotFound when no sighting ever stored it."""
-        with Session(self.engine) as s:
-            photo = s.get(Photo, sha256)
-            if photo is None:
-                raise NotFound(f"photo {sha256} is not in the catalogue")
-            return self.photo_path(sha256, photo.format), photo.format
-
-    def _write_photo(self, photo: NewPhoto) -> str:
-        sha = photo.sha256
-        path = self.photo_path(sha, photo.format)
+    def write_photo(self, photo: NewPhoto) -> Path:
+        """Store ``photo`` content-addressed (fsynced, renamed into place; kept if already there): its file."""
+        path = self.photo_path(photo.sha256, photo.format)
         if path.is_file():
-            return sha
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
             f.write(photo.data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        return sha
+        return path
 
     # --- individuals --------------------------------------------------------------------------------------
-    def create_individual(self, name: str, species: str, notes: str = "") -> dict:
-        with Session(self.engine) as s, s.begin():
-            ind = Individual(name=name, species=species_key(species), notes=notes, created_at=_now())
-            s.add(ind)
-            s.flush()
-            return _individual_dict(ind, 0)
+    def _check_name(self, s: Session, species: str, name: str, except_id: int | None = None) -> None:
+        """Conflict when another individual of ``species`` has ``name`` (any case); in the write transaction."""
+        key = name_key(name)
+        for iid, other in s.execute(
+            sa.select(Individual.id, Individual.name).where(Individual.species == species)
+        ):
+            if iid != except_id and name_key(other) == key:
+                raise Conflict(f"there is already a {species} named {other} (individual {iid})")
 
-    def _counts(self, s: Session) -> dict[int, int]:
-        rows = s.execute(sa.select(Sighting.individual_id, sa.func.count()).group_by(Sighting.individual_id))
-        return dict(rows.all())
+    def _set_aliases(self, s: Session, ind: Individual, aliases) -> None:
+        s.execute(sa.delete(IndividualAlias).where(IndividualAlias.individual_id == ind.id))
+        s.add_all(IndividualAlias(individual_id=ind.id, alias=a) for a in clean_aliases(aliases))
 
-    def list_individuals(self, species: str | None = None) -> list[dict]:
-        with Session(self.engine) as s:
-            q = sa.select(Individual).order_by(Individual.id)
-            if species is not None:
-                q = q.where(Individual.species == species_key(species))
-            counts = self._counts(s)
-            return [_individual_dict(i, counts.get(i.id, 0)) for i in s.scalars(q)]
-
-    def species(self) -> list[str]:
-        with Session(self.engine) as s:
-            return sorted(s.scalars(sa.select(Individual.species).distinct()))
-
-    def species_counts(self) -> dict[str, tuple[int, int]]:
-        """{species: (individuals, sightings)} for every species in the catalogue."""
-        with Session(self.engine) as s:
-            n_sightings = (
-                sa.select(Sighting.individual_id, sa.func.count().label("n"))
-                .group_by(Sighting.individual_id)
-                .subquery()
-            )
-            q = (
-                sa.select(
-                    Individual.species, sa.func.count(), sa.func.coalesce(sa.func.sum(n_sightings.c.n), 0)
-                )
-                .outerjoin(n_sightings, n_sightings.c.individual_id == Individual.id)
-                .group_by(Individual.species)
-            )
-            return {sp: (int(n_ind), int(n_sig)) for sp, n_ind, n_sig in s.execute(q)}
-
-    def _individual(self, s: Session, individual_id: int) -> Individual:
-        ind = s.get(Individual, individual_id)
-        if ind is None:
-            raise NotFound(f"individual {individual_id} is not in the catalogue")
+    def _new_individual(
+        self, s: Session, actor: str, name: str, species: str, notes="", aliases=()
+    ) -> Individual:
+        species = species_key(species)
+        name = clean_name(name)
+        self._check_name(s, species, name)
+        ind = Individual(name=name, species=species, notes=clean_text("notes", notes), created_at=now())
+        s.add(ind)
+        s.flush()
+        self._set_aliases(s, ind, aliases)
+        s.flush()
+        changelog.record(s, actor, "individual.create", individual_id=ind.id, after=_state(s, ind))
         return ind
 
-    def get_individual(self, individual_id: int) -> dict:
-        with Session(self.engine) as s:
-            ind = self._individual(s, individual_id)
-            rows = s.scalars(
-                sa.select(Sighting).where(Sighting.individual_id == individual_id).order_by(Sighting.id)
-            ).all()
-            return {**_individual_dict(ind, len(rows)), "sightings": [_sighting_dict(r) for r in rows]}
+    def create_individual(
+        self, name: str, species: str, notes: str = "", aliases=(), actor: str = "operator"
+    ) -> dict:
+        """A new individual; Conflict when its species already has one of that name (any case)."""
+        with changelog.write_session(self.engine) as s:
+            return individual_dict(s, self._new_individual(s, actor, name, species, notes, aliases))
 
-    def merge(self, source_id: int, target_id: int) -> dict:
-        """Move every sighting of ``source_id`` to ``target_id`` and delete ``source_id``; returns the target."""
+    def update_individual(self, individual_id: int, actor: str, **fields) -> dict:
+        """Change an individual's ``name``, ``notes`` and/or ``aliases`` (the list replaces the old one)."""
+        check_fields(fields, INDIVIDUAL_FIELDS, f"individual {individual_id}")
+        with changelog.write_session(self.engine) as s:
+            ind = get_or_404(s, Individual, individual_id, "individual")
+            before = _state(s, ind)
+            if "name" in fields:
+                ind.name = clean_name(fields["name"])
+                self._check_name(s, ind.species, ind.name, except_id=ind.id)
+            if "notes" in fields:
+                ind.notes = clean_text("notes", fields["notes"])
+            if "aliases" in fields:
+                self._set_aliases(s, ind, fields["aliases"])
+            s.flush()
+            after = _state(s, ind)
+            if after != before:
+                changelog.record(
+                    s, actor, "individual.update", individual_id=ind.id, before=before, after=after
+                )
+            return individual_dict(s, ind)
+
+    def delete_individual(self, individual_id: int, actor: str) -> dict:
+        """Delete an individual and its sightings (each logged with what it was; photo files are kept):
+        ``{"deleted": individual, "sightings": n, "sighting_ids": [...]}``."""
+        with changelog.write_session(self.engine) as s:
+            ind = get_or_404(s, Individual, individual_id, "individual")
+            shown = individual_dict(s, ind)
+            rows = s.scalars(sa.select(Sighting).where(Sighting.individual_id == individual_id)).all()
+            for row in rows:
+                changelog.record(s, actor, "sighting.delete", individual_id=individual_id, sighting_id=row.id,
+                                 before=sighting_dict(row))  # fmt: skip
+            ids = [r.id for r in rows]
+            s.execute(sa.delete(Sighting).where(Sighting.individual_id == individual_id))
+            changelog.record(s, actor, "individual.delete", individual_id=individual_id,
+                             before={**_state(s, ind), "sighting_ids": ids})  # fmt: skip
+            s.execute(sa.delete(IndividualAlias).where(IndividualAlias.individual_id == individual_id))
+            s.execute(sa.delete(Individual).where(Individual.id == individual_id))
+            self._close_flags(s, actor, (Flag.individual_id == individual_id) | Flag.sighting_id.in_(ids))
+            return {"deleted": shown, "sightings": len(ids), "sighting_ids": ids}
+
+    def merge(self, source_id: int, target_id: int, actor: str = "operator") -> dict:
+        """Move every sighting and alias of ``source_id`` to ``target_id`` (the source's name becomes an alias,
+        its notes are appended) and delete ``source_id``; returns the target."""
         if source_id == target_id:
             raise Conflict(f"cannot merge individual {source_id} into itself")
-        with Session(self.engine) as s, s.begin():
-            src, dst = self._individual(s, source_id), self._individual(s, target_id)
+        with changelog.write_session(self.engine) as s:
+            src = get_or_404(s, Individual, source_id, "individual")
+            dst = get_or_404(s, Individual, target_id, "individual")
             if src.species != dst.species:
                 raise Conflict(
                     f"individual {source_id} is a {src.species!r}, {target_id} a {dst.species!r}: "
                     "only individuals of one species can be merged"
                 )
+            before = {"source": _state(s, src), "target": _state(s, dst)}
             s.execute(
                 sa.update(Sighting).where(Sighting.individual_id == source_id).values(individual_id=target_id)
             )
+            s.execute(sa.update(Flag).where(Flag.individual_id == source_id).values(individual_id=target_id))
+            names = [a for a in before["target"]["aliases"] + [src.name] + before["source"]["aliases"]
+                     if name_key(a) != name_key(dst.name)]  # fmt: skip
+            s.execute(sa.delete(IndividualAlias).where(IndividualAlias.individual_id == source_id))
+            self._set_aliases(s, dst, names)
             if src.notes:
                 dst.notes = f"{dst.notes}\n{src.notes}".strip()
-            s.delete(src)
+            s.execute(sa.delete(Individual).where(Individual.id == source_id))
             s.flush()
-            n = s.scalar(sa.select(sa.func.count()).where(Sighting.individual_id == target_id))
-            return _individual_dict(dst, n)
+            changelog.record(s, actor, "individual.merge", individual_id=target_id, other_id=source_id,
+                             before=before, after=_state(s, dst))  # fmt: skip
+            self._flag_repeated_photos(s, dst)
+            return individual_dict(s, dst)
+
+    # --- flags --------------------------------------------------------------------------------------------
+    def _close_flags(self, s: Session, actor: str, where) -> None:
+        s.execute(
+            sa.update(Flag)
+            .where(where & Flag.resolved_at.is_(None))
+            .values(resolved_at=now(), resolved_by=actor)
+        )
+
+    def _flag_repeated_photos(self, s: Session, ind: Individual) -> None:
+        """A flag on each sighting of ``ind`` whose photo an earlier sighting of ``ind`` already has."""
+        first: dict[str, int] = {}
+        q = sa.select(Sighting).where(Sighting.individual_id == ind.id).order_by(Sighting.id)
+        for row in s.scalars(q):
+            if row.photo_sha256 not in first:
+                first[row.photo_sha256] = row.id
+                continue
+            other = first[row.photo_sha256]
+            row.flag = detail = f"same photo as sighting {other} of {ind.name}"
+            q = sa.select(Flag).where(
+                (Flag.sighting_id == row.id) & (Flag.other_id == other) & Flag.resolved_at.is_(None)
+            )
+            flag = s.scalars(q).first()  # "photo elsewhere" before a merge: now the same individual's
+            if flag is None:
+                flag = Flag(individual_id=ind.id, sighting_id=row.id, other_id=other, created_at=now())
+                s.add(flag)
+            flag.kind, flag.detail = "duplicate_photo", detail
+
+    def resolve_flag(self, flag_id: int, actor: str) -> dict:
+        """Mark a flag looked at (its sighting's ``flag`` text is cleared); Conflict when it already was."""
+        with changelog.write_session(self.engine) as s:
+            flag = get_or_404(s, Flag, flag_id, "flag")
+            if flag.resolved_at is not None:
+                raise Conflict(f"flag {flag_id} was already resolved by {flag.resolved_by}")
+            before = flag_dict(flag)
+            flag.resolved_at, flag.resolved_by = now(), actor
+            row = s.get(Sighting, flag.sighting_id) if flag.sighting_id is not None else None
+            if row is not None and row.flag == flag.detail:
+                row.flag = None
+            s.flush()
+            changelog.record(s, actor, "flag.resolve", individual_id=flag.individual_id, sighting_id=flag.sighting_id,
+                             other_id=flag.id, before=before, after=flag_dict(flag))  # fmt: skip
+            return flag_dict(flag)
 
     # --- sightings ----------------------------------------------------------------------------------------
+    def _meta_fields(self, meta: SightingMeta | None, data: bytes) -> dict:
+        """The sighting's metadata columns, checked; the photo's EXIF date-time and place where none is given."""
+        meta = meta or SightingMeta()
+        taken_at = when_text(meta.taken_at)
+        lat, lon = checked_place(meta.lat, meta.lon)
+        if taken_at is None or lat is None:
+            exif_when, exif_lat, exif_lon = photo_exif(data)
+            taken_at = taken_at or exif_when
+            if lat is None and exif_lat is not None and exif_lon is not None:
+                lat, lon = exif_lat, exif_lon
+        return {
+            "taken_at": taken_at,
+            "lat": lat,
+            "lon": lon,
+            **{f: clean_text(f, getattr(meta, f)) for f in TEXT_FIELDS},
+        }
+
+    def _encounter_for(self, s: Session, encounter_id: int | None, ind: Individual) -> None:
+        if encounter_id is not None:
+            enc = get_or_404(s, Encounter, encounter_id, "encounter")
+            if enc.species != ind.species:
+                raise Conflict(f"encounter {encounter_id} is of {enc.species}, {ind.name} a {ind.species}")
+
+    def _photo_elsewhere(self, s: Session, sha: str, ind: Individual) -> tuple[int, str] | None:
+        """SamePhoto when ``ind`` has a sighting of this photo; (the first sighting of it, the flag saying so)
+        when another individual has; None when the photo is new."""
+        q = (
+            sa.select(Sighting.id, Sighting.individual_id)
+            .where(Sighting.photo_sha256 == sha)
+            .order_by(Sighting.id)
+        )
+        same = s.execute(q).all()
+        mine = [sid for sid, iid in same if iid == ind.id]
+        if mine:
+            raise SamePhoto(f"already a sighting of {ind.name} (sighting {mine[0]})")
+        if not same:
+            return None
+        return same[0][0], f"same photo as sighting {same[0][0]} of {s.get(Individual, same[0][1]).name}"
+
     def add_sighting(
         self,
         individual_id: int | None,
@@ -305,71 +351,82 @@ class Catalogue:
         box: list[float] | None = None,
         theta: float = 0.0,
         new_individual: dict | None = None,
+        meta: SightingMeta | None = None,
+        encounter_id: int | None = None,
+        actor: str = "operator",
     ) -> dict:
         """Record ``photo`` as a sighting of ``individual_id``, or of a new individual (``new_individual``:
-        name, species, notes) created in the same transaction. Returns the sighting plus its species."""
+        name, species, notes, aliases) created in the same transaction. Returns the sighting plus its species
+        and individual's name. The same photo already a sighting of this individual: Conflict; of another one:
+        filed, with a ``flag`` naming that sighting and a ``photo_elsewhere`` flag."""
         if (individual_id is None) == (new_individual is None):
             raise ValueError("give either an individual id or a new individual, not both or neither")
         emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
-        sha = self._write_photo(photo)
-        with Session(self.engine) as s, s.begin():
+        fields = self._meta_fields(meta, photo.data)
+        self.write_photo(photo)
+        sha = photo.sha256
+        with changelog.write_session(self.engine) as s:
             if individual_id is None:
-                fields = {"notes": "", **new_individual, "species": species_key(new_individual["species"])}
-                ind = Individual(**fields, created_at=_now())
-                s.add(ind)
-                s.flush()
+                ind = self._new_individual(s, actor, **new_individual)
             else:
-                ind = self._individual(s, individual_id)
+                ind = get_or_404(s, Individual, individual_id, "individual")
+            elsewhere = self._photo_elsewhere(s, sha, ind)
+            self._encounter_for(s, encounter_id, ind)
             if s.get(Photo, sha) is None:
                 s.add(Photo(sha256=sha, format=photo.format, width=photo.width, height=photo.height,
                             n_bytes=len(photo.data)))  # fmt: skip
+            flag = None if elsewhere is None else elsewhere[1]
             row = Sighting(
                 individual_id=ind.id, photo_sha256=sha, box=box, theta=float(theta), embedding=emb.tobytes(),
-                dim=emb.size, model_id=model_id, preprocessing_key=preprocessing_key, created_at=_now(),
+                dim=emb.size, model_id=model_id, preprocessing_key=preprocessing_key, created_at=now(),
+                encounter_id=encounter_id, created_by=actor, flag=flag, **fields,
             )  # fmt: skip
             s.add(row)
             s.flush()
-            return {**_sighting_dict(row), "species": ind.species, "individual_name": ind.name}
+            if elsewhere is not None:
+                s.add(Flag(kind="photo_elsewhere", individual_id=ind.id, sighting_id=row.id, other_id=elsewhere[0],
+                           detail=flag, created_at=now()))  # fmt: skip
+            changelog.record(
+                s, actor, "sighting.add", individual_id=ind.id, sighting_id=row.id, after=sighting_dict(row)
+            )
+            return {**sighting_dict(row), "species": ind.species, "individual_name": ind.name}
 
-    def delete_sighting(self, sighting_id: int) -> dict:
-        with Session(self.engine) as s, s.begin():
-            row = s.get(Sighting, sighting_id)
-            if row is None:
-                raise NotFound(f"sighting {sighting_id} is not in the catalogue")
-            out = _sighting_dict(row)
+    def update_sighting(self, sighting_id: int, actor: str, **fields) -> dict:
+        """Change a sighting's metadata (``taken_at``, ``lat``, ``lon``, ``site``, ``viewpoint``, ``observer``,
+        ``notes``, ``encounter_id``); returns it."""
+        check_fields(fields, SIGHTING_FIELDS, f"sighting {sighting_id}")
+        with changelog.write_session(self.engine) as s:
+            row = get_or_404(s, Sighting, sighting_id, "sighting")
+            before = sighting_dict(row)
+            values = {f: clean_text(f, fields[f]) for f in TEXT_FIELDS if f in fields}
+            values |= place_fields(fields, (row.lat, row.lon))
+            if "taken_at" in fields:
+                values["taken_at"] = when_text(fields["taken_at"])
+            if "encounter_id" in fields:
+                self._encounter_for(s, fields["encounter_id"], s.get(Individual, row.individual_id))
+                values["encounter_id"] = fields["encounter_id"]
+            for key, value in values.items():
+                setattr(row, key, value)
+            s.flush()
+            after = sighting_dict(row)
+            if after != before:
+                changelog.record(s, actor, "sighting.update", individual_id=row.individual_id, sighting_id=row.id,
+                                 before=before, after=after)  # fmt: skip
+            return after
+
+    def delete_sighting(self, sighting_id: int, actor: str = "operator") -> dict:
+        """Delete a sighting (logged with what it was; its photo file is kept); returns it."""
+        with changelog.write_session(self.engine) as s:
+            row = get_or_404(s, Sighting, sighting_id, "sighting")
+            out = sighting_dict(row)
+            changelog.record(s, actor, "sighting.delete", individual_id=row.individual_id, sighting_id=row.id,
+                             before=out)  # fmt: skip
             s.delete(row)
+            self._close_flags(s, actor, Flag.sighting_id == sighting_id)
             return out
 
-    def sighting_pairs(self) -> list[tuple[int, int]]:
-        """(sighting id, individual id) of every sighting, in id order."""
-        with Session(self.engine) as s:
-            q = sa.select(Sighting.id, Sighting.individual_id).order_by(Sighting.id)
-            return [(int(a), int(b)) for a, b in s.execute(q)]
-
-    def describe(self, individual_ids: list[int], sighting_ids: list[int]) -> tuple[dict, dict]:
-        """({individual id: name}, {sighting id: photo sha256}) for the ids given."""
-        with Session(self.engine) as s:
-            names = s.execute(
-                sa.select(Individual.id, Individual.name).where(Individual.id.in_(individual_ids))
-            )
-            photos = s.execute(
-                sa.select(Sighting.id, Sighting.photo_sha256).where(Sighting.id.in_(sighting_ids))
-            )
-            return dict(names.all()), dict(photos.all())
-
-    def stale_sightings(
-        self, model_id: str, preprocessing_key: str
-    ) -> list[tuple[int, Path, list | None, float]]:
-        """Sightings embedded by another model or preprocessing: (id, photo file, box, theta) to re-embed."""
-        with Session(self.engine) as s:
-            q = (
-                sa.select(Sighting, Photo.format)
-                .join(Photo, Photo.sha256 == Sighting.photo_sha256)
-                .where((Sighting.model_id != model_id) | (Sighting.preprocessing_key != preprocessing_key))
-            )
-            return [(r.id, self.photo_path(r.photo_sha256, fmt), r.box, r.theta) for r, fmt in s.execute(q)]
-
     def update_embedding(self, sighting_id: int, embedding: np.ndarray, model_id: str, key: str) -> None:
+        """Re-embedded by another model (derived data: not logged)."""
         emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(-1)
         with Session(self.engine) as s, s.begin():
             row = s.get(Sighting, sighting_id)
@@ -381,57 +438,55 @@ class Catalogue:
                     key,
                 )
 
-    def follow_state(self, model_id: str, preprocessing_key: str) -> FollowState:
-        """Every sighting's (individual, species) and every individual's name, read in one transaction."""
-        with Session(self.engine) as s, s.begin():
-            mine = (Sighting.model_id == model_id) & (Sighting.preprocessing_key == preprocessing_key)
-            q = sa.select(Sighting.id, Sighting.individual_id, Individual.species, mine).join(
-                Individual, Individual.id == Sighting.individual_id
-            )
-            sightings, other = {}, {}
-            for sid, iid, species, is_mine in s.execute(q):
-                (sightings if is_mine else other)[int(sid)] = (int(iid), species)
-            names = dict(s.execute(sa.select(Individual.id, Individual.name)).all())
-        return FollowState(sightings, other, names)
+    # --- encounters ---------------------------------------------------------------------------------------
+    def _encounter_values(self, fields: dict, current: tuple = (None, None)) -> dict:
+        values = {f: when_text(fields[f], f) for f in ("started_at", "ended_at") if f in fields}
+        values |= {f: clean_text(f, fields[f]) for f in ("site", "observer", "notes") if f in fields}
+        return values | place_fields(fields, current)
 
-    def embeddings(self, sighting_ids: list[int], chunk: int = 500) -> dict[int, np.ndarray]:
-        """{sighting id: stored embedding} for those of ``sighting_ids`` still in the catalogue."""
-        out: dict[int, np.ndarray] = {}
-        with Session(self.engine) as s:
-            for i in range(0, len(sighting_ids), chunk):
-                q = sa.select(Sighting.id, Sighting.embedding).where(
-                    Sighting.id.in_(sighting_ids[i : i + chunk])
+    def create_encounter(self, species: str, actor: str, **fields) -> dict:
+        """A new encounter of ``species`` (``started_at``, ``ended_at``, ``site``, ``lat``, ``lon``, ``observer``,
+        ``notes``); logged as ``encounter.create`` with the encounter's id as ``other_id``."""
+        check_fields(fields, ENCOUNTER_FIELDS, "encounter")
+        with changelog.write_session(self.engine) as s:
+            enc = Encounter(species=species_key(species), created_at=now(), created_by=actor,
+                            **{"site": "", "observer": "", "notes": "", **self._encounter_values(fields)})  # fmt: skip
+            s.add(enc)
+            s.flush()
+            changelog.record(s, actor, "encounter.create", other_id=enc.id, after=encounter_dict(enc))
+            return {**encounter_dict(enc), "sighting_ids": []}
+
+    def update_encounter(self, encounter_id: int, actor: str, **fields) -> dict:
+        """Change an encounter's ``started_at``, ``ended_at``, ``site``, ``lat``, ``lon``, ``observer`` or
+        ``notes``; logged as ``encounter.update``. Returns it with its sightings' ids."""
+        check_fields(fields, ENCOUNTER_FIELDS, f"encounter {encounter_id}")
+        with changelog.write_session(self.engine) as s:
+            enc = get_or_404(s, Encounter, encounter_id, "encounter")
+            before = encounter_dict(enc)
+            for key, value in self._encounter_values(fields, (enc.lat, enc.lon)).items():
+                setattr(enc, key, value)
+            s.flush()
+            if encounter_dict(enc) != before:
+                changelog.record(
+                    s, actor, "encounter.update", other_id=enc.id, before=before, after=encounter_dict(enc)
                 )
-                out.update((int(sid), np.frombuffer(emb, dtype=np.float32)) for sid, emb in s.execute(q))
-        return out
+            return {**encounter_dict(enc), "sighting_ids": _encounter_sightings(s, encounter_id)}
 
-    def photo_files(self, sighting_ids: list[int]) -> dict[int, tuple[Path, list | None, float]]:
-        """{sighting id: (photo file, box, theta)} for those of ``sighting_ids`` still in the catalogue."""
-        with Session(self.engine) as s:
-            q = (
-                sa.select(Sighting.id, Sighting.photo_sha256, Photo.format, Sighting.box, Sighting.theta)
-                .join(Photo, Photo.sha256 == Sighting.photo_sha256)
-                .where(Sighting.id.in_(sighting_ids))
-            )
-            return {
-                int(sid): (self.photo_path(sha, fmt), box, theta)
-                for sid, sha, fmt, box, theta in s.execute(q)
-            }
+    def delete_encounter(self, encounter_id: int, actor: str) -> dict:
+        """Delete an encounter no sighting is part of (Conflict otherwise); logged as ``encounter.delete``
+        with what it was. Returns it."""
+        with changelog.write_session(self.engine) as s:
+            enc = get_or_404(s, Encounter, encounter_id, "encounter")
+            held = _encounter_sightings(s, encounter_id)
+            if held:
+                listed = ", ".join(map(str, held[:5])) + (", ..." if len(held) > 5 else "")
+                raise Conflict(f"encounter {encounter_id} still has {len(held)} sightings ({listed})")
+            out = {**encounter_dict(enc), "sighting_ids": []}
+            changelog.record(s, actor, "encounter.delete", other_id=encounter_id, before=out)
+            s.delete(enc)
+            return out
 
-    def index_rows(self) -> IndexRows:
-        """Every sighting's (id, individual, species, embedding), in id order, read in one transaction."""
-        with Session(self.engine) as s:
-            q = (
-                sa.select(Sighting.id, Sighting.individual_id, Individual.species, Sighting.embedding)
-                .join(Individual, Individual.id == Sighting.individual_id)
-                .order_by(Sighting.id)
-            )
-            rows = s.execute(q).all()
-        emb = [np.frombuffer(r[3], dtype=np.float32) for r in rows]
-        dim = emb[0].size if emb else 0
-        return IndexRows(
-            sighting_ids=np.array([r[0] for r in rows], dtype=np.int64),
-            individual_ids=np.array([r[1] for r in rows], dtype=np.int64),
-            species=[r[2] for r in rows],
-            embeddings=np.stack(emb) if emb else np.zeros((0, dim), np.float32),
-        )
+
+def _encounter_sightings(s: Session, encounter_id: int) -> list[int]:
+    q = sa.select(Sighting.id).where(Sighting.encounter_id == encounter_id).order_by(Sighting.id)
+    return [int(i) for i in s.scalars(q)]
