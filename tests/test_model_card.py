@@ -184,5 +184,5 @@ def test_card_says_loudly_when_training_did_not_beat_its_start(tmp_path):
 def test_weights_carry_the_most_restrictive_licence(licences, binding, names):
     from animal_reid.training.licences import most_restrictive
 
-    words, which = most_restrictive([{"name": n, "license": t} for n, t in zip("ab", licences, strict=True)])
+    words, which = most_restrictive([{"name": "abc"[i], "license": t} for i, t in enumerate(licences)])
     assert words.startswith(binding) and which == names
