@@ -208,10 +208,13 @@ def test_deleting_keeps_photo_files_and_an_individual_page_orders_sightings_by_d
     assert (
         page["cover"] == {"sighting_id": rows[0]["id"], "url": rows[0]["url"]} and page["n_encounters"] == 3
     )
+    # without an encounter, photos count once per day: another photo of 1 June is the same outing
+    _add(cat, 4, individual_id=asha["id"], meta=SightingMeta(taken_at="2026-06-01T16:30:00"))
+    assert cat.get_individual(asha["id"])["n_encounters"] == 3
     files = [cat.find_photo(r["photo"])[0] for r in rows]
     cat.delete_sighting(rows[0]["id"], "ana")
     out = cat.delete_individual(asha["id"], "ana")
-    assert out["sightings"] == 2 and out["deleted"]["name"] == "Asha"
+    assert out["sightings"] == 3 and out["deleted"]["name"] == "Asha"
     assert all(f.is_file() for f in files) and cat.sighting_pairs() == []
 
 

@@ -156,7 +156,9 @@ class Individual(BaseModel):
     notes: str
     aliases: list[str]
     n_sightings: int
-    n_encounters: int = Field(description="distinct encounters; a sighting with none counts as its own")
+    n_encounters: int = Field(
+        description="distinct encounters; sightings with none count once per day taken (else filed)"
+    )
     first_seen: str | None = Field(description="oldest taken_at of its sightings")
     last_seen: str | None
     created_at: str

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from animal_reid.season.calibration import CalibrationError, calibrate
 from animal_reid.season.decisions import Band, Bands, BandsError
 from animal_reid.serve import changelog
-from animal_reid.serve.schema import Change, Individual, Sighting
+from animal_reid.serve.schema import Change, Individual, Sighting, encounter_key_sql
 
 logger = logging.getLogger(__name__)
 
@@ -198,11 +198,7 @@ class CatalogueCalibration:
     def _species_counts(self, s: Session) -> dict[str, SpeciesStatus]:
         """Per species: individuals, and those with MIN_ENCOUNTERS encounters (counted in SQL; sightings
         without an encounter count as one per day, as :func:`_encounter_key`)."""
-        day = sa.func.substr(
-            sa.func.coalesce(Sighting.taken_at, sa.cast(Sighting.created_at, sa.String)), 1, 10
-        )
-        key = sa.case((Sighting.encounter_id.is_(None), "d" + day),
-                      else_="e" + sa.cast(Sighting.encounter_id, sa.String))  # fmt: skip
+        key = encounter_key_sql()
         per_individual = (
             sa.select(Individual.species, sa.func.count(sa.distinct(key)).label("n"))
             .outerjoin(Sighting, (Sighting.individual_id == Individual.id) & self._mine())

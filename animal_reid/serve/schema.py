@@ -306,3 +306,13 @@ def place_fields(fields: dict, current: tuple) -> dict:
         return {}
     lat, lon = checked_place(fields.get("lat", current[0]), fields.get("lon", current[1]))
     return {"lat": lat, "lon": lon}
+
+
+def encounter_key_sql():
+    """A sighting's encounter as SQL, for counting encounters: ``e<id>`` for its encounter, else ``d<date>``, the
+    day it was taken (else filed): per individual, photos filed one by one from one outing count as one encounter,
+    not one each (the rule the calibration's encounter count follows)."""
+    day = sa.func.substr(sa.func.coalesce(Sighting.taken_at, sa.cast(Sighting.created_at, sa.String)), 1, 10)
+    return sa.case(
+        (Sighting.encounter_id.is_(None), "d" + day), else_="e" + sa.cast(Sighting.encounter_id, sa.String)
+    )

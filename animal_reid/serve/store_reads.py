@@ -29,6 +29,7 @@ from animal_reid.serve.schema import (
     Photo,
     Sighting,
     encounter_dict,
+    encounter_key_sql,
     flag_dict,
     iso,
     sighting_dict,
@@ -93,11 +94,10 @@ def _chunks(ids: list[int]):
 
 
 def _sighting_stats(s: Session, ids: list[int]) -> dict[int, tuple]:
-    """{individual id: (sightings, encounters, first taken_at, last taken_at, first sighting id)}; a sighting
-    with no encounter counts as an encounter of its own."""
-    alone = sa.func.sum(sa.case((Sighting.encounter_id.is_(None), 1), else_=0))
+    """{individual id: (sightings, encounters, first taken_at, last taken_at, first sighting id)}; sightings
+    with no encounter count as one per day (:func:`encounter_key_sql`)."""
     q = sa.select(
-        Sighting.individual_id, sa.func.count(), sa.func.count(Sighting.encounter_id.distinct()) + alone,
+        Sighting.individual_id, sa.func.count(), sa.func.count(encounter_key_sql().distinct()),
         sa.func.min(Sighting.taken_at), sa.func.max(Sighting.taken_at), sa.func.min(Sighting.id),
     ).group_by(Sighting.individual_id)  # fmt: skip
     out = {}
