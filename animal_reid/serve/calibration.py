@@ -104,15 +104,6 @@ class SpeciesStatus:
         }
 
 
-def _encounter_key(row) -> str:
-    """A sighting's encounter for calibration: its encounter, else its individual's photos of one day (taken_at,
-    else the day it was filed): photos filed one by one from one outing must not pass for separate encounters."""
-    if row.encounter_id is not None:
-        return f"e{row.encounter_id}"
-    day = row.taken_at or row.created_at.isoformat()
-    return f"d{row.individual_id}:{day[:10]}"
-
-
 def decide(band: Band, species: str, best_score: float | None) -> tuple[str, str]:
     """``(band, reason)`` for a best score: the decision and one line saying why, for the page."""
     verdict = band.decide(best_score)
@@ -197,7 +188,7 @@ class CatalogueCalibration:
 
     def _species_counts(self, s: Session) -> dict[str, SpeciesStatus]:
         """Per species: individuals, and those with MIN_ENCOUNTERS encounters (counted in SQL; sightings
-        without an encounter count as one per day, as :func:`_encounter_key`)."""
+        without an encounter count as one per day: :func:`~animal_reid.serve.schema.encounter_key_sql`)."""
         key = encounter_key_sql()
         per_individual = (
             sa.select(Individual.species, sa.func.count(sa.distinct(key)).label("n"))
@@ -242,7 +233,7 @@ class CatalogueCalibration:
     def rows(self, species: str) -> tuple[np.ndarray, list[str], list[str]]:
         """(embeddings, individual ids, encounter keys) of the species' sightings by the serving model."""
         q = (sa.select(Sighting.id, Sighting.individual_id, Sighting.encounter_id, Sighting.embedding,
-                       Sighting.model_id, Sighting.preprocessing_key, Sighting.taken_at, Sighting.created_at)
+                       Sighting.model_id, Sighting.preprocessing_key, encounter_key_sql().label("encounter"))
              .join(Individual, Individual.id == Sighting.individual_id)
              .where(Individual.species == species).order_by(Sighting.id))  # fmt: skip
         with Session(self.catalogue.engine) as s:
@@ -253,7 +244,7 @@ class CatalogueCalibration:
             key = self.model_key
         rows = [r for r in rows if (r.model_id, r.preprocessing_key) == key]
         emb = np.stack([np.frombuffer(r.embedding, np.float32) for r in rows]) if rows else np.zeros((0, 0))
-        return emb, [str(r.individual_id) for r in rows], [_encounter_key(r) for r in rows]
+        return emb, [str(r.individual_id) for r in rows], [r.encounter for r in rows]
 
     # --- fitting ----------------------------------------------------------------------------------------------
     def fit(self, species: str, actor: str = AUTO_ACTOR) -> dict:

@@ -117,7 +117,7 @@ class ReviewQueue:
             read = read_batch(root, rels, species, self.service, site=site, observer=observer)
             photos = embed_photos(self.service.batcher.encode, read.photos, read.skipped)
             for head in {p.photo.sha256: p.photo for p in photos}.values():
-                filing.store_photo(self.service.catalogue, head.read())
+                self.service.catalogue.write_photo(head.read())
         groups = encounters(photos, species, gap_min)
         catalogued = self.service.index.has_sightings_of(species)
         matched = [self._match(species, [p.embedding for p in g]) for g in groups]

@@ -8,8 +8,6 @@ queue photo at once, so an undo (or the clean-up of a filing that failed half-wa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -29,11 +27,6 @@ def log(s: Session, actor: str, kind: str, **fields) -> None:
 
 
 # --- photos and embeddings ------------------------------------------------------------------------------------
-def store_photo(catalogue, photo: NewPhoto) -> Path:
-    """Write ``photo`` where the catalogue keeps it (content-addressed; fsynced, renamed into place)."""
-    return catalogue.write_photo(photo)
-
-
 def queue_photo(item_id: int, position: int, p: BatchPhoto, service) -> QueuePhoto:
     emb = np.ascontiguousarray(p.embedding, dtype=np.float32).reshape(-1)
     return QueuePhoto(
