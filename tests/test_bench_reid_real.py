@@ -401,12 +401,13 @@ def test_open_runs_train_two_at_a_time_then_the_tables_reuse_them(tiny_corpus, t
     argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(tmp_path / "work")]
     argv += ["--results", str(tmp_path / "res" / "par"), "--set", "tables=[2, 3, 4]", "parallel_runs=2"]
     res = reid_real.main(argv)
+    n = reid_real.load_bench_config(SMOKE).finetune_identities
     assert res["skipped"] == []
     pooled = {"t2_multi", "t3_without_synth_stripes", "t2_only_synth_spots", "t2_only_synth_stripes"}
     assert pooled <= set(res["run_times_s"])
     assert set(res["run_times_s"]) - pooled == {
-        "t4_synth_stripes_from_multi",
-        "t4_synth_stripes_from_imagenet",
+        f"t4_synth_stripes_{n}_from_multi",
+        f"t4_synth_stripes_{n}_from_imagenet",
     }
     for name in pooled:
         saved = json.loads((tmp_path / "work" / "runs" / name / "results.json").read_text())

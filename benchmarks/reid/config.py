@@ -49,6 +49,9 @@ class BenchConfig:
     images_per_identity: int | None = None
     max_images_per_identity: int | None = 8
     max_eval_images_per_identity: int | None = 8
+    # at most this many training images per species (train_accelerate's option, a seeded choice of whole
+    # identities); also applied to the counts that size each run's share of the batches
+    max_train_images_per_species: int | None = None
     lr_backbone: float | None = None
     lr_head: float | None = None
     warmup_epochs: float | None = None

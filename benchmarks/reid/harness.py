@@ -74,6 +74,7 @@ class Bench:
             "images_per_identity": c.images_per_identity,
             "max_images_per_identity": c.max_images_per_identity,
             "max_eval_images_per_identity": c.max_eval_images_per_identity,
+            "max_train_images_per_species": c.max_train_images_per_species,
             "lr_backbone": c.lr_backbone,
             "lr_head": c.lr_head,
             "warmup_epochs": c.warmup_epochs,
@@ -293,6 +294,7 @@ class Bench:
                 species=species,
                 max_images_per_identity=c.max_images_per_identity if capped else None,
                 max_eval_images_per_identity=c.max_eval_images_per_identity if capped else None,
+                max_train_images_per_species=c.max_train_images_per_species if capped else None,
                 num_workers=c.num_workers,
             )
             self._cache[key] = load_corpus(args, seed=c.seed).splits

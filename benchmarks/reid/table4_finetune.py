@@ -37,9 +37,10 @@ def table4(bench: Bench) -> dict[str, Any]:
         "warmup_epochs": 0.0,
     }
     runs, grid = {}, {}
+    n = c.finetune_identities  # in the run names: one work directory holds the runs of several sizes
     for label, name, start in (
-        ("from multispecies (never saw it)", f"t4_{sp}_from_multi", {"init_from": base["export_dir"]}),
-        ("from ImageNet", f"t4_{sp}_from_imagenet", {}),
+        ("from multispecies (never saw it)", f"t4_{sp}_{n}_from_multi", {"init_from": base["export_dir"]}),
+        ("from ImageNet", f"t4_{sp}_{n}_from_imagenet", {}),
     ):
         runs[label], grid[label] = finetune(bench, name, few, sp, **start, **common)
     rows = {k: pick(v["test"], sp) for k, v in runs.items()}
