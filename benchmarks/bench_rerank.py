@@ -353,7 +353,7 @@ def cost_lines(result: dict) -> list[str]:
     return lines
 
 
-def _correct(queries, gallery, idx) -> np.ndarray:
+def correct_candidates(queries, gallery, idx) -> np.ndarray:
     """[Q, K] bool: the shortlisted gallery image shows the query's individual."""
     return np.array(
         [[gallery[j].identity == q.identity for j in row] for q, row in zip(queries, idx, strict=True)]
@@ -501,7 +501,7 @@ def fit_on_validation(
     """Verify the validation shortlists and fit the fusion on them (or load ``--fusion``)."""
     t0 = time.perf_counter()
     inliers, stats = rr.verify(val.queries, val.gallery, val.idx)
-    correct = _correct(val.queries, val.gallery, val.idx)
+    correct = correct_candidates(val.queries, val.gallery, val.idx)
     if args.fusion:
         fusion = loaded_fusion(args.fusion, config, args.k)
     else:
@@ -627,7 +627,7 @@ def main(argv=None) -> dict:
     t_test = time.perf_counter() - t0
     if args.dump_shortlists:
         _dump(args.dump_shortlists, {"val": (val.queries, val.cos, verified.inliers, verified.correct),
-                                     "test": (te.queries, te.cos, out.inliers, _correct(te.queries, te.gallery, te.idx))})  # fmt: skip
+                                     "test": (te.queries, te.cos, out.inliers, correct_candidates(te.queries, te.gallery, te.idx))})  # fmt: skip
     test, validation, v_fused_short = accuracy(val, verified, te, out, fusion, loo)
     open_result = None if args.fusion else open_set_decision(val, v_fused_short, te, out, fusion, fusion_path)
     cost = {"s_per_query": cost_per_query(args, fusion, config, te, loo), **extraction,

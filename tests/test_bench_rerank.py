@@ -84,7 +84,8 @@ def test_dumped_shortlists_refit_to_the_same_fusion(tmp_path):
         [[items[g].identity == q.identity for g in row] for q, row in zip(items, idx, strict=True)]
     )
     bench_rerank._dump(
-        str(tmp_path / "s.npz"), {"val": (items, cos, inl, bench_rerank._correct(items, items, idx))}
+        str(tmp_path / "s.npz"),
+        {"val": (items, cos, inl, bench_rerank.correct_candidates(items, items, idx))},
     )
     z = np.load(tmp_path / "s.npz")
     assert (z["val_correct"] == correct).all() and (z["val_inliers"] == inl).all()
@@ -99,7 +100,9 @@ def test_a_loaded_fusion_must_match_the_run_s_local_features_and_k(tmp_path):
     from animal_reid.rerank.fusion import Fusion
 
     config = LocalFeatureConfig()
-    path = Fusion(weight=1.5, scale=10.0, feature_config=config.to_dict(), shortlist_k=20).save(tmp_path / "f.json")
+    path = Fusion(weight=1.5, scale=10.0, feature_config=config.to_dict(), shortlist_k=20).save(
+        tmp_path / "f.json"
+    )
     fusion = bench_rerank.loaded_fusion(str(path), config, 20)
     assert (fusion.weight, fusion.scale, fusion.shortlist_k) == (1.5, 10.0, 20)
     for other, k in ((LocalFeatureConfig(method="orb"), 20), (config, 50)):

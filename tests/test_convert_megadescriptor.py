@@ -222,3 +222,24 @@ def test_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
         main([str(tmp_path / "src"), str(tmp_path / "out")])
     assert info.value.code == 2
     assert "found none of the weight files" in capsys.readouterr().err
+
+
+def test_converted_swin_is_explained_with_gradient_x_activation(converted):
+    """PAIR-X on a converted MegaDescriptor (random weights here: the published ones cannot be downloaded): Swin's
+    attention has no LRP rules, so relevance is gradient x activation; the stage output is NHWC in timm."""
+    from animal_reid.explain import default_method, explain_pair, stage_grids
+    from animal_reid.explain.features import default_stage
+
+    _, out, _ = converted
+    model = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+    processor = AnimalReIDImageProcessor.from_pretrained(out)
+    assert default_method(model) == "gradxact"
+    assert stage_grids(model)[default_stage(model)] == (14, 14)
+    a, b = _images(2)
+    found = explain_pair(model, processor, a, b, top=8)
+    assert found.method == "gradxact" and len(found.xy_a) == 8 and found.heat_a.shape == (14, 14)
+    assert bool(((found.xy_a >= 0) & (found.xy_a <= [a.width, a.height])).all())
+    with torch.no_grad():
+        x = torch.stack([processor.preprocess_one(im) for im in (a, b)])
+        e = model(pixel_values=x).embeddings
+    assert found.cosine == pytest.approx(float(e[0] @ e[1]), abs=1e-4)

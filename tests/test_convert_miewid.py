@@ -293,3 +293,27 @@ def test_bilinear_noaa_is_within_one_grey_level_of_opencv(data_root):
         worst = max(worst, int(diff.max()))
         assert diff.mean() < 0.2, (path, float(diff.mean()))  # about 1 value in 8 is off by one
     assert worst <= 1
+
+
+def test_converted_miewid_is_explained_with_lrp(converted):
+    """PAIR-X on a converted MiewID (EfficientNetV2-M, random weights: the published ones cannot be downloaded):
+    a convolutional backbone, so relevance is LRP through zennit, read at a stage of at least 14 x 14 cells."""
+    pytest.importorskip("zennit")
+    from transformers import AutoImageProcessor, AutoModel
+
+    from animal_reid.explain import default_method, explain_pair, stage_grids
+    from animal_reid.explain.features import default_stage
+
+    out, _ = converted
+    model = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(out, trust_remote_code=True)
+    assert default_method(model) == "lrp"
+    assert stage_grids(model)[default_stage(model)] == (
+        24,
+        24,
+    )  # at 96 px: blocks.1, the deepest of >= 14 cells
+    a, b = _images(2)
+    found = explain_pair(model, processor, a, b, top=6)
+    assert found.method == "lrp" and len(found.xy_b) == 6
+    assert bool(((found.xy_b >= 0) & (found.xy_b <= [b.width, b.height])).all())
+    assert 0.0 <= found.scores.coverage <= 1.0 and 0.0 <= found.scores.residual <= 1.0

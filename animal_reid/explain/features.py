@@ -9,6 +9,7 @@ stage keeps enough resolution for geometry while already carrying the features t
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,9 @@ from typing import Any
 import torch
 
 STAGE_CONTAINERS = ("blocks", "stages", "layers")  # timm EfficientNet / ConvNeXt, ResNet-like, Swin
+# what ``forward_features`` runs after the stage container, per container (timm EfficientNet: conv_head and bn2;
+# ConvNeXt: norm_pre; Swin: norm); a backbone without them runs none
+AFTER_STAGES = {"blocks": ("conv_head", "bn2"), "stages": ("norm_pre",), "layers": ("norm",)}
 MIN_GRID = 14  # a 7x7 grid is too coarse to say where a pattern lies
 
 
@@ -84,12 +88,18 @@ def stage_grids(model: Any) -> list[tuple[int, int]]:
     return [tuple(maps[i].shape[-2:]) for i in range(len(container))]
 
 
+_DEFAULT_STAGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def default_stage(model: Any) -> int:
     """The deepest stage whose grid is still at least ``MIN_GRID`` x ``MIN_GRID``: the most model-specific
-    features with room for geometry (the first stage when even that one is coarser)."""
-    grids = stage_grids(model)
-    fine = [i for i, (h, w) in enumerate(grids) if min(h, w) >= MIN_GRID]
-    return fine[-1] if fine else 0
+    features with room for geometry (the first stage when even that one is coarser). Found with one probe pass,
+    remembered per model object."""
+    if model not in _DEFAULT_STAGES:
+        grids = stage_grids(model)
+        fine = [i for i, (h, w) in enumerate(grids) if min(h, w) >= MIN_GRID]
+        _DEFAULT_STAGES[model] = fine[-1] if fine else 0
+    return _DEFAULT_STAGES[model]
 
 
 def feature_maps(
@@ -99,7 +109,7 @@ def feature_maps(
 
     Read with a forward hook, so any exported model works unchanged; without ``grad`` no graph is kept.
     """
-    index = default_stage(model) if stage is None else _stage_index(model, stage)
+    index = stage_index(model, stage)
     pixel_values = pixel_values.to(device=model.device, dtype=model.dtype)
     with torch.set_grad_enabled(grad):
         return _run_hooked(model, pixel_values, [index])[index]
@@ -135,11 +145,22 @@ def _crop_affine(processor: Any, photo: Any, box: Sequence[float], theta: float,
     return rotated_crop_affine(xywh, theta, window)[1]
 
 
+def current_processor(processor: Any) -> Any:
+    """``processor`` as this package's ``AnimalReIDImageProcessor`` (same settings): exports written before the
+    2026-12 restructuring carry an older processor class whose ``crop`` lacks what the geometry needs."""
+    from modeling.image_processing_animal_reid import AnimalReIDImageProcessor
+
+    if isinstance(processor, AnimalReIDImageProcessor):
+        return processor
+    return AnimalReIDImageProcessor.from_dict(processor.to_dict())
+
+
 def preprocess(
     processor: Any, image: Any, box: Sequence[float] | None = None, theta: float = 0.0
 ) -> tuple[torch.Tensor, CropGeometry]:
     """``pixel_values [1, 3, H, W]`` of ``image`` (cropped to ``box``, rotated by ``theta``) and its
     :class:`CropGeometry`. The pixels come from ``processor.preprocess_one``, the path embeddings take."""
+    processor = current_processor(processor)
     pixel_values = processor.preprocess_one(image, box, theta)[None]
     photo = processor.load_image(image)
     crop = processor.crop(photo, box, theta, name="image")  # validates the box as embedding does
@@ -149,3 +170,42 @@ def preprocess(
         affine = _crop_affine(processor, photo, box, theta, "image")
     size = (int(pixel_values.shape[-1]), int(pixel_values.shape[-2]))
     return pixel_values, CropGeometry(size, crop.size, tuple(float(v) for v in affine))
+
+
+def stage_index(model: Any, stage: int | str | None) -> int:
+    """The stage container index of ``stage`` (None: :func:`default_stage`)."""
+    return default_stage(model) if stage is None else _stage_index(model, stage)
+
+
+def run_tail(model: Any, index: int, maps: torch.Tensor) -> torch.Tensor:
+    """The model's features (pooled and projected, before normalisation) computed from the ``[B, C, H, W]``
+    output ``maps`` of stage ``index``: the later stages, what ``forward_features`` runs after them
+    (``AFTER_STAGES``), then the model's own pooling and neck (``pool_and_project``). Explanations differentiate
+    this instead of the whole network, so cached feature maps need no second pass through the early stages.
+    Exports written before ``pool_and_project`` existed (they carry their own modeling code) get
+    :func:`_injected_tail`: the same result, at the cost of the early stages' forward pass."""
+    name, container = stage_modules(model)
+    x = maps.to(device=model.device, dtype=model.dtype)
+    if getattr(model.backbone, "output_fmt", "NCHW") == "NHWC":
+        x = x.permute(0, 2, 3, 1)
+    if not hasattr(model, "pool_and_project"):
+        return _injected_tail(model, container[index], x)
+    for later in list(container)[index + 1 :]:
+        x = later(x)
+    for attr in AFTER_STAGES.get(name, ()):
+        layer = getattr(model.backbone, attr, None)
+        if layer is not None:
+            x = layer(x)
+    return model.pool_and_project(x)
+
+
+def _injected_tail(model: Any, stage: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's features with ``stage``'s output replaced by ``x`` (a forward hook's return value), from a
+    blank input of the model's size: any export's own forward, pooling and neck, differentiable in ``x``."""
+    height, width = model.config.image_size
+    blank = torch.zeros(x.shape[0], 3, height, width, device=x.device, dtype=model.dtype)
+    handle = stage.register_forward_hook(lambda _m, _inp, _out: x)
+    try:
+        return model(pixel_values=blank).features
+    finally:
+        handle.remove()

@@ -13,7 +13,8 @@ Command line::
 
     python -m animal_reid.identify --model DIR_OR_REPO --gallery GALLERY --queries Q [Q ...] --out OUTDIR \
         [--top-k 5] [--threshold 0.45 | thresholds.json | gallery] [--on-error skip|raise] [--overwrite] [-v]
-        [--rerank local [--rerank-k 20] [--rerank-workers 1] [--rerank-time-budget S] [--rerank-fusion F.json]]
+        [--rerank local|pairx [--rerank-k 20] [--rerank-workers 1] [--rerank-time-budget S] [--rerank-fusion F.json]]
+        [--explain DIR [--explain-top 3] [--explain-matches 10]]
 
 A gallery is one of
 
@@ -59,6 +60,13 @@ file's own open-set threshold, or with ``--threshold`` (a threshold saved for pl
 features are cached beside the embeddings (``--cache-dir``/``local-*``); images without usable keypoints keep
 their cosine and are counted. Each query also gets ``match_sheets/NNNN_<query>_matches.png`` with the verified
 keypoint matches drawn between the query and each candidate. See docs/rerank.md.
+
+PAIR-X re-ranking (``--rerank pairx``, ``identify(..., rerank="pairx")`` or a
+:class:`animal_reid.rerank.PairxReranker`): the same shortlist re-scored by how the model's own intermediate
+feature maps of the query and each candidate correspond (inverted residual mean of a homography, match
+coverage), fused by ``rerank_pairx_fusion.json`` (fitted on validation by ``benchmarks/bench_pairx.py``); the
+feature maps are cached beside the embeddings (``pairx-*``). ``--explain DIR`` writes, per query, a picture of
+the correspondences with each of its top candidates and their data (docs/explain.md).
 
 Outputs in ``--out``: ``results.csv`` (one row per query and rank), ``results.json`` (one record per query),
 ``skipped.csv`` and ``match_sheets/NNNN_<query>.png``, with the manifest ``.animal-reid-manifest.json`` listing

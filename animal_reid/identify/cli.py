@@ -20,6 +20,9 @@ from pathlib import Path
 from ..manifest import OutputError, OutputFolder, describe_os_error
 from .cache import default_cache_dir
 from .engine import Identifier, QueryResult
+from .explain_out import add_arguments as add_explain_arguments
+from .explain_out import check_args as check_explain_args
+from .explain_out import explain_folder, write_explanations
 from .inputs import ON_ERROR, BadImageError, BadImages, ImageItem, UsageError, read_gallery, read_queries
 from .outputs import SKIPPED_FILE, write_results, write_skipped
 from .thresholds import GALLERY_THRESHOLD, checked_threshold, load_threshold
@@ -64,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the files an earlier identify run wrote in --out (listed in its manifest) and only those: "
-        "files you added there are kept, ones of ours you edited are kept aside as <name>.edited-<time>",
+        help="replace the files an earlier identify run wrote in --out (and --explain; listed in its manifest) and "
+        "only those: files you added there are kept, ones of ours you edited are kept aside as <name>.edited-<time>",
     )
     p.add_argument("--top-k", type=int, default=5, help="candidate individuals per query (>= 1)")
     p.add_argument(
@@ -93,11 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--no-match-sheets", action="store_true")
+    add_rerank_arguments(p)
+    add_explain_arguments(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks with errors")
+    return p
+
+
+def add_rerank_arguments(p: argparse.ArgumentParser) -> None:
+    """``--rerank`` and its options."""
     p.add_argument(
         "--rerank",
-        choices=("none", "local"),
+        choices=("none", "local", "pairx"),
         default="none",
-        help="local: re-score each query's shortlist with verified SIFT keypoint matches (docs/rerank.md)",
+        help="local: re-score each query's shortlist with verified SIFT keypoint matches; pairx: with the "
+        "correspondences of the model's own feature maps (PAIR-X scores); docs/rerank.md",
     )
     p.add_argument("--rerank-k", type=int, default=20, help="shortlist size re-scored per query (>= 1)")
     p.add_argument("--rerank-workers", type=int, default=1, help="threads matching keypoints (>= 1)")
@@ -110,11 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rerank-fusion",
         default=None,
-        help="fitted fusion JSON (default: rerank_fusion.json in --model, else in a --gallery folder)",
+        help="fitted fusion JSON (default: rerank_fusion.json, for pairx rerank_pairx_fusion.json, in --model, "
+        "else in a --gallery folder)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks with errors")
-    return p
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -124,7 +135,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"{name} must be >= {low}, got {value}")
     if args.num_workers < 0:
         raise UsageError(f"--num-workers must be >= 0, got {args.num_workers}")
-    rerank = args.rerank == "local"
+    rerank = args.rerank != "none"
     if rerank:
         _check_rerank_args(args)
     if args.threshold is not None:
@@ -142,6 +153,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.device is not None:
         _check_device(args.device)
     _check_out(args)
+    check_explain_args(args)
 
 
 def _check_rerank_args(args: argparse.Namespace) -> None:
@@ -152,36 +164,48 @@ def _check_rerank_args(args: argparse.Namespace) -> None:
     if budget is not None and not (math.isfinite(budget) and budget > 0):
         raise UsageError(f"--rerank-time-budget must be a number of seconds > 0, got {budget}")
     if args.rerank_fusion is not None:
-        from ..rerank import Fusion
-
         if not Path(args.rerank_fusion).is_file():
             raise UsageError(f"--rerank-fusion {args.rerank_fusion}: no such file")
         try:
-            Fusion.load(args.rerank_fusion)
+            _fusion_kind(args.rerank).load(args.rerank_fusion)
         except (OSError, ValueError) as err:
             raise UsageError(f"--rerank-fusion {args.rerank_fusion}: {err}") from err
 
 
+def _fusion_kind(rerank: str):
+    """The fusion class of a ``--rerank`` choice (SIFT's per-species one, or the score fusion of PAIR-X)."""
+    from ..rerank import Fusion, ScoreFusion
+
+    return Fusion if rerank == "local" else ScoreFusion
+
+
 def _cli_reranker(args: argparse.Namespace, ident: Identifier):
-    """The LocalReranker the CLI options describe (fusion: --rerank-fusion, the model's, the gallery folder's)."""
-    from ..rerank import FUSION_FILE, Fusion, LocalReranker
+    """The re-ranker the CLI options describe (fusion: --rerank-fusion, the model's, the gallery folder's)."""
+    from ..rerank import FUSION_FILE, PAIRX_FUSION_FILE, LocalReranker, PairxReranker
 
     path = args.rerank_fusion
+    name = FUSION_FILE if args.rerank == "local" else PAIRX_FUSION_FILE
     if path is None:
         for d in (ident.model_dir, Path(args.gallery)):
-            if d is not None and d.is_dir() and (d / FUSION_FILE).is_file():
-                path = d / FUSION_FILE
+            if d is not None and d.is_dir() and (d / name).is_file():
+                path = d / name
                 break
     fusion = None
     if path is not None:
-        logger.info("local re-ranking with the fusion in %s", path)
-        fusion = Fusion.load(path)
+        logger.info("%s re-ranking with the fusion in %s", args.rerank, path)
+        fusion = _fusion_kind(args.rerank).load(path)
+    cache_dir = ident.cache.dir.parent if ident.cache is not None else None
+    if args.rerank == "pairx":
+        key = ident.cache.dir.name if ident.cache is not None else "model"
+        return PairxReranker(
+            ident.model, ident.processor, fusion, k=args.rerank_k, cache_dir=cache_dir, model_key=key
+        )
     return LocalReranker(
         fusion,
         k=args.rerank_k,
         workers=args.rerank_workers,
         time_budget_s=args.rerank_time_budget,
-        cache_dir=ident.cache.dir.parent if ident.cache is not None else None,
+        cache_dir=cache_dir,
         progress=None if not args.quiet else False,
     )
 
@@ -312,7 +336,9 @@ def _run(args: argparse.Namespace) -> list[QueryResult]:
 def _identify_cli(args: argparse.Namespace) -> list[QueryResult]:
     _check_args(args)
     bad = BadImages(args.on_error)
-    with _output_folder(args) as folder:  # locked from here until the results are in place
+    explained = None
+    # --out (and --explain) locked from here until the results are in place
+    with _output_folder(args) as folder, explain_folder(args) as explain:
         out, stage, finished = folder.path, folder.staging(), False
         try:
             gallery, queries, ident, results = _identify(args, bad)
@@ -320,7 +346,12 @@ def _identify_cli(args: argparse.Namespace) -> list[QueryResult]:
             finished = True
         finally:
             report = _commit(folder, stage, bad, finished)
-    _print_results(args, results, gallery, ident, bad, out)
+        if explain is not None:
+            top, matches = args.explain_top, args.explain_matches
+            explained = write_explanations(
+                explain, results, ident.model, ident.processor, top=top, matches=matches, skipped=bad.skipped
+            )
+    _print_results(args, results, gallery, ident, bad, out, "" if explained is None else explained.summary())
     n_queries = len(queries) + bad.count("query")
     if not results and n_queries:
         raise RuntimeError(f"no usable query image: all {n_queries} were skipped (see {report})")
@@ -340,7 +371,7 @@ def _identify(args: argparse.Namespace, bad: BadImages):
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
-    reranker = _cli_reranker(args, ident) if args.rerank == "local" else None
+    reranker = _cli_reranker(args, ident) if args.rerank != "none" else None
     results = ident.identify(
         gallery, queries, top_k=args.top_k, threshold=args.threshold, bad_images=bad, rerank=reranker
     )
@@ -374,7 +405,7 @@ def _commit(folder: OutputFolder, stage: Path, bad: BadImages, finished: bool) -
     return report
 
 
-def _print_results(args, results, gallery, ident, bad: BadImages, out: Path) -> None:
+def _print_results(args, results, gallery, ident, bad: BadImages, out: Path, more: str = "") -> None:
     if not args.quiet:
         for r in results:
             verdict = (
@@ -394,8 +425,12 @@ def _print_results(args, results, gallery, ident, bad: BadImages, out: Path) -> 
     used = [g for g in gallery if id(g) not in skipped_items]
     acc = accuracy_summary(results)
     skipped = f"; skipped {len(bad)} unusable images ({SKIPPED_FILE})" if bad.skipped else ""
-    st = ident.rerank_stats if args.rerank == "local" else None
-    if st is not None:
+    st = ident.rerank_stats if args.rerank != "none" else None
+    if st is not None and args.rerank == "pairx":
+        skipped += (
+            f"; re-ranked the shortlists of {st['n_queries']} queries (K = {st['k']}) with PAIR-X scores"
+        )
+    elif st is not None:
         skipped += (
             f"; re-ranked {st['n_pairs_verified']}/{st['n_pairs']} shortlist pairs with local features "
             f"({st['n_queries_fallback']} queries and {st['n_gallery_fallback']} gallery images without usable "
@@ -404,7 +439,7 @@ def _print_results(args, results, gallery, ident, bad: BadImages, out: Path) -> 
     print(
         f"{len(results)} queries against {len(used)} gallery images "
         f"({len({g.identity for g in used})} individuals); embedded {ident.n_embedded} images "
-        f"({'no cache' if ident.cache is None else f'cache {ident.cache.dir}'}){acc}{skipped}; results in {out}"
+        f"({'no cache' if ident.cache is None else f'cache {ident.cache.dir}'}){acc}{skipped}; results in {out}{more}"
     )
 
 

@@ -292,7 +292,8 @@ class Identifier:
         With ``bad_images`` (``on_error="skip"``) unusable gallery and query images are left out and listed
         there, and results cover the usable queries; without, the first unusable image raises.
         ``rerank``: None, ``"local"`` (a :class:`animal_reid.rerank.LocalReranker` with the fusion saved beside
-        the model, its features cached beside the embeddings) or a ``LocalReranker``; see the module docstring.
+        the model, its features cached beside the embeddings), ``"pairx"`` (a
+        :class:`animal_reid.rerank.PairxReranker`, likewise) or a re-ranker; see the module docstring.
         """
         _check_gallery(gallery, top_k)
         reranker = self.local_reranker(rerank) if rerank is not None else None
@@ -358,21 +359,27 @@ class Identifier:
         return _Search(index, q_emb, scores, idx, k_img, identities)
 
     def local_reranker(self, rerank: Any):
-        """The :class:`animal_reid.rerank.LocalReranker` for ``rerank`` (``"local"`` or one already built)."""
-        from ..rerank import FUSION_FILE, Fusion, LocalReranker
+        """The re-ranker for ``rerank``: ``"local"`` (SIFT, :class:`animal_reid.rerank.LocalReranker`), ``"pairx"``
+        (the model's own features, :class:`animal_reid.rerank.PairxReranker`), or one already built; the fusion
+        saved beside the model is used when there, the features cached beside the embeddings."""
+        from ..rerank import FUSION_FILE, PAIRX_FUSION_FILE, Fusion, LocalReranker, PairxReranker, ScoreFusion
 
-        if isinstance(rerank, LocalReranker):
+        if isinstance(rerank, LocalReranker | PairxReranker):
             return rerank
-        if rerank != "local":
-            raise ValueError(f"rerank must be None, 'local' or a LocalReranker, got {rerank!r}")
+        if rerank not in ("local", "pairx"):
+            raise ValueError(f"rerank must be None, 'local', 'pairx' or a re-ranker, got {rerank!r}")
+        name, kind = (FUSION_FILE, Fusion) if rerank == "local" else (PAIRX_FUSION_FILE, ScoreFusion)
         fusion = None
-        if self.model_dir is not None and (self.model_dir / FUSION_FILE).is_file():
+        if self.model_dir is not None and (self.model_dir / name).is_file():
             logger.info(
-                "local re-ranking with the fusion saved with the model: %s", self.model_dir / FUSION_FILE
+                "%s re-ranking with the fusion saved with the model: %s", rerank, self.model_dir / name
             )
-            fusion = Fusion.load(self.model_dir / FUSION_FILE)
+            fusion = kind.load(self.model_dir / name)
         cache_root = self.cache.dir.parent if self.cache is not None else None
-        return LocalReranker(fusion, cache_dir=cache_root)
+        if rerank == "local":
+            return LocalReranker(fusion, cache_dir=cache_root)
+        key = self.cache.dir.name if self.cache is not None else "model"
+        return PairxReranker(self.model, self.processor, fusion, cache_dir=cache_root, model_key=key)
 
     def _rerank(self, reranker, queries, gallery, scores, idx) -> tuple[list[dict], list[dict], list[dict]]:
         """Per query ``{gallery index: fused score}``, ``{.. : cosine}``, ``{.. : inliers}`` of its shortlist.
@@ -461,10 +468,13 @@ def _query_result(
     matches = None
     if reranker is not None:
         cos_of, inliers_of = local
+        keypoints = hasattr(reranker, "match") or getattr(reranker, "sift", None) is not None
         for c, (_, (_, gi)) in zip(cands, ranked, strict=True):
             c["cosine"] = round(cos_of[gi], 6) if gi in cos_of else c["score"]
-            c["inliers"] = inliers_of.get(gi)  # None: outside the shortlist; -1: no keypoints
-        matches = [reranker.match(q, gallery[gi]) for _, (_, gi) in ranked]
+            if keypoints:
+                c["inliers"] = inliers_of.get(gi)  # None: outside the shortlist; -1: no keypoints
+        if hasattr(reranker, "match"):  # SIFT's matches are drawn on the match sheets (PAIR-X: --explain)
+            matches = [reranker.match(q, gallery[gi]) for _, (_, gi) in ranked]
     verdict, t = None, None
     if thr is not None and cands:
         t = thr.threshold_for(cands[0]["species"])
@@ -478,6 +488,6 @@ def _query_result(
         item=q,
         candidate_items=[gallery[gi] for _, (_, gi) in ranked],
         matches=matches,
-        match_config=reranker.config if reranker is not None else None,
+        match_config=getattr(reranker, "config", None),
         query_in_gallery=None if q.identity is None else q.identity in gallery_ids,
     )

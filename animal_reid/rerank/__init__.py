@@ -15,7 +15,9 @@ its bytes, plus box and rotation). Images too small or too plain for keypoints k
 counted, never raised.
 
 Modules: :mod:`.features` (extraction and the on-disk cache), :mod:`.fusion` (the fitted score fusion),
-:mod:`.reranker` (matching, verification, parallel re-scoring, match drawings). This package imports
+:mod:`.reranker` (matching, verification, parallel re-scoring, match drawings), :mod:`.pairx` (re-ranking with
+PAIR-X scores from the model's own feature maps, cached per image) and :mod:`.score_fusion` (one formula for the
+cosine, SIFT and PAIR-X scores, fitted on validation). This package imports
 numpy, OpenCV, PIL, :mod:`animal_reid.io` (the atomic writer, the part-file cache, progress bars) and, lazily,
 ``modeling`` (the image processor's crop); nothing imports it but ``animal_reid.identify`` (lazily, under
 ``--rerank local``) and the benchmarks.
@@ -23,11 +25,19 @@ numpy, OpenCV, PIL, :mod:`animal_reid.io` (the atomic writer, the part-file cach
 
 from .features import FEATURE_METHODS, LocalFeatureCache, LocalFeatureConfig, LocalFeatures, LocalFeatureStore
 from .fusion import FUSION_FILE, Fusion, best_match_in_shortlist, fit_fusion, unknown_identities
+from .pairx import PairxReranker, StageMapCache
 from .reranker import LocalReranker, PairMatch, RerankOutput, draw_matches
+from .score_fusion import PAIRX_FUSION_FILE, SCORE_NAMES, ScoreFusion, fit_score_fusion
 
 __all__ = [
     "FEATURE_METHODS",
     "FUSION_FILE",
+    "PAIRX_FUSION_FILE",
+    "SCORE_NAMES",
+    "PairxReranker",
+    "ScoreFusion",
+    "StageMapCache",
+    "fit_score_fusion",
     "Fusion",
     "LocalFeatureCache",
     "LocalFeatureConfig",

@@ -8,6 +8,7 @@ Modules:
 - ``routes_catalogue``: individuals, sightings, encounters, the change log and flags (``/v1/...``)
 - ``routes_review``: batch upload, the queue, decisions and undo, groups (``/v1/batches``, ``/v1/queue``, ...)
 - ``routes_admin``: calibration (``/v1/calibration``) and exports (``/v1/export``)
+- ``routes_explain``: ``POST /v1/explain``, PAIR-X pictures and correspondences on a private copy of the model
 - ``routes_pages``: the pages ``/``, ``/catalogue``, ``/individuals/{id}`` and ``/app-assets``
 - ``pages``: the pages' HTML from ``static/app/`` and their Content-Security-Policy
 - ``docs``: ``/docs`` and ``/redoc`` with their assets from ``static/docs/`` (no CDN)
@@ -37,7 +38,7 @@ Modules:
 - ``migrations/``: Alembic revisions 0001 (catalogue), 0002 (encounters, metadata, aliases, changes, flags),
   0003 (review queue)
 
-May import ``animal_reid.search``, ``animal_reid.openset``, ``animal_reid.identify``, ``animal_reid.season``
-and ``modeling``. The rest of the library imports only ``handler`` (``animal_reid.training.export``) and,
+May import ``animal_reid.search``, ``animal_reid.openset``, ``animal_reid.identify``, ``animal_reid.season``,
+``animal_reid.explain`` and ``modeling``. The rest of the library imports only ``handler`` (``animal_reid.training.export``) and,
 lazily, the two CLIs (``animal_reid.cli``).
 """

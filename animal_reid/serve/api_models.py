@@ -298,3 +298,53 @@ class SightingForm(BaseModel):
     observer: Text = ""
     notes: Notes = Field(default="", description="about this sighting")
     encounter_id: int | None = None
+
+
+# --- explanations (POST /v1/explain) ------------------------------------------------------------------------
+class ExplainMatch(BaseModel):
+    a: list[float] = Field(description="(x, y) in photo A's pixels as displayed (EXIF orientation applied)")
+    b: list[float] = Field(description="(x, y) in photo B's pixels as displayed")
+    similarity: float = Field(description="cosine of the two feature-map cells")
+    relevance: float = Field(description="product of the two cells' relevance to the pair's cosine")
+
+
+class ExplainScores(BaseModel):
+    residual: float = Field(
+        description="inverted residual mean of a homography fitted to the matches, 0 .. 1"
+    )
+    coverage: float = Field(
+        description="share of each image's relevance on matched cells, mean of the two, 0 .. 1"
+    )
+    n_matches: int = Field(description="mutual nearest neighbours between the two feature maps")
+
+
+class ExplainCrop(BaseModel):
+    input_size: list[int] = Field(description="(width, height) of the model input")
+    affine: list[float] = Field(
+        description="(a, b, c, d, e, f): crop pixel (u, v) -> photo (au+bv+c, du+ev+f)"
+    )
+
+
+class ExplainInput(BaseModel):
+    name: str = Field(description="the uploaded file's name, or 'sighting N'")
+    sighting_id: int | None = Field(description="the catalogue sighting, when one was named")
+    box: list[float] | None = Field(description="the box used: the one sent, else the sighting's")
+    theta: float
+
+
+class ExplainAnswer(BaseModel):
+    """Where the two photos agree in the model's own features (PAIR-X), most relevant match first."""
+
+    cosine: float = Field(description="cosine similarity of the two embeddings")
+    scores: ExplainScores
+    stage: str = Field(description="the backbone stage whose feature maps were matched")
+    relevance_method: Literal["lrp", "gradxact"]
+    matches: list[ExplainMatch] = Field(description="the top matches, most relevant first")
+    heat_a: list[list[float]] = Field(description="relevance grid over the crop the model saw of photo A")
+    heat_b: list[list[float]] = Field(description="relevance grid over the crop the model saw of photo B")
+    crop_a: ExplainCrop
+    crop_b: ExplainCrop
+    inputs: list[ExplainInput] = Field(description="photo A and photo B as compared")
+    image: str = Field(
+        description="the picture (side by side, lines and heat map): a data:image/png;base64 URL"
+    )

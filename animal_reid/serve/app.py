@@ -7,7 +7,7 @@ Uploads are checked before any decoding (:mod:`animal_reid.serve.uploads`); erro
 ``{"detail": "..."}`` answers naming the problem; every route has a typed answer (:mod:`animal_reid.serve.
 api_models`). Species names are case-insensitive (stored lower-case). API docs at ``/docs`` and ``/redoc``, their
 scripts served by the app itself (no CDN: they work offline). The catalogue's routes are in
-:mod:`animal_reid.serve.routes_catalogue`; the review queue, admin and page routes are added by
+:mod:`animal_reid.serve.routes_catalogue`; the review queue, admin, explanation and page routes are added by
 :func:`_add_extensions` when their modules are installed.
 """
 
@@ -126,18 +126,21 @@ def create_app(service: Service) -> FastAPI:
     _add_identify(app, service)
     _add_service_routes(app, service, writer)
     add_catalogue_routes(app, service, writer)
-    _add_extensions(app, service, writer)  # the review queue (C), admin (B) and pages (D), when installed
+    _add_extensions(app, service, writer)  # the review queue, admin, explanations and pages
     return app
 
 
 def _add_extensions(app: FastAPI, service: Service, writer) -> None:
-    """The calibration and exports (routes_admin), the review queue (routes_review) and the pages (routes_pages)."""
+    """The calibration and exports (routes_admin), the review queue (routes_review), explanations
+    (routes_explain) and the pages (routes_pages)."""
     from animal_reid.serve.routes_admin import add_admin_routes
+    from animal_reid.serve.routes_explain import add_explain_routes
     from animal_reid.serve.routes_pages import add_page_routes
     from animal_reid.serve.routes_review import add_review_routes
 
     add_admin_routes(app, service, writer)
     add_review_routes(app, service, writer)
+    add_explain_routes(app, service)
     add_page_routes(app, service)
 
 

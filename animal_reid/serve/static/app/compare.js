@@ -33,8 +33,9 @@ function queryPanel(photos) {
     more.length ? h("div", { class: "query-more" }, more) : null);
 }
 
-/** One candidate: name, score, its photos best match first (each with its score), and "same as <name>". */
-function candidateCard(cand, rank, onSame, queryNames) {
+/** One candidate: name, score, its photos best match first (each with its score), "same as <name>", and
+ * "Explain" (explain.js, on the pages that load it) against ``queryPhotos``. */
+function candidateCard(cand, rank, onSame, queryNames, queryPhotos = []) {
   const photos = [...(cand.photos || [])].sort((a, b) => (b.score ?? -Infinity) - (a.score ?? -Infinity));
   const name = cand.name || "individual " + cand.individual_id;
   const button = h("button", { class: "confirm primary", type: "button", dataset: { individual: cand.individual_id } },
@@ -47,11 +48,12 @@ function candidateCard(cand, rank, onSame, queryNames) {
       zoomable(p.url, `${name}, sighting ${p.sighting_id}`),
       h("figcaption", {}, "score ", h("span", { class: "photo-score" }, score2(p.score)),
         queryNames[p.query_photo_id] ? ` vs ${queryNames[p.query_photo_id]}` : "")))),
-    button);
+    button, typeof explainBox === "function" ? explainBox(cand, queryPhotos) : null);
 }
 
 /**
- * Render a comparison into ``container`` (cleared first). ``photos``: the query photos [{url, box}];
+ * Render a comparison into ``container`` (cleared first). ``photos``: the query photos [{url, box, theta?,
+ * blob?}] (``blob``: the photo itself when its URL is a blob: one, which "Explain" cannot fetch);
  * ``candidates``: [{individual_id, name, score, photos: [{sighting_id, url, score}]}], best first;
  * ``header`` and ``decisions``: elements shown above them (what is shown, the other decision buttons);
  * ``onSame(candidate, button)``: what "same as <name>" does.
@@ -59,7 +61,7 @@ function candidateCard(cand, rank, onSame, queryNames) {
 function renderComparison(container, { photos, candidates, decisions, onSame, header }) {
   container.replaceChildren();
   const list = h("section", { class: "candidates", "aria-label": "candidates" },
-    candidates.length ? candidates.map((c, i) => candidateCard(c, i + 1, onSame, queryNames(photos)))
+    candidates.length ? candidates.map((c, i) => candidateCard(c, i + 1, onSame, queryNames(photos), photos))
       : h("p", {}, "No candidates: nobody of this species is in the catalogue yet."));
   container.append(h("div", { class: "decide-box" }, header || null, decisions || null),
     h("div", { class: "compare" }, queryPanel(photos), list));

@@ -125,7 +125,7 @@ function showCandidates(answer, ticket) {
     record({ name: name.value.trim(), species: answer.species }, ticket, `new individual ${name.value.trim()}`);
   });
   renderComparison(idResult(), {
-    photos: [{ url: I.url, box: parseBoxField(), alt: "your photo" }],
+    photos: [{ url: I.url, box: parseBoxField(), alt: "your photo", blob: $("file").files[0] }],
     candidates: answer.candidates,
     header: h("p", { id: "verdict" }, verdict(answer), " best score ", score2(answer.best_score)),
     decisions: form,

@@ -1,0 +1,162 @@
+"""One fused score from the cosine and several re-ranking scores, one formula for every species:
+
+    fused = cosine + w_sift * inliers / (inliers + scale) + w_residual * residual + w_coverage * coverage
+
+``inliers`` are SIFT's verified matches (< 0: not verified, no bonus), ``residual`` and ``coverage`` PAIR-X's
+scores in 0 .. 1 (:mod:`animal_reid.explain.scores`). The SIFT-only fusion (:class:`~.fusion.Fusion`) keeps its
+per-species weights; this one has the same form with one weight per score for all species, fitted on validation
+shortlists by :func:`fit_score_fusion` over a grid (species-averaged top-1, ties: mean reciprocal rank of the first
+true match, then the smaller weights). The grid holds all-zero weights, and a fit that does not raise validation
+top-1 above the cosine alone falls back to them. Saved as JSON like the SIFT fusion.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import write_atomic
+from .fusion import DEFAULT_SCALES
+
+SCORE_NAMES = ("sift", "residual", "coverage")
+PAIRX_FUSION_FILE = "rerank_pairx_fusion.json"
+GRID = tuple(round(0.1 * i, 1) for i in range(21))  # 0 .. 2 per score
+
+
+def _bonus_terms(scores: Mapping[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:
+    """Each score as its bonus in 0 .. 1 (SIFT inliers through ``n / (n + scale)``, unverified: 0)."""
+    out = {}
+    for name, raw in scores.items():
+        if name not in SCORE_NAMES:
+            raise ValueError(f"unknown re-ranking score {name!r}; expected among {SCORE_NAMES}")
+        s = np.asarray(raw, dtype=np.float64)
+        out[name] = (
+            np.where(s > 0, s / (np.maximum(s, 0) + scale), 0.0) if name == "sift" else np.nan_to_num(s)
+        )
+    return out
+
+
+@dataclass
+class ScoreFusion:
+    """``fused = cosine + sum of weights[name] * bonus(name)``; see the module docstring."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    scale: float = 20.0  # SIFT's inliers / (inliers + scale)
+    fitted: bool = False
+    shortlist_k: int | None = None
+    pairx_config: dict | None = None
+    feature_config: dict | None = None  # SIFT's, when it has a weight
+    curve: dict | None = None
+    n_queries: dict | None = None
+    open_set_threshold: dict | None = None
+
+    def __post_init__(self):
+        for name, w in self.weights.items():
+            if name not in SCORE_NAMES:
+                raise ValueError(f"unknown re-ranking score {name!r}; expected among {SCORE_NAMES}")
+            if not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {w!r}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {self.scale!r}")
+
+    def uses(self, name: str) -> bool:
+        return self.weights.get(name, 0.0) > 0
+
+    def fuse(self, cosine, scores: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Fused scores of ``cosine`` [Q, K] and each named score (same shape)."""
+        cos = np.asarray(cosine, dtype=np.float64)
+        out = cos.copy()
+        for name, bonus in _bonus_terms(scores, self.scale).items():
+            if bonus.shape != cos.shape:
+                raise ValueError(f"score {name!r} has shape {bonus.shape}, the cosine {cos.shape}")
+            out = out + self.weights.get(name, 0.0) * bonus
+        return out
+
+    def threshold(self):
+        """The open-set threshold fitted on fused scores (an ``OpenSetThreshold``), or None."""
+        if self.open_set_threshold is None:
+            return None
+        from animal_reid.openset import OpenSetThreshold
+
+        return OpenSetThreshold.from_dict(self.open_set_threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {"formula": "cosine + sum_j weights[j] * score_j (sift: inliers / (inliers + scale))", **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScoreFusion:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=2).encode()
+        write_atomic(p, lambda f: f.write(text))
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ScoreFusion:
+        try:
+            d = json.loads(Path(path).read_text())
+            if not isinstance(d, dict) or "weights" not in d:
+                raise ValueError("not a JSON object with weights")
+            return cls.from_dict(d)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: not a PAIR-X re-ranking fusion file ({err})") from err
+
+
+def _macro(fused: np.ndarray, correct: np.ndarray, groups: list[np.ndarray]) -> tuple[float, float]:
+    """Species-averaged top-1 and mean reciprocal rank of the first true candidate."""
+    best_true = np.where(correct, fused, -np.inf).max(axis=1)
+    rank = (fused > best_true[:, None]).sum(axis=1)  # candidates strictly above the best true one
+    has = correct.any(axis=1)
+    top1 = (has & (rank == 0)).astype(np.float64)
+    rr = np.where(has, 1.0 / (rank + 1.0), 0.0)
+    return float(np.mean([top1[g].mean() for g in groups])), float(np.mean([rr[g].mean() for g in groups]))
+
+
+def fit_score_fusion(
+    cosine,
+    scores: Mapping[str, np.ndarray],
+    correct,
+    species: Sequence | None = None,
+    *,
+    grid: Sequence[float] = GRID,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    **fields: Any,
+) -> ScoreFusion:
+    """Fit one weight per score (and SIFT's scale) on validation shortlists: ``cosine`` [Q, K] (padding -inf),
+    ``scores`` name -> [Q, K], ``correct`` [Q, K] bool, ``species`` [Q]. Extra keyword arguments become fields."""
+    cos = np.asarray(cosine, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    if cos.ndim != 2 or ok.shape != cos.shape or cos.shape[0] == 0:
+        raise ValueError(
+            f"cosine and correct must be one non-empty [Q, K] shape, got {cos.shape}, {ok.shape}"
+        )
+    names = [n for n in SCORE_NAMES if n in scores]
+    sp = np.array(["all"] * len(cos) if species is None else [str(s) for s in species], dtype=object)
+    groups = [np.flatnonzero(sp == s) for s in sorted(set(sp.tolist()))]
+    plain = _macro(cos, ok, groups)
+    best = (plain, 0.0, {n: 0.0 for n in names}, float(scales[0]))
+    for scale in scales if "sift" in names else scales[:1]:
+        terms = _bonus_terms({n: scores[n] for n in names}, float(scale))
+        for combo in itertools.product(sorted(grid), repeat=len(names)):
+            fused = cos + sum(w * terms[n] for n, w in zip(names, combo, strict=True))
+            cand = _macro(fused, ok, groups)
+            if (cand, -sum(combo)) > (best[0], -best[1]):
+                best = (cand, sum(combo), dict(zip(names, combo, strict=True)), float(scale))
+    (top1, mrr), _, weights, scale = best
+    if top1 <= plain[0]:  # ties on top-1 won on the reciprocal rank only: the cosine alone
+        weights = {n: 0.0 for n in names}
+    curve = {"validation_top1_cosine": plain[0], "validation_top1_fused": top1, "validation_mrr_fused": mrr}
+    n_queries = {s: int((sp == s).sum()) for s in sorted(set(sp.tolist()))}
+    return ScoreFusion(weights, scale, True, cos.shape[1], curve=curve, n_queries=n_queries, **fields)

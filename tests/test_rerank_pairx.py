@@ -1,0 +1,137 @@
+"""PAIR-X re-ranking (animal_reid.rerank.pairx, .score_fusion): the score fusion fitted on validation, the
+per-image feature-map cache, and ``identify --rerank pairx`` end to end.
+
+What matters: the fit gives a score weight only where it raises validation top-1 over the cosine alone; a second
+run on the same cache computes no feature maps; an unreadable gallery image keeps its cosine; and a query whose
+individual appears in the gallery as a shifted view moves up when the correspondences agree.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("cv2")
+pytest.importorskip("zennit")
+
+from animal_reid import identify  # noqa: E402
+from animal_reid.identify import Identifier, ImageItem  # noqa: E402
+from animal_reid.rerank import PairxReranker, ScoreFusion, fit_score_fusion  # noqa: E402
+from animal_reid.testing.serve import tiny_model  # noqa: E402
+
+SIZE = 128
+
+
+def test_fit_gives_weight_to_a_score_that_finds_the_true_candidate():
+    rng = np.random.default_rng(0)
+    q, k = 60, 5
+    cos = np.sort(rng.uniform(0.3, 0.6, (q, k)), axis=1)[:, ::-1].copy()
+    correct = np.zeros((q, k), dtype=bool)
+    correct[np.arange(q), rng.integers(1, k, q)] = True  # never the cosine's first
+    residual = np.where(correct, 0.9, 0.1)
+    noise = rng.uniform(0, 1, (q, k))
+    fit = fit_score_fusion(cos, {"residual": residual, "coverage": noise}, correct, ["lion"] * q)
+    assert (
+        fit.weights["residual"] > 0
+        and fit.curve["validation_top1_fused"] > fit.curve["validation_top1_cosine"]
+    )
+    fused = fit.fuse(cos, {"residual": residual, "coverage": noise})
+    assert (correct[np.arange(q), fused.argmax(axis=1)]).mean() > 0.9
+    useless = fit_score_fusion(cos, {"coverage": np.zeros((q, k))}, correct, ["lion"] * q)
+    assert useless.weights == {"coverage": 0.0}  # nothing gained on validation: the cosine alone
+
+
+def test_sift_inliers_enter_as_a_bounded_bonus_and_fusions_round_trip(tmp_path):
+    fusion = ScoreFusion({"sift": 1.0, "residual": 0.5}, scale=10.0)
+    cos = np.array([[0.5, 0.4]])
+    out = fusion.fuse(cos, {"sift": np.array([[-1, 10]]), "residual": np.array([[0.0, 0.2]])})
+    np.testing.assert_allclose(out, [[0.5, 0.4 + 10 / 20 + 0.1]])
+    path = fusion.save(tmp_path / "f.json")
+    assert ScoreFusion.load(path).weights == fusion.weights
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="bad.json: not a PAIR-X re-ranking fusion file"):
+        ScoreFusion.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="unknown re-ranking score 'keypoints'"):
+        ScoreFusion({"keypoints": 1.0})
+    with pytest.raises(ValueError, match="weight of 'residual' must be a finite number >= 0"):
+        ScoreFusion({"residual": -1.0})
+
+
+def blobs(width: int, height: int = SIZE, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(height // 6, width // 6, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A tiny random model, a gallery of four animals (one a shifted view of the query) and an unreadable image."""
+    root = tmp_path_factory.mktemp("pairx_rerank")
+    model_dir = tiny_model(root / "model", image_size=SIZE)
+    gallery = root / "gallery"
+    wide = blobs(SIZE + 24, seed=1)
+    for name, arr in (("asha", wide[:, 24:]), ("bo", blobs(SIZE, seed=2)), ("cleo", blobs(SIZE, seed=3)),
+                      ("dara", blobs(SIZE, seed=4))):  # fmt: skip
+        (gallery / name).mkdir(parents=True)
+        Image.fromarray(arr).save(gallery / name / "a.png")
+    (gallery / "eve").mkdir()
+    (gallery / "eve" / "broken.png").write_bytes(b"\x89PNG not really")
+    queries = root / "queries"
+    queries.mkdir()
+    Image.fromarray(wide[:, :SIZE]).save(queries / "asha_again.png")
+    return model_dir, gallery, queries
+
+
+def test_maps_are_cached_per_image_and_unreadable_images_keep_their_cosine(scene, tmp_path):
+    from transformers import AutoImageProcessor, AutoModel
+
+    model_dir, gallery, queries = scene
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
+    proc = AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    items = [ImageItem(str(p), p.name, identity=p.parent.name) for p in sorted(gallery.glob("*/*.png"))]
+    query = ImageItem(str(queries / "asha_again.png"), "asha_again.png")
+    fusion = ScoreFusion({"residual": 1.0, "coverage": 1.0})
+    first = PairxReranker(model, proc, fusion, k=5, cache_dir=tmp_path / "cache", model_key="tiny")
+    idx = np.array([[0, 1, 2, 3, 4]])
+    cos = np.array([[0.5, 0.6, 0.55, 0.52, 0.9]])
+    out = first.rerank([query], items, idx, cos)
+    broken = [i.image.endswith("broken.png") for i in items].index(True)
+    assert out.scores[0, broken] == pytest.approx(0.9)  # no feature map: its cosine alone
+    assert np.all(out.scores >= out.cosine - 1e-12)
+    assert first.n_computed == 5  # the query and four readable gallery images
+    again = PairxReranker(model, proc, fusion, k=5, cache_dir=tmp_path / "cache", model_key="tiny")
+    again.rerank([query], items, idx, cos)
+    assert again.n_computed == 0  # every readable image's map came from the cache
+    other_model = PairxReranker(model, proc, fusion, k=5, cache_dir=tmp_path / "cache", model_key="other")
+    assert other_model.cache.dir != first.cache.dir
+
+
+def test_identify_rerank_pairx_moves_the_matching_view_up(scene, tmp_path, capsys):
+    model_dir, gallery, queries = scene
+    ScoreFusion({"residual": 3.0, "coverage": 1.0}).save(tmp_path / "pairx_fusion.json")
+    argv = ["--model", str(model_dir), "--gallery", str(gallery), "--queries", str(queries), "--cache-dir",
+            str(tmp_path / "cache"), "--rerank", "pairx", "--rerank-k", "5", "--rerank-fusion",
+            str(tmp_path / "pairx_fusion.json"), "--on-error", "skip", "-q"]  # fmt: skip
+    assert identify.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "re-ranked the shortlists of 1 queries (K = 5) with PAIR-X scores" in line
+    rec = json.loads((tmp_path / "out" / "results.json").read_text())[0]
+    top = rec["candidates"][0]
+    assert top["identity"] == "asha" and top["score"] > top["cosine"] + 1.0
+    assert any(p.name.startswith("pairx-") for p in (tmp_path / "cache").iterdir())
+    (tmp_path / "sift.json").write_text(json.dumps({"weight": 1.0}))
+    bad = [*argv[:-5], "--rerank-fusion", str(tmp_path / "sift.json"), "-q", "--out", str(tmp_path / "o2")]
+    assert identify.main(bad) == 2
+    assert "not a PAIR-X re-ranking fusion file" in capsys.readouterr().err
+
+
+def test_identifier_builds_the_pairx_reranker_with_the_fusion_saved_beside_the_model(scene, tmp_path):
+    model_dir, _, _ = scene
+    ident = Identifier.from_pretrained(str(model_dir), cache_dir=tmp_path / "cache")
+    rr = ident.local_reranker("pairx")
+    assert isinstance(rr, PairxReranker) and rr.fusion.weights == {"residual": 0.5, "coverage": 0.5}
+    with pytest.raises(ValueError, match="rerank must be None, 'local', 'pairx'"):
+        ident.local_reranker("surf")
