@@ -121,40 +121,44 @@ def query_metrics(
     return {"top1": top1, "ap": ap, "scorable": scorable}
 
 
-def side_scores(args, rr, pr: PairxReranker, r: Ranked) -> dict[str, np.ndarray]:
-    """SIFT inliers and PAIR-X scores of every shortlist of one side (validation or test)."""
+BORDERS = (0, 1)  # rings of edge cells left out of the matches; chosen per arm on validation
+
+
+def side_scores(args, rr, pr: PairxReranker, r: Ranked) -> dict:
+    """SIFT inliers and PAIR-X scores (per border width) of every shortlist of one side."""
     t0 = time.perf_counter()
     inliers, _ = rr.verify(r.queries, r.gallery, r.idx)
     t1 = time.perf_counter()
-    pairx = pr.score_shortlists(r.queries, r.gallery, r.idx)
+    pairx = pr.score_shortlists(r.queries, r.gallery, r.idx, BORDERS)
     t2 = time.perf_counter()
     logger.info("%d queries: SIFT %.0f s, PAIR-X %.0f s", len(r.queries), t1 - t0, t2 - t1)
-    return {"sift": inliers, **pairx, "sift_s": t1 - t0, "pairx_s": t2 - t1}
+    return {"sift": inliers, "pairx": pairx, "sift_s": t1 - t0, "pairx_s": t2 - t1}
+
+
+def _named(s: dict, border: int, with_sift: bool) -> dict[str, np.ndarray]:
+    names = {"residual": s["pairx"][border]["residual"], "coverage": s["pairx"][border]["coverage"]}
+    return {"sift": s["sift"], **names} if with_sift else names
 
 
 def fit_arms(val: Ranked, s: dict, pairx_config: dict, sift_config: dict) -> dict:
-    """The three fusions, fitted on the validation shortlists."""
+    """The three fusions, fitted on the validation shortlists; for PAIR-X and both, the border width whose fit
+    scores best on validation (top-1, then reciprocal rank; ties: no border)."""
     correct = correct_candidates(val.queries, val.gallery, val.idx)
     species = [q.species for q in val.queries]
     cos = np.where(val.idx >= 0, val.cos, -np.inf)
-    return {
-        "sift": fit_fusion(cos, s["sift"], correct, species, feature_config=sift_config),
-        "pairx": fit_score_fusion(
-            cos,
-            {"residual": s["residual"], "coverage": s["coverage"]},
-            correct,
-            species,
-            pairx_config=pairx_config,
-        ),  # fmt: skip
-        "both": fit_score_fusion(
-            cos,
-            {k: s[k] for k in ("sift", "residual", "coverage")},
-            correct,
-            species,
-            pairx_config=pairx_config,
-            feature_config=sift_config,
-        ),  # fmt: skip
-    }
+    out = {"sift": fit_fusion(cos, s["sift"], correct, species, feature_config=sift_config)}
+    for arm, with_sift in (("pairx", False), ("both", True)):
+        fits = {
+            b: fit_score_fusion(cos, _named(s, b, with_sift), correct, species,
+                                pairx_config={**pairx_config, "border": b},
+                                feature_config=sift_config if with_sift else None)
+            for b in BORDERS
+        }  # fmt: skip
+        best = max(BORDERS, key=lambda b: (fits[b].curve["validation_top1_fused"],
+                                           fits[b].curve["validation_mrr_fused"], -b))  # fmt: skip
+        out[arm] = fits[best]
+        out[f"{arm}_by_border"] = {b: f.curve for b, f in fits.items()}
+    return out
 
 
 def fused(arm: str, fusions: dict, r: Ranked, s: dict) -> np.ndarray:
@@ -163,8 +167,8 @@ def fused(arm: str, fusions: dict, r: Ranked, s: dict) -> np.ndarray:
         return cos
     if arm == "sift":
         return fusions["sift"].fuse(cos, s["sift"], [q.species for q in r.queries])
-    names = ("residual", "coverage") if arm == "pairx" else ("sift", "residual", "coverage")
-    return fusions[arm].fuse(cos, {k: s[k] for k in names})
+    fusion = fusions[arm]
+    return fusion.fuse(cos, _named(s, fusion.pairx_config["border"], arm == "both"))
 
 
 def per_species(r: Ranked, metrics: dict[str, dict]) -> dict:
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_queries_per_species": args.max_queries_per_species,
         "validation": score_side(val, fusions, vs),
         "test": score_side(te, fusions, ts),
-        "fusions": {k: f.to_dict() for k, f in fusions.items()},
+        "fusions": {k: f if k.endswith("_by_border") else f.to_dict() for k, f in fusions.items()},
         "scoring_s": {
             "validation": [round(vs["sift_s"], 1), round(vs["pairx_s"], 1)],
             "test": [round(ts["sift_s"], 1), round(ts["pairx_s"], 1)],

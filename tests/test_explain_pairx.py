@@ -60,6 +60,20 @@ def test_tail_from_stage_maps_gives_the_model_features(model_and_processor):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+def test_tail_of_an_unknown_embedder_layout_injects_the_stage_output(model_and_processor, monkeypatch):
+    """A model whose embedder parts are not the known ones: the stage's output is injected into its own forward."""
+    from animal_reid.explain import features
+
+    model, _ = model_and_processor
+    x = torch.cat([pixels(blobs(SIZE, seed=s)) for s in range(2)])
+    index = stage_index(model, None)
+    monkeypatch.setattr(features, "_head", lambda _model: None)
+    with torch.no_grad():
+        want = model(pixel_values=x).features
+        got = run_tail(model, index, feature_maps(model, x, index))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.realdata
 def test_an_export_older_than_pool_and_project_is_explained(data_root):
     """The six-species export of ../shared/models carries its own (older) modeling code and processor: the tail
@@ -171,3 +185,19 @@ def test_unknown_relevance_method_is_refused(model_and_processor):
     maps = torch.zeros(1, 8, 4, 4)
     with pytest.raises(ValueError, match="relevance method must be one of"):
         pair_relevance(model, maps, maps, 0, "saliency")
+
+
+def test_border_cells_take_no_part_when_asked(model_and_processor):
+    """Zero padding makes the crops' corner cells alike in any two photos (the strongest match on real lions):
+    ``border`` leaves the outer rings of cells out of the matches and of the relevance totals."""
+    model, _ = model_and_processor
+    index = stage_index(model, None)
+    maps = feature_maps(model, pixels(blobs(SIZE, seed=3)), index)
+    rel_a, rel_b, _ = pair_relevance(model, maps, maps, index, "gradxact")
+    h, w = maps.shape[-2:]
+    inner = pair_scores(maps[0], maps[0], rel_a[0], rel_b[0], border=1)
+    assert inner.n_matches == (h - 2) * (w - 2) and inner.coverage == pytest.approx(1.0)
+    cells = torch.cat([inner.matches.cells_a, inner.matches.cells_b])
+    assert int(cells.min()) >= 1 and int(cells[:, 0].max()) <= h - 2 and int(cells[:, 1].max()) <= w - 2
+    both = shortlist_scores(model, index, maps[0], maps, "gradxact", borders=(0, 1))
+    assert both[0][0].n_matches == h * w and both[1][0].n_matches == (h - 2) * (w - 2)

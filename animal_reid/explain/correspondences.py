@@ -40,16 +40,29 @@ def _unit_cells(f: torch.Tensor) -> torch.Tensor:
     return F.normalize(f.detach().float().flatten(1).T, dim=1)
 
 
-def mutual_nearest_neighbours(fa: torch.Tensor, fb: torch.Tensor) -> Correspondences:
+def interior(height: int, width: int, border: int) -> torch.Tensor:
+    """``[H * W]`` bool, row-major: the cells at least ``border`` cells away from every edge."""
+    rows = torch.arange(height)[:, None].expand(height, width)
+    cols = torch.arange(width)[None, :].expand(height, width)
+    keep = (rows >= border) & (rows < height - border) & (cols >= border) & (cols < width - border)
+    return keep.reshape(-1)
+
+
+def mutual_nearest_neighbours(fa: torch.Tensor, fb: torch.Tensor, border: int = 0) -> Correspondences:
     """Cell pairs of ``fa [C, Ha, Wa]`` and ``fb [C, Hb, Wb]`` that are each other's nearest neighbour by cosine
-    similarity of their channel vectors, sorted by similarity, descending (ties: by cell of ``fa``)."""
+    similarity of their channel vectors, sorted by similarity, descending (ties: by cell of ``fa``). ``border``:
+    the outermost rings of cells take no part (zero padding makes border cells alike whatever the photos show)."""
     if fa.shape[0] != fb.shape[0]:
         raise ValueError(f"feature maps have {fa.shape[0]} and {fb.shape[0]} channels; they must match")
     sim = _unit_cells(fa) @ _unit_cells(fb).T  # [Ha*Wa, Hb*Wb]
+    keep_a, keep_b = interior(*fa.shape[1:], border), interior(*fb.shape[1:], border)
+    if border > 0:
+        sim[~keep_a, :] = -2.0  # below any cosine: never a nearest neighbour of an interior cell
+        sim[:, ~keep_b] = -2.0
     best_b = sim.argmax(dim=1)
     best_a = sim.argmax(dim=0)
     ia = torch.arange(sim.shape[0])
-    ia = ia[best_a[best_b] == ia]
+    ia = ia[(best_a[best_b] == ia) & keep_a & keep_b[best_b]]
     ib = best_b[ia]
     score = sim[ia, ib]
     order = torch.sort(score, descending=True, stable=True).indices

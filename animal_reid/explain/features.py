@@ -182,13 +182,15 @@ def run_tail(model: Any, index: int, maps: torch.Tensor) -> torch.Tensor:
     output ``maps`` of stage ``index``: the later stages, what ``forward_features`` runs after them
     (``AFTER_STAGES``), then the model's own pooling and neck (``pool_and_project``). Explanations differentiate
     this instead of the whole network, so cached feature maps need no second pass through the early stages.
-    Exports written before ``pool_and_project`` existed (they carry their own modeling code) get
-    :func:`_injected_tail`: the same result, at the cost of the early stages' forward pass."""
+    Exports written before ``pool_and_project`` existed (they carry their own modeling code) get this package's
+    ``pool_and_project`` bound to them when their embedder has the same parts, else :func:`_injected_tail`: the
+    same result, at the cost of the early stages' forward pass."""
     name, container = stage_modules(model)
     x = maps.to(device=model.device, dtype=model.dtype)
     if getattr(model.backbone, "output_fmt", "NCHW") == "NHWC":
         x = x.permute(0, 2, 3, 1)
-    if not hasattr(model, "pool_and_project"):
+    head = _head(model)
+    if head is None:
         return _injected_tail(model, container[index], x)
     for later in list(container)[index + 1 :]:
         x = later(x)
@@ -196,7 +198,19 @@ def run_tail(model: Any, index: int, maps: torch.Tensor) -> torch.Tensor:
         layer = getattr(model.backbone, attr, None)
         if layer is not None:
             x = layer(x)
-    return model.pool_and_project(x)
+    return head(x)
+
+
+def _head(model: Any):
+    """The model's ``pool_and_project``; for an export older than it (own modeling code, same embedder layout:
+    pooling, dropout, projection, neck), this package's implementation bound to it; None for anything else."""
+    if hasattr(model, "pool_and_project"):
+        return model.pool_and_project
+    from modeling.modeling_animal_reid import AnimalReIDPreTrainedModel
+
+    if all(hasattr(model, a) for a in ("_pool", "dropout", "projection", "neck_bn")):
+        return AnimalReIDPreTrainedModel.pool_and_project.__get__(model)
+    return None
 
 
 def _injected_tail(model: Any, stage: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

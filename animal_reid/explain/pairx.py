@@ -83,17 +83,19 @@ def explain_pair(
     stage: int | str | None = None,
     method: str | None = None,
     top: int = 20,
+    border: int = 0,
 ) -> Explanation:
     """PAIR-X for ``image_a`` and ``image_b`` (paths, PIL images or arrays, as embedding takes them): the ``top``
     most relevant correspondences at ``stage`` (None: the deepest with a grid of at least 14 x 14), relevance by
-    ``method`` (None: LRP for convolutional backbones, gradient x activation for attention)."""
+    ``method`` (None: LRP for convolutional backbones, gradient x activation for attention); ``border`` rings of
+    cells along the crop's edges left out of the matches."""
     index = stage_index(model, stage)
     method = default_method(model) if method is None else method
     pa, geometry_a = preprocess(processor, image_a, boxes[0], thetas[0])
     pb, geometry_b = preprocess(processor, image_b, boxes[1], thetas[1])
     maps = feature_maps(model, torch.cat([pa, pb]), index).detach().float().cpu()
     rel_a, rel_b, cos = pair_relevance(model, maps[:1], maps[1:], index, method)
-    scores = pair_scores(maps[0], maps[1], rel_a[0], rel_b[0])
+    scores = pair_scores(maps[0], maps[1], rel_a[0], rel_b[0], border)
     n = min(top, scores.n_matches)
     found = scores.matches
     return Explanation(
@@ -113,12 +115,24 @@ def explain_pair(
 
 
 def shortlist_scores(
-    model: Any, index: int, query: torch.Tensor, gallery: torch.Tensor, method: str | None = None
-) -> list[PairScores]:
-    """Scores of ``query`` ``[C, H, W]`` against each of ``gallery`` ``[K, C, H, W]`` (stage-``index`` maps)."""
+    model: Any,
+    index: int,
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    method: str | None = None,
+    borders: Sequence[int] = (0,),
+) -> list[PairScores] | dict[int, list[PairScores]]:
+    """Scores of ``query`` ``[C, H, W]`` against each of ``gallery`` ``[K, C, H, W]`` (stage-``index`` maps).
+
+    With one ``borders`` value (default: 0, every cell matched) the list of scores; with several, one list per
+    border width from the same relevance pass (how the benchmark compares them on validation)."""
     if gallery.shape[0] == 0:
-        return []
+        return [] if len(borders) == 1 else {b: [] for b in borders}
     query, gallery = query.detach().float().cpu(), gallery.detach().float().cpu()
     q = query[None].expand(gallery.shape[0], *query.shape)
     rel_q, rel_g, _ = pair_relevance(model, q, gallery, index, method)
-    return [pair_scores(query, gallery[k], rel_q[k], rel_g[k]) for k in range(gallery.shape[0])]
+    out = {
+        b: [pair_scores(query, gallery[k], rel_q[k], rel_g[k], b) for k in range(gallery.shape[0])]
+        for b in borders
+    }
+    return out[borders[0]] if len(borders) == 1 else out

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .correspondences import Correspondences, mutual_nearest_neighbours
+from .correspondences import Correspondences, interior, mutual_nearest_neighbours
 
 RESIDUAL_MATCHES = 30  # the most relevant matches the homography is fitted to
 RANSAC_CELLS = 1.5  # RANSAC's reprojection threshold, in cells
@@ -79,9 +79,15 @@ def coverage(found: Correspondences, rel_a: torch.Tensor, rel_b: torch.Tensor) -
     return float(np.mean(shares))
 
 
-def pair_scores(fa: torch.Tensor, fb: torch.Tensor, rel_a: torch.Tensor, rel_b: torch.Tensor) -> PairScores:
-    """Scores of one pair from its feature maps ``[C, H, W]`` and relevance maps ``[H, W]``."""
-    found, weight = by_relevance(mutual_nearest_neighbours(fa, fb), rel_a, rel_b)
+def pair_scores(
+    fa: torch.Tensor, fb: torch.Tensor, rel_a: torch.Tensor, rel_b: torch.Tensor, border: int = 0
+) -> PairScores:
+    """Scores of one pair from its feature maps ``[C, H, W]`` and relevance maps ``[H, W]``; ``border`` rings of
+    cells left out of the matches and of each image's relevance total."""
+    if border > 0:
+        rel_a = rel_a * interior(*rel_a.shape, border).reshape(rel_a.shape)
+        rel_b = rel_b * interior(*rel_b.shape, border).reshape(rel_b.shape)
+    found, weight = by_relevance(mutual_nearest_neighbours(fa, fb, border), rel_a, rel_b)
     top = min(RESIDUAL_MATCHES, len(found))
     residual = inverted_residual_mean(found.cells_a[:top].numpy(), found.cells_b[:top].numpy())
     return PairScores(residual, coverage(found, rel_a, rel_b), len(found), found, weight)

@@ -99,6 +99,7 @@ class PairxReranker:
         config = fusion.pairx_config or {}
         self.stage = stage_index(model, config.get("stage"))
         self.method = config.get("method")
+        self.border = int(config.get("border") or 0)
         self.batch_size = batch_size
         self.cache = StageMapCache(cache_dir, model_key, self.stage) if cache_dir is not None else None
         self._memory: dict[str, np.ndarray] = {}
@@ -116,12 +117,14 @@ class PairxReranker:
         todo = [i for i, m in enumerate(out) if m is None]
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
+            new: dict[str, np.ndarray] = {}
             for i, m in zip(chunk, self._compute([items[i] for i in chunk]), strict=True):
                 out[i] = m
                 if m is not None and keys[i] is not None:
-                    self._memory[keys[i]] = m
-                    if self.cache is not None:
-                        self.cache.add([keys[i]], [m])
+                    new[keys[i]] = m
+            self._memory.update(new)
+            if self.cache is not None and new:
+                self.cache.add(list(new), list(new.values()))  # one part file per batch
         if todo and self.cache is not None:
             self.cache.save()
         return out
@@ -156,31 +159,41 @@ class PairxReranker:
             maps = iter(feature_maps(self.model, torch.stack(good), self.stage).half().numpy())
         return [None if p is None else next(maps) for p in pixels]
 
-    def scores(self, query: Any, candidates: Sequence[Any]) -> dict[str, np.ndarray]:
-        """``{"residual": [K], "coverage": [K]}`` of one query against its candidates (0 where unreadable)."""
+    def scores(self, query: Any, candidates: Sequence[Any], borders: Sequence[int] | None = None) -> dict:
+        """``{"residual": [K], "coverage": [K]}`` of one query against its candidates (0 where unreadable), at
+        the fusion's border width; with ``borders``, one such dict per border width (one relevance pass)."""
         import torch
 
         from animal_reid.explain import shortlist_scores
 
+        widths = (self.border,) if borders is None else tuple(borders)
+        out = {
+            b: {"residual": np.zeros(len(candidates)), "coverage": np.zeros(len(candidates))} for b in widths
+        }
         maps = self.maps([query, *candidates])
-        res, cov = np.zeros(len(candidates)), np.zeros(len(candidates))
         ok = [j for j, m in enumerate(maps[1:]) if m is not None]
         if maps[0] is not None and ok:
             q = torch.from_numpy(maps[0].astype(np.float32))
             g = torch.from_numpy(np.stack([maps[j + 1] for j in ok]).astype(np.float32))
-            for j, s in zip(ok, shortlist_scores(self.model, self.stage, q, g, self.method), strict=True):
-                res[j], cov[j] = s.residual, s.coverage
-        return {"residual": res, "coverage": cov}
+            got = shortlist_scores(self.model, self.stage, q, g, self.method, widths)
+            for b, found in (got if len(widths) > 1 else {widths[0]: got}).items():
+                for j, sc in zip(ok, found, strict=True):
+                    out[b]["residual"][j], out[b]["coverage"][j] = sc.residual, sc.coverage
+        return out[widths[0]] if borders is None else out
 
-    def score_shortlists(self, queries, gallery, indices) -> dict[str, np.ndarray]:
-        """PAIR-X scores ``[Q, K]`` of each query's shortlist ``indices`` (-1: padding, score 0)."""
+    def score_shortlists(self, queries, gallery, indices, borders: Sequence[int] | None = None) -> dict:
+        """PAIR-X scores ``[Q, K]`` of each query's shortlist ``indices`` (-1: padding, score 0); with
+        ``borders``, one ``{"residual", "coverage"}`` dict per border width."""
         idx = np.asarray(indices, dtype=np.int64)[:, : self.k]
-        res, cov = np.zeros(idx.shape), np.zeros(idx.shape)
+        widths = (self.border,) if borders is None else tuple(borders)
+        out = {b: {"residual": np.zeros(idx.shape), "coverage": np.zeros(idx.shape)} for b in widths}
         for qi, q in enumerate(queries):
             slots = [j for j in range(idx.shape[1]) if idx[qi, j] >= 0]
-            got = self.scores(q, [gallery[idx[qi, j]] for j in slots])
-            res[qi, slots], cov[qi, slots] = got["residual"], got["coverage"]
-        return {"residual": res, "coverage": cov}
+            got = self.scores(q, [gallery[idx[qi, j]] for j in slots], widths)
+            for b in widths:
+                out[b]["residual"][qi, slots] = got[b]["residual"]
+                out[b]["coverage"][qi, slots] = got[b]["coverage"]
+        return out[widths[0]] if borders is None else out
 
     def rerank(self, queries, gallery, indices, cosine, species=None) -> RerankOutput:
         """Fused scores of shortlists ``indices`` [Q, >=K] (best cosine first) with cosines ``cosine``."""
