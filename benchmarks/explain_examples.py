@@ -59,6 +59,7 @@ def split_items(items: list, held_out: float, cap: int, seed: int) -> tuple[list
 
 def pick(results: list) -> dict[str, object]:
     """The first result of each kind: correct top-1, wrong top-1, new individual (absent and called new)."""
+
     def top1(r) -> str | None:
         return r.candidates[0]["identity"] if r.candidates else None
 
