@@ -79,6 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-side", type=int, default=384)
     p.add_argument("--max-keypoints", type=int, default=512)
     p.add_argument("--geometry", default="fundamental")
+    p.add_argument(
+        "--cost-only", action="store_true",
+        help="time re-scoring and explanations only (no accuracy), e.g. again on a quiet machine; OUT gets the costs",
+    )  # fmt: skip
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
 
@@ -240,6 +244,17 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cost_report(args, argv, pr: PairxReranker, te: Ranked, model, processor) -> dict:
+    """``--cost-only``: the costs alone, with the machine's load, into OUT."""
+    result = {"model": args.model, "relevance": args.relevance or "model default", "stage": pr.stage,
+              "cost": cost(pr, te, args, model, processor), "machine": machine(args),
+              "command": "python benchmarks/bench_pairx.py " + " ".join(argv if argv is not None else sys.argv[1:])}  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
@@ -254,11 +269,13 @@ def main(argv: list[str] | None = None) -> dict:
     te = sample_queries(Ranked.of(pairs["test"], args.k, loo), args.max_queries_per_species, args.seed)
     sift_config = LocalFeatureConfig(method=args.method, max_side=args.max_side, max_keypoints=args.max_keypoints,
                                      geometry=args.geometry)  # fmt: skip
-    rr, _ = extract_features(args, sift_config, splits)
     model, processor, key = load_model(args.model)
     pairx_config = {"stage": args.stage, "method": args.relevance}
     pr = PairxReranker(model, processor, ScoreFusion(pairx_config=pairx_config), k=args.k,
                        cache_dir=Path(args.cache_dir) / "pairx", model_key=key)  # fmt: skip
+    if args.cost_only:
+        return cost_report(args, argv, pr, te, model, processor)
+    rr, _ = extract_features(args, sift_config, splits)
     vs, ts = side_scores(args, rr, pr, val), side_scores(args, rr, pr, te)
     fusions = fit_arms(val, vs, pairx_config, sift_config.to_dict())
     result = {
