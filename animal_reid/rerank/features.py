@@ -345,7 +345,7 @@ class LocalFeatureStore:
         desc: str = "local features",
     ) -> list[LocalFeatures]:
         """Features of each item (from the cache when there), in order; identical whatever ``workers``."""
-        keys = [_item_key(it) for it in items]
+        keys = [item_key(it) for it in items]
         out: dict[int, LocalFeatures] = {}
         todo = []
         for i, k in enumerate(keys):
@@ -378,7 +378,7 @@ class LocalFeatureStore:
         return [out[i] for i in range(len(items))]
 
 
-def _item_key(item: Any) -> str | None:
+def item_key(item: Any) -> str | None:
     """The embedding cache's image key (path/size/mtime or bytes hash, box, theta); None for in-memory images."""
     key = getattr(item, "cache_key", None)
     if key is None:

@@ -107,11 +107,7 @@ class Fusion:
         return cls(**{k: v for k, v in d.items() if k in keys})
 
     def save(self, path: str | os.PathLike) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2).encode()
-        write_atomic(p, lambda f: f.write(text))
-        return p
+        return save_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Fusion:
@@ -122,6 +118,15 @@ class Fusion:
             return cls.from_dict(d)
         except (ValueError, TypeError) as err:
             raise ValueError(f"{path}: not a re-ranking fusion file ({err})") from err
+
+
+def save_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """``data`` as indented JSON at ``path`` (folders made, written atomically): how fusions are saved."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2).encode()
+    write_atomic(p, lambda f: f.write(text))
+    return p
 
 
 def _scores(cos, bonus, correct, w) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..io import CorruptCacheFile, PartFileCache, read_npz
+from .features import item_key
 from .reranker import LocalReranker, RerankOutput
 from .score_fusion import ScoreFusion
 
@@ -112,7 +113,7 @@ class PairxReranker:
 
     def maps(self, items: Sequence[Any]) -> list[np.ndarray | None]:
         """Each item's stage map (cached, else computed in batches); None for an image that cannot be read."""
-        keys = [_key(it) for it in items]
+        keys = [item_key(it) for it in items]
         out: list[np.ndarray | None] = [self._lookup(k) for k in keys]
         todo = [i for i, m in enumerate(out) if m is None]
         for start in range(0, len(todo), self.batch_size):
@@ -225,13 +226,3 @@ def _sift_config(fusion: ScoreFusion):
     return (
         LocalFeatureConfig.from_dict(fusion.feature_config) if fusion.feature_config else LocalFeatureConfig()
     )
-
-
-def _key(item: Any) -> str | None:
-    key = getattr(item, "cache_key", None)
-    if key is None:
-        return None
-    try:
-        return key()
-    except OSError:
-        return None

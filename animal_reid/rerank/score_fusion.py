@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import write_atomic
-from .fusion import DEFAULT_SCALES
+from .fusion import DEFAULT_SCALES, save_json
 
 SCORE_NAMES = ("sift", "residual", "coverage")
 PAIRX_FUSION_FILE = "rerank_pairx_fusion.json"
@@ -97,11 +96,7 @@ class ScoreFusion:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def save(self, path: str | os.PathLike) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2).encode()
-        write_atomic(p, lambda f: f.write(text))
-        return p
+        return save_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ScoreFusion:
