@@ -159,11 +159,13 @@ def preprocess(
     processor: Any, image: Any, box: Sequence[float] | None = None, theta: float = 0.0
 ) -> tuple[torch.Tensor, CropGeometry]:
     """``pixel_values [1, 3, H, W]`` of ``image`` (cropped to ``box``, rotated by ``theta``) and its
-    :class:`CropGeometry`. The pixels come from ``processor.preprocess_one``, the path embeddings take."""
+    :class:`CropGeometry`. The pixels come from ``processor.preprocess_one``, the path embeddings take, on the
+    photo decoded once here (from ``image`` itself when the processor decodes JPEGs at a reduced scale, as
+    embedding then does)."""
     processor = current_processor(processor)
-    pixel_values = processor.preprocess_one(image, box, theta)[None]
     photo = processor.load_image(image)
     crop = processor.crop(photo, box, theta, name="image")  # validates the box as embedding does
+    pixel_values = processor.preprocess_one(image if processor.jpeg_draft else photo, box, theta)[None]
     if box is None:
         affine = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     else:
