@@ -38,35 +38,39 @@ def machine() -> str:
     return desc + f", torch {torch.__version__}"
 
 
-def use_private_datasets_cache(work: Path) -> Path:
+def use_private_datasets_cache(work: Path) -> tuple:
     """Point `datasets` at a fresh cache under ``work``; returns what `restore_datasets_cache` puts back.
 
     `datasets.load_dataset(dir, config)` names its Arrow cache after the directory's base name, the config and
     the data-file patterns, not the files' contents: a corpus rebuilt at the same path (or another corpus
-    folder with the same name, e.g. two ``open/``) is read back stale from ``~/.cache``. Each benchmark run
-    therefore starts from an empty cache of its own.
+    folder with the same name, e.g. two ``open/``) is read back stale from ``~/.cache``. Each benchmark call
+    therefore starts from an empty cache of its own: a new folder under ``work/hf_datasets_cache/``, so two
+    calls on one work directory at once (tables split between two jobs) never delete each other's files.
     """
-    cache = work / "hf_datasets_cache"
-    if cache.exists():
-        shutil.rmtree(cache)
-    cache.mkdir(parents=True)
+    import tempfile
+
+    root = work / "hf_datasets_cache"
+    root.mkdir(parents=True, exist_ok=True)
+    cache = Path(tempfile.mkdtemp(prefix=f"call-{os.getpid()}-", dir=root))
     import datasets
 
-    previous = (os.environ.get("HF_DATASETS_CACHE"), datasets.config.HF_DATASETS_CACHE)
+    previous = (os.environ.get("HF_DATASETS_CACHE"), datasets.config.HF_DATASETS_CACHE, cache)
     os.environ["HF_DATASETS_CACHE"] = str(cache)
     datasets.config.HF_DATASETS_CACHE = cache
     return previous
 
 
-def restore_datasets_cache(previous) -> None:
+def restore_datasets_cache(previous: tuple) -> None:
+    """Put back the cache `use_private_datasets_cache` replaced and delete the call's own."""
     import datasets
 
-    env, conf = previous
+    env, conf, cache = previous
     if env is None:
         os.environ.pop("HF_DATASETS_CACHE", None)
     else:
         os.environ["HF_DATASETS_CACHE"] = env
     datasets.config.HF_DATASETS_CACHE = conf
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 def run_benchmarks(
