@@ -335,9 +335,16 @@ class Bench:
         self._cache[key] = result
         return result
 
-    def leave_one_out(self, which: str, corpus: Path, species: list[str] | None = None) -> dict[str, Any]:
-        """The paper's protocol on the (capped) test split: every image queries the others of its species."""
+    def register(self, which: str, model, processor) -> None:
+        """Make an in-memory ``(model, processor)`` embeddable as ``which`` (an ablation's variant of an export)."""
+        self._cache[("model", which)] = (model.to(self.device).eval(), processor)
+
+    def leave_one_out(
+        self, which: str, corpus: Path, species: list[str] | None = None, split: str = "test"
+    ) -> dict[str, Any]:
+        """The paper's protocol on the (capped) test split (or ``split``): every image queries the others of its
+        species."""
         from animal_reid.metrics import evaluate_reid
 
-        emb, meta = self.embed(which, corpus, "test", species)
+        emb, meta = self.embed(which, corpus, split, species)
         return evaluate_reid(emb, meta["identity"], meta.get("encounter"), meta["species"], topk=(1, 5, 10))
