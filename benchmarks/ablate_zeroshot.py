@@ -13,7 +13,9 @@ leave-one-out on X's validation identities, never its test, in these arms:
   ``(1 - a) * start + a * trained``, the start being the floor's backbone (the config's ``init_weights``, ImageNet
   here), the trained neck kept (its start was random: nothing to go back to);
 - ``no neck``: the trained backbone's GeM features, the projection and neck BatchNorm dropped;
-- ``imagenet``: the backbone's ImageNet features (table 3's floor), for reference.
+- ``imagenet``: the backbone's ImageNet features (table 3's floor), for reference;
+- ``NAME`` of ``--arms NAME=WORK_DIR``: a training change, the model trained without X by another reid_real call
+  (the same config plus the change in ``train_overrides``, its own ``--out``, the same ``--corpora``).
 
 The arm with the best mean validation top-1 over the held-out species (then mAP; ``trained`` wins ties) is
 chosen, and only then, with ``--apply``, scored on the test identities of the table-3 species whose model exists,
@@ -78,18 +80,35 @@ def without_neck(model):
     return out
 
 
-def register_arms(bench: Bench, export: Path, alphas: list[float]) -> list[str]:
-    """Register every arm of one export with ``bench``; their names, ``trained`` first."""
+def register_arms(
+    bench: Bench, work: Path, species: str, alphas: list[float], trained_arms: dict[str, Path]
+) -> list[str]:
+    """Register every arm of the model trained without ``species`` with ``bench`` (names under its export);
+    ``trained_arms``: more arms, each the model trained without ``species`` in another work directory (a recipe
+    change). Returns the arm names, ``trained`` first, ``imagenet`` last."""
     from modeling import AnimalReIDImageProcessor, AnimalReIDModel
 
+    export = export_of(work, species)
     model = AnimalReIDModel.from_pretrained(str(export)).eval()
     processor = AnimalReIDImageProcessor.from_pretrained(str(export))
     names = {"trained": model, "no neck": without_neck(model)}
     start = bench.extractor("imagenet")[0].backbone.state_dict()  # the weights every run started from
     names.update({f"wise {a:g}": wise_backbone(model, start, a) for a in alphas})
+    for name, other in trained_arms.items():
+        names[name] = AnimalReIDModel.from_pretrained(str(export_of(other, species))).eval()
     for name, variant in names.items():
         bench.register(f"{export}::{name}", variant, processor)
     return list(names) + ["imagenet"]
+
+
+def parse_arm(text: str) -> tuple[str, Path]:
+    """``NAME=WORK_DIR`` of ``--arms``."""
+    name, sep, work = text.partition("=")
+    if not sep or not name or not work:
+        raise ValueError(
+            f"--arms {text!r}: expected NAME=WORK_DIR (a reid_real --out with t3_without_* runs)"
+        )
+    return name, Path(work)
 
 
 def score(bench: Bench, export: Path, arm: str, species: str, split: str) -> dict[str, Any]:
@@ -154,20 +173,24 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     corpus = Path(args.corpora) / "open" if args.corpora else work / "corpora" / "open"
     bench = Bench(cfg=cfg, work=work, corpora={"open": corpus}, deadline=Deadline(None))
     t0, val = time.time(), {}
+    trained_arms = dict(parse_arm(a) for a in args.arms)
     for sp in args.held_out:
-        export = export_of(work, sp)
-        arms = register_arms(bench, export, args.alphas)
-        val[sp] = {arm: score(bench, export, arm, sp, "validation") for arm in arms}
+        arms = register_arms(bench, work, sp, args.alphas, trained_arms)
+        val[sp] = {arm: score(bench, export_of(work, sp), arm, sp, "validation") for arm in arms}
         logger.info("%s validation: %s", sp, {a: pct(m) for a, m in val[sp].items()})
     chosen, means = choose(val, arms)
     test = {}
     for sp in args.apply:
-        export = work / "runs" / f"t3_without_{sp}" / "export"
-        if not (export / "config.json").is_file():
-            logger.warning("--apply %s: no model trained without it yet; skipped", sp)
+        try:
+            register_arms(
+                bench, work, sp, args.alphas, {chosen: trained_arms[chosen]} if chosen in trained_arms else {}
+            )
+        except FileNotFoundError as err:
+            logger.warning("--apply %s: skipped: %s", sp, err)
             continue
-        register_arms(bench, export, args.alphas)
-        test[sp] = {arm: score(bench, export, arm, sp, "test") for arm in ("imagenet", "trained", chosen)}
+        test[sp] = {
+            arm: score(bench, export_of(work, sp), arm, sp, "test") for arm in ("imagenet", "trained", chosen)
+        }
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
         "machine": machine(),
@@ -192,6 +215,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--held-out", nargs="+", required=True, help="species whose validation identities choose")
     p.add_argument(
         "--alphas", nargs="*", type=float, default=[0.25, 0.5, 0.75], help="WiSE-FT backbone alphas"
+    )
+    p.add_argument(
+        "--arms",
+        nargs="*",
+        default=[],
+        metavar="NAME=WORK_DIR",
+        help="trained arms: the table-3 runs of another reid_real --out (the same config with one training change)",
     )
     p.add_argument("--apply", nargs="*", default=[], help="table-3 species to score the chosen arm on (test)")
     p.add_argument("--results", default=None, help="results stem (.json and .md)")

@@ -53,6 +53,9 @@ class BenchConfig:
     # at most this many training images per species (train_accelerate's option, a seeded choice of whole
     # identities); also applied to the counts that size each run's share of the batches
     max_train_images_per_species: int | None = None
+    # more train_accelerate options for every run, name -> value (e.g. {augment: strong, dynamic_margins: true}):
+    # one arm of an ablation is one config with its own --out (benchmarks/ablate_zeroshot.py --arms)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
     lr_backbone: float | None = None
     lr_head: float | None = None
     warmup_epochs: float | None = None

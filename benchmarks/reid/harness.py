@@ -85,6 +85,7 @@ class Bench:
             "save_total_limit": 1,
             "log_every": 1000,
         }
+        opts.update(c.train_overrides)
         opts.update(over)
         argv: list[str] = [c.train_config] if c.train_config else []
         for k, v in opts.items():

@@ -138,18 +138,19 @@ def _run_benchmarks(
 
 
 def _corpora(cfg: BenchConfig, work: Path, corpora_dir: Path | None) -> dict[str, Path]:
-    """The open and closed corpora: ``corpora_dir``'s (already compacted), else built under ``work`` as needed."""
+    """The open and closed corpora the tables need: ``corpora_dir``'s (already compacted), else built under
+    ``work``."""
+    needed = ({"closed"} if 1 in cfg.tables else set()) | (
+        {"open"} if set(cfg.tables) - {1} or (1 in cfg.tables and cfg.closed_pretrain) else set()
+    )
     if corpora_dir is not None:
-        corpora = {k: corpora_dir / k for k in ("open", "closed")}
+        corpora = {k: corpora_dir / k for k in sorted(needed)}
         for p in corpora.values():
             if not (p / "README.md").is_file():
                 raise FileNotFoundError(
                     f"--corpora {corpora_dir}: expected a compacted corpus at {p} (README.md + data/)"
                 )
         return corpora
-    needed = ({"closed"} if 1 in cfg.tables else set()) | (
-        {"open"} if set(cfg.tables) - {1} or (1 in cfg.tables and cfg.closed_pretrain) else set()
-    )
     return prepare_corpora(cfg, work, only=needed)
 
 
