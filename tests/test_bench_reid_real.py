@@ -177,7 +177,10 @@ def test_smoke_table5_end_to_end_and_reuse(tiny_corpus, tmp_path):
     assert set(res["run_times_s"]) == {"t2_multi"}
     saved = json.loads(results.with_suffix(".json").read_text())
     assert saved["tables"].keys() == {"5"}
-    assert "## 5. Open set" in results.with_suffix(".md").read_text()
+    page = results.with_suffix(".md").read_text()
+    assert "## 5. Open set" in page
+    for sp in t5["rows"]["multispecies"]["per_species"]:  # the per-species grid of sqrt(BAKS·BAUS)
+        assert f"\n| {sp} | " in page.split("Per species on test")[1]
     assert (results.parent / "smoke_table5_openset_scores.png").is_file()
     again = reid_real.main(argv)
     assert again["run_times_s"] == {}  # the finished run was reused, not trained again

@@ -217,8 +217,28 @@ def _table5_lines(r: dict[str, Any]) -> list[str]:
             f"{_f(rep.get('BAKS'))} | {_f(rep.get('BAUS'))} | {_f(rep.get('geometric_mean'))} | "
             f"{_f(rep.get('AUROC'), pct=False)} | {rep['n_queries']['test']} | {rep['threshold']['global_threshold']:.3f} |"
         )
-    lines.append("")
-    return lines
+    return lines + [""] + _table5_species_lines(r["rows"])
+
+
+def _table5_species_lines(rows: dict[str, Any]) -> list[str]:
+    """Per species and model: sqrt(BAKS·BAUS) (BAKS / BAUS) on test, and the species' known + unknown queries."""
+    species = sorted({sp for rep in rows.values() for sp in rep.get("per_species", {})})
+    if not species:
+        return []
+    lines = [
+        "Per species on test, sqrt(BAKS·BAUS) (BAKS / BAUS) %, with the same calibration as above:",
+        "",
+        "| species | known + unknown queries | " + " | ".join(rows) + " |",
+        "|---|---|" + "---|" * len(rows),
+    ]
+    for sp in species:
+        reps = [rep.get("per_species", {}).get(sp, {}) for rep in rows.values()]
+        first = next((m for m in reps if m), {})
+        cells = [f"{_f(m.get('geometric_mean'))} ({_f(m.get('BAKS'))} / {_f(m.get('BAUS'))})" for m in reps]
+        lines.append(
+            f"| {sp} | {first.get('n_known', 0)} + {first.get('n_unknown', 0)} | " + " | ".join(cells) + " |"
+        )
+    return lines + [""]
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:
