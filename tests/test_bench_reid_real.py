@@ -541,3 +541,24 @@ def test_two_calls_on_one_work_directory_keep_their_own_datasets_cache(tmp_path)
     reid_real.restore_datasets_cache(first)
     assert not first_dir.exists()
     assert os.environ.get("HF_DATASETS_CACHE") == before
+
+
+def test_table3_page_gives_queries_and_the_win_rule_where_a_tie_loses():
+    from benchmarks.reid.report import render_markdown
+
+    def m(top1, ap, n=40):
+        return {"top1": top1, "mAP": ap, "n_queries": n}
+
+    rows = {
+        "above": {"imagenet": m(0.10, 0.10), "zero_shot": m(0.20, 0.11)},
+        "tie": {"imagenet": m(0.10, 0.10), "zero_shot": m(0.10, 0.30)},
+        "lower_map": {"imagenet": m(0.10, 0.10), "zero_shot": m(0.30, 0.09, n=7)},
+        "untrained": {"imagenet": m(0.10, 0.10), "zero_shot": {"top1": None, "mAP": None}},
+    }
+    meta = {"config_name": "c", "date": "d", "machine": "m", "wall_time_s": 1.0, "command": "x", "budget": "b"}
+    page = render_markdown({"meta": meta, "tables": {"3": {"rows": rows}}})
+    lines = {line.split(" | ")[0][2:]: line for line in page.splitlines() if line.startswith("| ")}
+    assert lines["above"].endswith("| yes |") and "| 40 |" in lines["above"]
+    assert lines["tie"].endswith("| no |")
+    assert lines["lower_map"].endswith("| no |") and "| 7 |" in lines["lower_map"]
+    assert lines["untrained"].endswith("| – |")
