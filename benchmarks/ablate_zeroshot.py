@@ -12,7 +12,8 @@ leave-one-out on X's validation identities, never its test, in these arms:
 - ``wise a``: WiSE-FT toward the start, the backbone's weights (BatchNorm statistics included)
   ``(1 - a) * start + a * trained``, the start being the floor's backbone (the config's ``init_weights``, ImageNet
   here), the trained neck kept (its start was random: nothing to go back to);
-- ``no neck``: the trained backbone's GeM features, the projection and neck BatchNorm dropped;
+- ``no neck``: the trained backbone's pooled features, the projection and neck BatchNorm dropped (only for a
+  model that has them);
 - ``imagenet``: the backbone's ImageNet features (table 3's floor), for reference;
 - ``NAME`` of ``--arms NAME=WORK_DIR``: a training change, the model trained without X by another reid_real call
   (the same config plus the change in ``train_overrides``, its own ``--out``, the same ``--corpora``).
@@ -67,6 +68,11 @@ def wise_backbone(model, start_backbone: dict, alpha: float):
     return out
 
 
+def has_neck(model) -> bool:
+    """Whether the embedding has a projection or a neck BatchNorm after pooling."""
+    return model.config.embedding_dim > 0 or bool(model.config.neck_bn)
+
+
 def without_neck(model):
     """The trained backbone and pooling under a config with no projection and no neck BatchNorm."""
     from modeling import AnimalReIDModel
@@ -91,7 +97,9 @@ def register_arms(
     export = export_of(work, species)
     model = AnimalReIDModel.from_pretrained(str(export)).eval()
     processor = AnimalReIDImageProcessor.from_pretrained(str(export))
-    names = {"trained": model, "no neck": without_neck(model)}
+    names = {"trained": model}
+    if has_neck(model):  # a recipe with no projection and no neck BatchNorm has nothing to drop
+        names["no neck"] = without_neck(model)
     start = bench.extractor("imagenet")[0].backbone.state_dict()  # the weights every run started from
     names.update({f"wise {a:g}": wise_backbone(model, start, a) for a in alphas})
     for name, other in trained_arms.items():

@@ -49,6 +49,14 @@ def test_without_neck_gives_the_trained_backbones_pooled_features():
     assert torch.allclose(got, F.normalize(pooled, dim=-1), atol=1e-5)
 
 
+def test_a_model_without_projection_or_neck_batchnorm_has_no_neck_arm():
+    torch.manual_seed(0)
+    bare = AnimalReIDModel(
+        AnimalReIDConfig(backbone="test_efficientnet", embedding_dim=0, neck_bn=False, image_size=32)
+    )
+    assert ablate_zeroshot.has_neck(_model(0)) and not ablate_zeroshot.has_neck(bare)
+
+
 def test_choose_keeps_trained_on_a_tie_and_never_picks_the_floor():
     m = lambda t, a: {"top1": t, "mAP": a, "n_queries": 10}  # noqa: E731
     val = {
@@ -109,7 +117,8 @@ def test_ablation_scores_validation_then_reports_the_choice_on_test_as_table3_do
     table3 = json.loads((tmp / "t3.json").read_text())["tables"]["3"]["rows"]["synth_stripes"]
     test = res["test"]["synth_stripes"]
     assert test["trained"]["top1"] == pytest.approx(table3["zero_shot"]["top1"])
-    assert test["imagenet"]["top1"] == pytest.approx(table3["imagenet"]["top1"])
+    # (the smoke config's floor is a randomly initialised backbone, init_weights none: not comparable across calls)
+    assert test["imagenet"]["n_queries"] == table3["imagenet"]["n_queries"]
     assert set(res["test"]) == {"synth_stripes"}
     page = results.with_suffix(".md").read_text()
     assert "(chosen)" in page and "Test identities" in page
