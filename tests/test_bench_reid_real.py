@@ -285,23 +285,8 @@ def test_table1_refit_arms_train_on_train_and_validation_with_the_same_schedule(
     """closed_refit: ours and the peer again on train + validation, with ours's image count and schedule."""
     corpora = _closed_corpora(tmp_path)
     work = tmp_path / "work"
-    argv = [
-        "--config",
-        str(SMOKE),
-        "--corpora",
-        str(corpora),
-        "--out",
-        str(work),
-        "--results",
-        str(tmp_path / "r"),
-    ]
-    argv += [
-        "--set",
-        "tables=[1]",
-        "closed_plain_arcface=false",
-        "closed_refit=true",
-        "closed_parallel_runs=2",
-    ]
+    argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(work), "--results", str(tmp_path / "r")]
+    argv += ["--set", "tables=[1]", "closed_plain_arcface=false", "closed_refit=true", "closed_parallel_runs=2"]
     res = reid_real.main(argv)
     assert res["skipped"] == []
     runs = work / "runs"
@@ -310,10 +295,7 @@ def test_table1_refit_arms_train_on_train_and_validation_with_the_same_schedule(
     assert refit["best_epoch"] is None and ours["best_epoch"] is not None  # the refit scores no validation
     assert "--train_on_validation" in refit["argv"]
     peer_refit = json.loads((runs / "t1_peer_refit" / "results.json").read_text())
-    assert (
-        peer_refit["splits"] == ["train", "validation"]
-        and peer_refit["train_images"] == ours["train_images_seen"]
-    )
+    assert peer_refit["splits"] == ["train", "validation"] and peer_refit["train_images"] == ours["train_images_seen"]
     assert json.loads((runs / "t1_peer" / "results.json").read_text())["splits"] == ["train"]
     labels = list(res["tables"]["1"]["rows"])
     assert any("refit" in k and k.startswith("ours") for k in labels)
@@ -323,16 +305,7 @@ def test_table1_refit_arms_train_on_train_and_validation_with_the_same_schedule(
 def test_table1_scores_an_arm_again_with_test_time_flip_on_the_same_weights(tmp_path):
     corpora = _closed_corpora(tmp_path)
     work = tmp_path / "work"
-    argv = [
-        "--config",
-        str(SMOKE),
-        "--corpora",
-        str(corpora),
-        "--out",
-        str(work),
-        "--results",
-        str(tmp_path / "r"),
-    ]
+    argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(work), "--results", str(tmp_path / "r")]
     argv += ["--set", "tables=[1]", "closed_plain_arcface=false", "closed_arms=[ours]"]
     refused = reid_real.main([*argv, "closed_flip_tta=[peer]"])  # not trained here: refused before training
     assert "closed_flip_tta ['peer']: not arms this config trains (['t1_ours'])" in refused["skipped"][0]
@@ -366,39 +339,22 @@ def test_table1_multispecies_start_never_trains_on_the_closed_species_and_arms_c
     closed_arms trains only the arms named, beside the ImageNet floor."""
     corpora = _pretrain_corpora(tmp_path, ["stripes", "spots"])
     work = tmp_path / "work"
-    argv = [
-        "--config",
-        str(SMOKE),
-        "--corpora",
-        str(corpora),
-        "--out",
-        str(work),
-        "--results",
-        str(tmp_path / "r"),
-    ]
+    argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(work), "--results", str(tmp_path / "r")]
     argv += ["--set", "tables=[1]", "closed_refit=true", "closed_pretrain=true", "closed_arms=[multi, multi_refit]",
              "closed_finetune={lr_backbone: 0.005}"]  # fmt: skip
     res = reid_real.main(argv)
     assert res["skipped"] == []
     runs = work / "runs"
-    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == [
-        "t1_multi",
-        "t1_multi_refit",
-        "t1_pretrain",
-    ]
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["t1_multi", "t1_multi_refit", "t1_pretrain"]
     pre = json.loads((runs / "t1_pretrain" / "results.json").read_text())
     after = pre["argv"][pre["argv"].index("--species") + 1 :]
     assert after[0] == "synth_spots" and after[1].startswith("--")  # the closed corpus's species left out
     for name in ("t1_multi", "t1_multi_refit"):
         argv_run = json.loads((runs / name / "results.json").read_text())["argv"]
         assert argv_run[argv_run.index("--init_from") + 1] == pre["export_dir"]
-        assert (
-            argv_run[argv_run.index("--lr_backbone") + 1] == "0.005"
-        )  # closed_finetune: the fine-tuning only
+        assert argv_run[argv_run.index("--lr_backbone") + 1] == "0.005"  # closed_finetune: the fine-tuning only
     assert "0.005" not in pre["argv"]
-    assert (
-        "--train_on_validation" in json.loads((runs / "t1_multi_refit" / "results.json").read_text())["argv"]
-    )
+    assert "--train_on_validation" in json.loads((runs / "t1_multi_refit" / "results.json").read_text())["argv"]
     labels = list(res["tables"]["1"]["rows"])
     assert len(labels) == 3 and "no re-ID training" in labels[0] and "multispecies" in labels[1]
     assert "lr_backbone=0.005" in labels[1] and "lr_backbone=0.005" in labels[2]
@@ -410,32 +366,16 @@ def test_table1_multispecies_start_never_trains_on_the_closed_species_and_arms_c
 def test_a_multispecies_start_without_other_species_is_refused(tmp_path):
     corpora = _pretrain_corpora(tmp_path, ["stripes"])
     argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(tmp_path / "w")]
-    argv += [
-        "--results",
-        str(tmp_path / "r"),
-        "--set",
-        "tables=[1]",
-        "closed_pretrain=true",
-        "closed_arms=[multi]",
-    ]
+    argv += ["--results", str(tmp_path / "r"), "--set", "tables=[1]", "closed_pretrain=true", "closed_arms=[multi]"]
     res = reid_real.main(argv)
-    assert (
-        res["tables"] == {} and "no species beyond the closed corpus's ['synth_stripes']" in res["skipped"][0]
-    )
+    assert res["tables"] == {} and "no species beyond the closed corpus's ['synth_stripes']" in res["skipped"][0]
     assert not (tmp_path / "w" / "runs").exists()
 
 
 def test_an_unknown_table1_arm_is_refused_before_anything_trains(tmp_path):
     corpora = _pretrain_corpora(tmp_path, ["stripes", "spots"])
     argv = ["--config", str(SMOKE), "--corpora", str(corpora), "--out", str(tmp_path / "w")]
-    argv += [
-        "--results",
-        str(tmp_path / "r"),
-        "--set",
-        "tables=[1]",
-        "closed_refit=true",
-        "closed_arms=[ours, refit]",
-    ]
+    argv += ["--results", str(tmp_path / "r"), "--set", "tables=[1]", "closed_refit=true", "closed_arms=[ours, refit]"]
     res = reid_real.main(argv)
     assert res["tables"] == {}
     has = "which has ['arcface', 'ours', 'ours_refit', 'peer', 'peer_refit']"
@@ -443,9 +383,7 @@ def test_an_unknown_table1_arm_is_refused_before_anything_trains(tmp_path):
     assert not (tmp_path / "w" / "runs").exists()
 
 
-@pytest.mark.parametrize(
-    "path", sorted((REPO / "benchmarks" / "configs").glob("bench_*.yaml")), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "configs").glob("bench_*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_benchmark_config_loads(path):
     cfg = reid_real.load_bench_config(path)
     assert set(cfg.tables) <= set(reid_real.TABLE_ORDER)
