@@ -41,6 +41,23 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def bench_synthetic_corpus(tmp_path_factory) -> Path:
+    """The real-photo benchmarks' synthetic source corpus (40 identities per pattern x 4 images in 2 encounters,
+    40 px, open split), built once per session: `reid_real` and `ablate_zeroshot` compact it."""
+    from data_scripts.build import main as build_main
+
+    out = tmp_path_factory.mktemp("bench") / "src"
+    build_main(
+        [
+            "--sources", "synthetic", "--split", "open", "--out", str(out), "--no-progress",
+            "--synthetic-patterns", "stripes", "spots", "--synthetic-identities", "40",
+            "--synthetic-images", "4", "--synthetic-encounters", "2", "--synthetic-size", "40",
+        ]
+    )  # fmt: skip
+    return out
+
+
 @pytest.fixture(scope="module")
 def postgres_url():
     """A throwaway PostgreSQL server's URL for the module (skipped without the binaries or psycopg)."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -68,26 +66,11 @@ def test_choose_keeps_trained_on_a_tie_and_never_picks_the_floor():
 
 
 @pytest.fixture(scope="module")
-def table3_work(tmp_path_factory) -> tuple[Path, Path]:
+def table3_work(tmp_path_factory, bench_synthetic_corpus) -> tuple[Path, Path]:
     """A table-3 call on a compacted synthetic corpus: the model trained without synth_stripes."""
     tmp = tmp_path_factory.mktemp("ablate")
-    src = tmp / "src"
-    cmd = [
-        sys.executable,
-        "-m",
-        "data_scripts.build",
-        "--sources",
-        "synthetic",
-        "--split",
-        "open",
-        "--out",
-        str(src),
-    ]
-    cmd += ["--no-progress", "--synthetic-patterns", "stripes", "spots", "--synthetic-identities", "40"]
-    cmd += ["--synthetic-images", "4", "--synthetic-encounters", "2", "--synthetic-size", "40"]
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
     corpora = tmp / "corpora"  # open only: tables 2-5 need no closed corpus
-    reid_real.compact_corpus(src, corpora / "open", size=32, seed=0)
+    reid_real.compact_corpus(bench_synthetic_corpus, corpora / "open", size=32, seed=0)
     argv = ["--config", str(SMOKE), "--corpora", str(corpora)]
     res = reid_real.main(
         argv + ["--out", str(tmp / "work"), "--results", str(tmp / "t3"), "--set", "tables=[3]"]

@@ -23,23 +23,8 @@ SMOKE = REPO / "benchmarks" / "configs" / "bench_smoke.yaml"
 
 
 @pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench") / "src"
-    cmd = [
-        sys.executable,
-        "-m",
-        "data_scripts.build",
-        "--sources",
-        "synthetic",
-        "--split",
-        "open",
-        "--out",
-        str(out),
-    ]
-    cmd += ["--no-progress", "--synthetic-patterns", "stripes", "spots", "--synthetic-identities", "40"]
-    cmd += ["--synthetic-images", "4", "--synthetic-encounters", "2", "--synthetic-size", "40"]
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
-    return out
+def tiny_corpus(bench_synthetic_corpus) -> Path:
+    return bench_synthetic_corpus
 
 
 def _load(path: Path, tmp_path: Path):
