@@ -86,6 +86,7 @@ from animal_reid.training.schedule import build_scheduler
 from animal_reid.training.selection import (
     beats_baseline,
     choose_test_time_flip,
+    interpolate_backbone,
     interpolate_best,
     keep_start_weights,
     log_against_start,
@@ -659,6 +660,10 @@ def _final_results(run: RunParts) -> dict[str, Any]:
         interpolation["test_trained"] = summary_metrics(test)
         if interpolation["chosen_alpha"] != 1.0:
             test = run.evaluator.test(run.model)
+    backbone = interpolate_backbone(config, accelerator, run.model, run.evaluator, run.start_weights)
+    if backbone is not None:
+        backbone["test_trained"] = summary_metrics(test)  # for the report; the alpha was fixed beforehand
+        val_best, test = backbone["val"], run.evaluator.test(run.model)
     flip = choose_test_time_flip(config, accelerator, run.model, run.evaluator, val_best)
     if flip is not None and flip["chosen"]:
         flip["test_plain"] = summary_metrics(test)  # for the report only (the flip was chosen on validation)
@@ -672,6 +677,7 @@ def _final_results(run: RunParts) -> dict[str, Any]:
         "test": summary_metrics(test),
         "beats_baseline": beats_baseline(state.baseline, val_best, tc.metric_for_best),
         "interpolation": interpolation,
+        "backbone_interpolation": backbone,
         "test_time_flip": flip,
         "test_protocol": test.get("protocol"),
         "epochs": tc.epochs,

@@ -21,6 +21,9 @@ leave-one-out on X's validation identities, never its test, in these arms:
 The arm with the best mean validation top-1 over the held-out species (then mAP; ``trained`` wins ties) is
 chosen, and only then, with ``--apply``, scored on the test identities of the table-3 species whose model exists,
 beside the trained model and the ImageNet floor: a report of a choice already made, not a second choice.
+``--seen-model`` (table 2's multispecies export) applies a chosen post-training arm to a model that saw every
+species and scores both on every species' validation: what the zero-shot choice costs where the model is used on
+the species it was trained on.
 """
 
 from __future__ import annotations
@@ -172,7 +175,58 @@ def render(res: dict[str, Any]) -> str:
             for sp, t in res["test"].items()
         ]
         out.append(report.markdown_table(cols, rows))
-    return "\n".join(out)
+    return "\n".join(out + render_seen(res.get("seen")))
+
+
+def render_seen(seen: dict[str, Any] | None) -> list[str]:
+    """The chosen arm on the species the multispecies model saw (validation), beside it as trained."""
+    if not seen:
+        return []
+    v, arm = seen["validation"], seen["arm"]
+    rows = [[sp, m["n_queries"], pct(m), pct(v[arm][sp])] for sp, m in v["trained"].items()]
+    mean = lambda d: "{:.1f} / {:.1f}".format(  # noqa: E731
+        *(100 * sum(m[k] for m in d.values()) / len(d) for k in ("top1", "mAP"))
+    )
+    rows.append(["mean", "", mean(v["trained"]), mean(v[arm])])
+    return [
+        "",
+        f"## The choice on seen species: `{seen['model']}` as trained and with {arm} (validation)",
+        "",
+        report.markdown_table(["species", "validation queries", "trained", arm], rows),
+    ]
+
+
+def post_training_arm(model, start_backbone: dict, arm: str):
+    """``arm`` (``wise A`` or ``no neck``) applied to ``model``; None for an arm that needs its own training."""
+    if arm.startswith("wise "):
+        return wise_backbone(model, start_backbone, float(arm.split()[1]))
+    if arm == "no neck":
+        return without_neck(model)
+    return None
+
+
+def seen_cost(bench: Bench, export: Path, arm: str) -> dict[str, Any] | None:
+    """The chosen arm applied to a model that saw every species, beside that model as trained, on every species'
+    validation (leave-one-out per species): the price of the zero-shot choice on seen species. None when the
+    chosen arm is a training change or the trained model itself (nothing to apply)."""
+    from modeling import AnimalReIDImageProcessor, AnimalReIDModel
+
+    model = AnimalReIDModel.from_pretrained(str(export)).eval()
+    start = bench.extractor("imagenet")[0].backbone.state_dict()
+    variant = post_training_arm(model, start, arm)
+    if variant is None:
+        return None
+    processor = AnimalReIDImageProcessor.from_pretrained(str(export))
+    out = {}
+    for name, m in (("trained", model), (arm, variant)):
+        bench.register(f"{export}::{name}", m, processor)
+        res = bench.leave_one_out(f"{export}::{name}", bench.corpora["open"], None, split="validation")
+        out[name] = {
+            sp: {"top1": ps["top1"], "mAP": ps["mAP"], "n_queries": ps["n_queries"]}
+            for sp, ps in sorted(res["per_species"].items())
+            if ps.get("top1") is not None  # a species with no scorable query (pig: one clip each) is left out
+        }
+    return {"model": str(export), "arm": arm, "validation": out}
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -199,6 +253,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         test[sp] = {
             arm: score(bench, export_of(work, sp), arm, sp, "test") for arm in ("imagenet", "trained", chosen)
         }
+    seen = seen_cost(bench, Path(args.seen_model), chosen) if args.seen_model else None
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
         "machine": machine(),
@@ -208,6 +263,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "mean": means,
         "chosen": chosen,
         "test": test,
+        "seen": seen,
         "wall_s": time.time() - t0,
     }
 
@@ -232,6 +288,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="trained arms: the table-3 runs of another reid_real --out (the same config with one training change)",
     )
     p.add_argument("--apply", nargs="*", default=[], help="table-3 species to score the chosen arm on (test)")
+    p.add_argument(
+        "--seen-model",
+        default=None,
+        help="an export trained on every species (table 2's multispecies model): the chosen post-training arm "
+        "applied to it, scored on every species' validation beside it as trained (what the choice costs on "
+        "species the model saw)",
+    )
     p.add_argument("--results", default=None, help="results stem (.json and .md)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     args = p.parse_args(argv)

@@ -114,3 +114,28 @@ def test_a_species_without_a_table3_model_is_named(table3_work, capsys):
         FileNotFoundError, match="t3_without_synth_spots.*no model trained without 'synth_spots'"
     ):
         ablate_zeroshot.main(argv + ["--held-out", "synth_spots"])
+
+
+def test_seen_cost_scores_the_chosen_arm_on_every_species_beside_the_model_as_trained(table3_work):
+    from benchmarks.reid.config import load_bench_config
+    from benchmarks.reid.harness import Bench, Deadline
+
+    tmp, corpora = table3_work
+    bench = Bench(
+        cfg=load_bench_config(str(SMOKE), []),
+        work=tmp / "work",
+        corpora={"open": corpora / "open"},
+        deadline=Deadline(None),
+    )
+    export = ablate_zeroshot.export_of(tmp / "work", "synth_stripes")
+    assert ablate_zeroshot.seen_cost(bench, export, "slow") is None  # a training change: nothing to apply
+    seen = ablate_zeroshot.seen_cost(bench, export, "wise 0.5")
+    val = seen["validation"]
+    assert set(val) == {"trained", "wise 0.5"} and set(val["trained"]) == set(val["wise 0.5"])
+    assert {"synth_stripes", "synth_spots"} <= set(val["trained"])  # every species, the held-out one included
+    # "trained" is the export on disk as it is
+    on_disk = bench.leave_one_out(str(export), corpora / "open", None, split="validation")["per_species"]
+    for sp, m in val["trained"].items():
+        assert m["top1"] == pytest.approx(on_disk[sp]["top1"]) and m["n_queries"] == on_disk[sp]["n_queries"]
+    page = "\n".join(ablate_zeroshot.render_seen(seen))
+    assert "with wise 0.5" in page and "| mean |" in page

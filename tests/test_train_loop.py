@@ -499,6 +499,32 @@ def test_run_exports_the_interpolation_chosen_on_validation(corpus, tmp_path, mo
     assert resumed["interpolation"] == interp and resumed["test"] == results["test"]
 
 
+def test_backbone_alpha_moves_only_the_backbone_toward_its_start_and_says_so(corpus, tmp_path):
+    run_dir = tmp_path / "bb"
+    results = train_accelerate.main(tiny_args(corpus, run_dir, "--backbone_alpha", "0.5"))
+    bb = results["backbone_interpolation"]
+    assert bb["backbone_alpha"] == 0.5 and results["val_best"] == bb["val"] and "test_trained" in bb
+    start = load_file(str(run_dir / "start" / "model.safetensors"))
+    best = load_file(str(run_dir / "best" / f"epoch_{results['best_epoch']}" / "model.safetensors"))
+    got = load_file(str(run_dir / "export" / "model.safetensors"))
+    moved = 0
+    for key, value in got.items():
+        if key.startswith("backbone.") and value.is_floating_point():
+            want = torch.lerp(start[key].float(), best[key].float(), 0.5)
+            moved += int(not torch.equal(start[key], best[key]))
+        else:  # the neck (projection, BatchNorm) is exported as trained
+            want = best[key]
+        torch.testing.assert_close(value, want.to(value.dtype), rtol=0, atol=1e-6)
+    assert moved > 0  # training moved the backbone, so the check above is not trivially true
+    assert "fixed in the configuration" in (run_dir / "export" / "README.md").read_text()
+    with pytest.raises(ValueError, match="backbone_alpha"):
+        parse_config(
+            tiny_args(corpus, tmp_path / "x", "--backbone_alpha", "0.5", "--interpolate_alphas", "0.5")
+        )
+    with pytest.raises(ValueError, match="backbone_alpha"):
+        parse_config(tiny_args(corpus, tmp_path / "y", "--backbone_alpha", "1.5"))
+
+
 def test_test_time_flip_auto_is_chosen_on_validation_and_exported(corpus, tmp_path):
     run_dir = tmp_path / "flip"
     results = train_accelerate.main(tiny_args(corpus, run_dir, "--test_time_flip", "auto"))

@@ -356,6 +356,14 @@ class TrainArguments:
             "for each a given (in (0, 1)), and export the best (a = 1, the trained model, always competes)."
         },
     )
+    backbone_alpha: float = field(
+        default=1.0,
+        metadata={
+            "help": "WiSE-FT of the backbone at a fixed a, chosen elsewhere (benchmarks/ablate_zeroshot.py, on "
+            "held-out species' validation): export (1 - a) * start + a * trained for the backbone's weights only, "
+            "the neck as trained. 1 (default): the trained backbone. Not with interpolate_alphas."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
@@ -409,6 +417,13 @@ class TrainArguments:
         for alpha in self.interpolate_alphas or []:
             if not 0 < alpha < 1:
                 raise ValueError(f"interpolate_alphas must lie in (0, 1), got {alpha}")
+        if not 0.0 <= self.backbone_alpha <= 1.0:
+            raise ValueError(f"backbone_alpha must lie in [0, 1], got {self.backbone_alpha}")
+        if self.backbone_alpha != 1.0 and self.interpolate_alphas:
+            raise ValueError(
+                "backbone_alpha fixes the interpolation that interpolate_alphas would choose on validation: "
+                "use one or the other"
+            )
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
         if self.resume and self.overwrite:
@@ -533,5 +548,6 @@ def config_summary(config: TrainConfig) -> dict[str, Any]:
         "mixed_precision",
         "ema_decay",
         "test_time_flip",
+        "backbone_alpha",
     )
     return {k: getattr(m, k) for k in keys_m} | {k: getattr(t, k) for k in keys_t}

@@ -150,8 +150,18 @@ def eval_results(results: dict[str, Any], dataset_name: str, protocol: str) -> l
     return out
 
 
-def _interp_desc(interp: dict[str, Any] | None, metric: str | None) -> str:
-    """WiSE-FT line of the card: the alpha chosen on validation and what each candidate scored there."""
+def _interp_desc(
+    interp: dict[str, Any] | None, metric: str | None, backbone: dict[str, Any] | None = None
+) -> str:
+    """WiSE-FT line of the card: the alpha chosen on validation and what each candidate scored there, or the
+    backbone's fixed alpha (``backbone_alpha``) and validation after it."""
+    if backbone:
+        return (
+            f"the backbone's exported weights are (1 - a) x start + a x trained with a = "
+            f"{backbone['backbone_alpha']:g}, fixed in the configuration (chosen on held-out species' validation, "
+            f"`benchmarks/ablate_zeroshot.py`), the neck as trained; validation {metric} after it "
+            f"{_pct(backbone['val'].get(metric))}"
+        )
     if not interp:
         return ""
     tried = ", ".join(f"a = {a}: {_pct(v.get(metric))}" for a, v in interp["val"].items())
@@ -311,7 +321,11 @@ def _template_fields(config, model_config, results, run: dict[str, Any], sources
         neck_desc=_neck_desc(model_config),
         loss_desc=_loss_desc(m),
         head_init=m.head_init,
-        interp_desc=_interp_desc(results.get("interpolation"), results.get("metric_for_best")),
+        interp_desc=_interp_desc(
+            results.get("interpolation"),
+            results.get("metric_for_best"),
+            results.get("backbone_interpolation"),
+        ),
         flip_desc=_flip_desc(results.get("test_time_flip"), t.test_time_flip, results.get("metric_for_best")),
         hflip=t.hflip,
         ema_decay=t.ema_decay,

@@ -59,9 +59,9 @@ def start_model(config, accelerator, model, processor, evaluator, corpus, calibr
 def keep_start_weights(
     config, accelerator, unwrapped, path: Path, fresh: bool
 ) -> dict[str, torch.Tensor] | None:
-    """The starting weights for ``interpolate_alphas``: taken before the first step and saved beside the
-    checkpoints, or read back when a run resumes (None if a resumed run never saved them)."""
-    if not config.train.interpolate_alphas:
+    """The starting weights for ``interpolate_alphas`` or ``backbone_alpha``: taken before the first step and saved
+    beside the checkpoints, or read back when a run resumes (None if a resumed run never saved them)."""
+    if not config.train.interpolate_alphas and config.train.backbone_alpha == 1.0:
         return None
     if not fresh:
         return load_snapshot(path) if path.is_file() else None
@@ -107,6 +107,31 @@ def interpolate_best(config, accelerator, model, evaluator, start, val_best) -> 
         main_process_only=True,
     )
     return {"chosen_alpha": chosen, "val": scored}
+
+
+def interpolate_backbone(config, accelerator, model, evaluator, start) -> dict[str, Any] | None:
+    """``backbone_alpha``: the backbone's weights moved to ``(1 - a) * start + a * trained`` (the neck and head as
+    trained), with ``a`` fixed in the config (chosen on held-out species elsewhere, nothing chosen here). Returns
+    ``{"backbone_alpha", "val"}`` (validation after the move) or None when not asked for or not possible."""
+    alpha = config.train.backbone_alpha
+    if alpha == 1.0:
+        return None
+    if start is None:
+        logger.warning("backbone_alpha: no starting weights saved; exporting the trained backbone")
+        return None
+    unwrapped = accelerator.unwrap_model(model)
+    trained = snapshot(unwrapped)
+    backbone_start = {k: v for k, v in start.items() if k.startswith("backbone.")}
+    unwrapped.load_state_dict(interpolate_state({**trained, **backbone_start}, trained, alpha))
+    val = summary_metrics(evaluator.validation(model))
+    logger.info(
+        "backbone interpolation a=%g (fixed): val %s %s",
+        alpha,
+        config.train.metric_for_best,
+        format_metric(val[config.train.metric_for_best]),
+        main_process_only=True,
+    )
+    return {"backbone_alpha": alpha, "val": val}
 
 
 def choose_test_time_flip(config, accelerator, model, evaluator, val_best) -> dict[str, Any] | None:
