@@ -83,6 +83,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cost-only", action="store_true",
         help="time re-scoring and explanations only (no accuracy), e.g. again on a quiet machine; OUT gets the costs",
     )  # fmt: skip
+    p.add_argument(
+        "--max-species-loss", type=int, default=None,
+        help="the PAIR-X fusions may lose at most this many validation queries net on any species (default: no limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--scores-cache", default=None,
+        help="an .npz of both sides' SIFT and PAIR-X scores: written after scoring, read instead of scoring when its "
+        "settings match (a refit with other fusion options costs seconds, not the relevance passes)",
+    )  # fmt: skip
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
 
@@ -144,7 +153,50 @@ def _named(s: dict, border: int, with_sift: bool) -> dict[str, np.ndarray]:
     return {"sift": s["sift"], **names} if with_sift else names
 
 
-def fit_arms(val: Ranked, s: dict, pairx_config: dict, sift_config: dict) -> dict:
+CACHE_KEYS = ("model", "corpus", "protocol", "k", "cap_per_identity", "subsample", "max_queries_per_species", "seed",
+              "relevance", "stage", "method", "max_side", "max_keypoints", "geometry")  # fmt: skip
+
+
+def _flat(s: dict, side: str) -> dict[str, np.ndarray]:
+    out = {f"{side}/sift": np.asarray(s["sift"]), f"{side}/times": np.array([s["sift_s"], s["pairx_s"]])}
+    for b, named in s["pairx"].items():
+        out.update({f"{side}/pairx/{b}/{n}": np.asarray(v) for n, v in named.items()})
+    return out
+
+
+def _unflat(z, side: str) -> dict:
+    pairx: dict[int, dict] = {}
+    for key in z.files:
+        parts = key.split("/")
+        if parts[0] == side and parts[1] == "pairx":
+            pairx.setdefault(int(parts[2]), {})[parts[3]] = z[key]
+    sift_s, pairx_s = z[f"{side}/times"].tolist()
+    return {"sift": z[f"{side}/sift"], "pairx": pairx, "sift_s": sift_s, "pairx_s": pairx_s}
+
+
+def cached_scores(args, compute) -> tuple[dict, dict]:
+    """``compute()`` -> (validation, test) side scores, or read back from ``--scores-cache`` when its settings match
+    this call's (another file is never overwritten with different settings: a one-line error instead)."""
+    if not args.scores_cache:
+        return compute()
+    path = Path(args.scores_cache)
+    settings = json.dumps({k: getattr(args, k) for k in CACHE_KEYS}, sort_keys=True)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["settings"]) != settings:
+                raise SystemExit(
+                    f"{path}: scores of other settings ({z['settings']}); give another --scores-cache"
+                )
+            logger.info("side scores read from %s", path)
+            return _unflat(z, "validation"), _unflat(z, "test")
+    vs, ts = compute()
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, settings=np.array(settings), **_flat(vs, "validation"), **_flat(ts, "test"))
+    tmp.replace(path)
+    return vs, ts
+
+
+def fit_arms(val: Ranked, s: dict, pairx_config: dict, sift_config: dict, max_species_loss=None) -> dict:
     """The three fusions, fitted on the validation shortlists; for PAIR-X and both, the border width whose fit
     scores best on validation (top-1, then reciprocal rank; ties: no border)."""
     correct = correct_candidates(val.queries, val.gallery, val.idx)
@@ -155,7 +207,8 @@ def fit_arms(val: Ranked, s: dict, pairx_config: dict, sift_config: dict) -> dic
         fits = {
             b: fit_score_fusion(cos, _named(s, b, with_sift), correct, species,
                                 pairx_config={**pairx_config, "border": b},
-                                feature_config=sift_config if with_sift else None)
+                                feature_config=sift_config if with_sift else None,
+                                max_species_loss=max_species_loss)
             for b in BORDERS
         }  # fmt: skip
         best = max(BORDERS, key=lambda b: (fits[b].curve["validation_top1_fused"],
@@ -275,9 +328,13 @@ def main(argv: list[str] | None = None) -> dict:
                        cache_dir=Path(args.cache_dir) / "pairx", model_key=key)  # fmt: skip
     if args.cost_only:
         return cost_report(args, argv, pr, te, model, processor)
-    rr, _ = extract_features(args, sift_config, splits)
-    vs, ts = side_scores(args, rr, pr, val), side_scores(args, rr, pr, te)
-    fusions = fit_arms(val, vs, pairx_config, sift_config.to_dict())
+
+    def compute() -> tuple[dict, dict]:
+        rr, _ = extract_features(args, sift_config, splits)
+        return side_scores(args, rr, pr, val), side_scores(args, rr, pr, te)
+
+    vs, ts = cached_scores(args, compute)
+    fusions = fit_arms(val, vs, pairx_config, sift_config.to_dict(), args.max_species_loss)
     result = {
         "name": args.name or Path(args.model).name,
         "model": args.model,
@@ -287,6 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
         "relevance": args.relevance or "model default",
         "stage": pr.stage,
         "max_queries_per_species": args.max_queries_per_species,
+        "max_species_loss": args.max_species_loss,
         "validation": score_side(val, fusions, vs),
         "test": score_side(te, fusions, ts),
         "fusions": {k: f if k.endswith("_by_border") else f.to_dict() for k, f in fusions.items()},

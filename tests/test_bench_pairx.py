@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from animal_reid.metrics import evaluate_reid
 from benchmarks.bench_pairx import query_metrics, sample_queries
@@ -50,3 +51,34 @@ def test_query_metrics_match_evaluate_reid_and_follow_the_rescored_shortlist():
     short = np.take_along_axis(full, idx, 1)
     short[q, true_slot] = 5.0
     assert query_metrics(full, idx, short, queries, gallery)["top1"][q] == 1.0
+
+
+def test_side_scores_are_cached_and_read_back_only_for_the_same_settings(tmp_path):
+    import argparse
+
+    from benchmarks.bench_pairx import CACHE_KEYS, cached_scores
+
+    args = argparse.Namespace(**{k: None for k in CACHE_KEYS}, scores_cache=str(tmp_path / "s.npz"))
+    args.model, args.k = "m", 20
+    rng = np.random.default_rng(0)
+
+    def side():
+        pairx = {
+            b: {"residual": rng.uniform(size=(3, 4)), "coverage": rng.uniform(size=(3, 4))} for b in (0, 1)
+        }
+        return {"sift": rng.integers(-1, 50, (3, 4)), "pairx": pairx, "sift_s": 1.5, "pairx_s": 2.5}
+
+    calls = []
+    first = cached_scores(args, lambda: calls.append(1) or (side(), side()))
+    again = cached_scores(args, lambda: calls.append(1) or (side(), side()))
+    assert calls == [1]  # the second call read the file
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["sift"], b["sift"])
+        assert (a["sift_s"], a["pairx_s"]) == (b["sift_s"], b["pairx_s"]) and set(b["pairx"]) == {0, 1}
+        for border in (0, 1):
+            for name in ("residual", "coverage"):
+                np.testing.assert_array_equal(a["pairx"][border][name], b["pairx"][border][name])
+    args.k = 50  # other settings: refused, the file kept
+    with pytest.raises(SystemExit, match="s.npz: scores of other settings"):
+        cached_scores(args, lambda: (side(), side()))
+    assert (tmp_path / "s.npz").is_file()

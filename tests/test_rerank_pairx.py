@@ -44,6 +44,26 @@ def test_fit_gives_weight_to_a_score_that_finds_the_true_candidate():
     assert useless.weights == {"coverage": 0.0}  # nothing gained on validation: the cosine alone
 
 
+def test_max_species_loss_refuses_weights_that_buy_one_species_gain_with_another_loss(tmp_path):
+    # zebra: 4 queries whose true candidate is second, the score finds it; seal: 4 queries right by cosine, the score
+    # sends 2 of them to a wrong candidate. Species-averaged top-1: 0.5 by cosine, 0.75 with the score.
+    cos = np.tile([0.6, 0.45], (8, 1))
+    correct = np.zeros((8, 2), dtype=bool)
+    correct[:4, 1] = True
+    correct[4:, 0] = True
+    residual = np.zeros((8, 2))
+    residual[:6, 1] = 1.0
+    species = ["zebra"] * 4 + ["seal"] * 4
+    free = fit_score_fusion(cos, {"residual": residual}, correct, species)
+    assert free.weights["residual"] > 0 and free.max_species_loss is None
+    assert free.curve["validation_top1_fused"] == 0.75
+    held = fit_score_fusion(cos, {"residual": residual}, correct, species, max_species_loss=1)
+    assert held.weights == {"residual": 0.0} and held.max_species_loss == 1
+    loose = fit_score_fusion(cos, {"residual": residual}, correct, species, max_species_loss=2)
+    assert loose.weights["residual"] > 0
+    assert ScoreFusion.load(held.save(tmp_path / "f.json")).max_species_loss == 1
+
+
 def test_sift_inliers_enter_as_a_bounded_bonus_and_fusions_round_trip(tmp_path):
     fusion = ScoreFusion({"sift": 1.0, "residual": 0.5}, scale=10.0)
     cos = np.array([[0.5, 0.4]])

@@ -7,7 +7,9 @@ scores in 0 .. 1 (:mod:`animal_reid.explain.scores`). The SIFT-only fusion (:cla
 per-species weights; this one has the same form with one weight per score for all species, fitted on validation
 shortlists by :func:`fit_score_fusion` over a grid (species-averaged top-1, ties: mean reciprocal rank of the first
 true match, then the smaller weights). The grid holds all-zero weights, and a fit that does not raise validation
-top-1 above the cosine alone falls back to them. Saved as JSON like the SIFT fusion.
+top-1 above the cosine alone falls back to them. ``max_species_loss`` (optional) admits only weights under which no
+species loses more than that many validation queries from its top-1, net, against the cosine: one formula for all
+species that must not buy one species' gain with another's loss. Saved as JSON like the SIFT fusion.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class ScoreFusion:
     curve: dict | None = None
     n_queries: dict | None = None
     open_set_threshold: dict | None = None
+    max_species_loss: int | None = None  # the fit's constraint, if it had one
 
     def __post_init__(self):
         for name, w in self.weights.items():
@@ -109,14 +112,24 @@ class ScoreFusion:
             raise ValueError(f"{path}: not a PAIR-X re-ranking fusion file ({err})") from err
 
 
-def _macro(fused: np.ndarray, correct: np.ndarray, groups: list[np.ndarray]) -> tuple[float, float]:
-    """Species-averaged top-1 and mean reciprocal rank of the first true candidate."""
+def _top1_rr(fused: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: 1.0 when a true candidate ranks first, and the reciprocal rank of the first true candidate."""
     best_true = np.where(correct, fused, -np.inf).max(axis=1)
     rank = (fused > best_true[:, None]).sum(axis=1)  # candidates strictly above the best true one
     has = correct.any(axis=1)
-    top1 = (has & (rank == 0)).astype(np.float64)
-    rr = np.where(has, 1.0 / (rank + 1.0), 0.0)
+    return (has & (rank == 0)).astype(np.float64), np.where(has, 1.0 / (rank + 1.0), 0.0)
+
+
+def _macro(fused: np.ndarray, correct: np.ndarray, groups: list[np.ndarray]) -> tuple[float, float]:
+    """Species-averaged top-1 and mean reciprocal rank of the first true candidate."""
+    top1, rr = _top1_rr(fused, correct)
     return float(np.mean([top1[g].mean() for g in groups])), float(np.mean([rr[g].mean() for g in groups]))
+
+
+def _worst_species_loss(fused: np.ndarray, plain_top1: np.ndarray, correct, groups: list[np.ndarray]) -> int:
+    """The largest net number of top-1 queries any species loses under ``fused`` against the cosine."""
+    top1, _ = _top1_rr(fused, correct)
+    return int(max(round(float(plain_top1[g].sum() - top1[g].sum())) for g in groups))
 
 
 def fit_score_fusion(
@@ -127,10 +140,12 @@ def fit_score_fusion(
     *,
     grid: Sequence[float] = GRID,
     scales: Sequence[float] = DEFAULT_SCALES,
+    max_species_loss: int | None = None,
     **fields: Any,
 ) -> ScoreFusion:
     """Fit one weight per score (and SIFT's scale) on validation shortlists: ``cosine`` [Q, K] (padding -inf),
-    ``scores`` name -> [Q, K], ``correct`` [Q, K] bool, ``species`` [Q]. Extra keyword arguments become fields."""
+    ``scores`` name -> [Q, K], ``correct`` [Q, K] bool, ``species`` [Q]; ``max_species_loss``: the most validation
+    queries any species may lose net (None: no limit). Extra keyword arguments become fields."""
     cos = np.asarray(cosine, dtype=np.float64)
     ok = np.asarray(correct, dtype=bool)
     if cos.ndim != 2 or ok.shape != cos.shape or cos.shape[0] == 0:
@@ -140,18 +155,32 @@ def fit_score_fusion(
     names = [n for n in SCORE_NAMES if n in scores]
     sp = np.array(["all"] * len(cos) if species is None else [str(s) for s in species], dtype=object)
     groups = [np.flatnonzero(sp == s) for s in sorted(set(sp.tolist()))]
-    plain = _macro(cos, ok, groups)
+    plain, plain_top1 = _macro(cos, ok, groups), _top1_rr(cos, ok)[0]
     best = (plain, 0.0, {n: 0.0 for n in names}, float(scales[0]))
     for scale in scales if "sift" in names else scales[:1]:
         terms = _bonus_terms({n: scores[n] for n in names}, float(scale))
         for combo in itertools.product(sorted(grid), repeat=len(names)):
             fused = cos + sum(w * terms[n] for n, w in zip(names, combo, strict=True))
             cand = _macro(fused, ok, groups)
-            if (cand, -sum(combo)) > (best[0], -best[1]):
+            if (cand, -sum(combo)) <= (best[0], -best[1]):
+                continue
+            if (
+                max_species_loss is None
+                or _worst_species_loss(fused, plain_top1, ok, groups) <= max_species_loss
+            ):
                 best = (cand, sum(combo), dict(zip(names, combo, strict=True)), float(scale))
     (top1, mrr), _, weights, scale = best
     if top1 <= plain[0]:  # ties on top-1 won on the reciprocal rank only: the cosine alone
         weights = {n: 0.0 for n in names}
     curve = {"validation_top1_cosine": plain[0], "validation_top1_fused": top1, "validation_mrr_fused": mrr}
     n_queries = {s: int((sp == s).sum()) for s in sorted(set(sp.tolist()))}
-    return ScoreFusion(weights, scale, True, cos.shape[1], curve=curve, n_queries=n_queries, **fields)
+    return ScoreFusion(
+        weights,
+        scale,
+        True,
+        cos.shape[1],
+        curve=curve,
+        n_queries=n_queries,
+        max_species_loss=max_species_loss,
+        **fields,
+    )
