@@ -120,15 +120,13 @@ def _top1_rr(fused: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.nda
     return (has & (rank == 0)).astype(np.float64), np.where(has, 1.0 / (rank + 1.0), 0.0)
 
 
-def _macro(fused: np.ndarray, correct: np.ndarray, groups: list[np.ndarray]) -> tuple[float, float]:
+def _macro(top1: np.ndarray, rr: np.ndarray, groups: list[np.ndarray]) -> tuple[float, float]:
     """Species-averaged top-1 and mean reciprocal rank of the first true candidate."""
-    top1, rr = _top1_rr(fused, correct)
     return float(np.mean([top1[g].mean() for g in groups])), float(np.mean([rr[g].mean() for g in groups]))
 
 
-def _worst_species_loss(fused: np.ndarray, plain_top1: np.ndarray, correct, groups: list[np.ndarray]) -> int:
-    """The largest net number of top-1 queries any species loses under ``fused`` against the cosine."""
-    top1, _ = _top1_rr(fused, correct)
+def _worst_species_loss(top1: np.ndarray, plain_top1: np.ndarray, groups: list[np.ndarray]) -> int:
+    """The largest net number of top-1 queries any species loses against the cosine's ``plain_top1``."""
     return int(max(round(float(plain_top1[g].sum() - top1[g].sum())) for g in groups))
 
 
@@ -155,19 +153,18 @@ def fit_score_fusion(
     names = [n for n in SCORE_NAMES if n in scores]
     sp = np.array(["all"] * len(cos) if species is None else [str(s) for s in species], dtype=object)
     groups = [np.flatnonzero(sp == s) for s in sorted(set(sp.tolist()))]
-    plain, plain_top1 = _macro(cos, ok, groups), _top1_rr(cos, ok)[0]
+    plain_top1, plain_rr = _top1_rr(cos, ok)
+    plain = _macro(plain_top1, plain_rr, groups)
     best = (plain, 0.0, {n: 0.0 for n in names}, float(scales[0]))
     for scale in scales if "sift" in names else scales[:1]:
         terms = _bonus_terms({n: scores[n] for n in names}, float(scale))
         for combo in itertools.product(sorted(grid), repeat=len(names)):
             fused = cos + sum(w * terms[n] for n, w in zip(names, combo, strict=True))
-            cand = _macro(fused, ok, groups)
+            top1, rr = _top1_rr(fused, ok)
+            cand = _macro(top1, rr, groups)
             if (cand, -sum(combo)) <= (best[0], -best[1]):
                 continue
-            if (
-                max_species_loss is None
-                or _worst_species_loss(fused, plain_top1, ok, groups) <= max_species_loss
-            ):
+            if max_species_loss is None or _worst_species_loss(top1, plain_top1, groups) <= max_species_loss:
                 best = (cand, sum(combo), dict(zip(names, combo, strict=True)), float(scale))
     (top1, mrr), _, weights, scale = best
     if top1 <= plain[0]:  # ties on top-1 won on the reciprocal rank only: the cosine alone
