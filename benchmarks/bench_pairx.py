@@ -7,9 +7,10 @@ fusion fitted on validation queries and scored on test:
 - **global**: the cosine alone;
 - **+ SIFT**: ``cosine + w[species] * inliers / (inliers + scale)`` (:func:`animal_reid.rerank.fit_fusion`, as
   ``identify --rerank local`` ships it);
-- **+ PAIR-X**: ``cosine + w_r * residual + w_c * coverage`` (:func:`animal_reid.rerank.fit_score_fusion`, one
-  formula for all species);
-- **+ both**: the SIFT bonus and the two PAIR-X scores in that one formula.
+- **+ PAIR-X**: ``cosine + w_r * residual + w_c * coverage + w_s * similarity``
+  (:func:`animal_reid.rerank.fit_score_fusion`, one formula for all species; ``--pairx-scores`` names the PAIR-X
+  scores fitted);
+- **+ both**: the SIFT bonus and the PAIR-X scores in that one formula.
 
 Per species: top-1 and mAP of the whole ranking (shortlist re-scored, the rest by cosine), queries gained and
 lost against global. Cost: seconds per re-ranked query at several K (feature maps cached; relevance per pair),
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from animal_reid.rerank import (
+    PAIRX_SCORES,
     LocalFeatureConfig,
     PairxReranker,
     ScoreFusion,
@@ -92,8 +94,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an .npz of both sides' SIFT and PAIR-X scores: written after scoring, read instead of scoring when its "
         "settings match (a refit with other fusion options costs seconds, not the relevance passes)",
     )  # fmt: skip
+    p.add_argument(
+        "--pairx-scores", default=",".join(PAIRX_SCORES),
+        help=f"the PAIR-X scores the fusions may weigh, comma-separated among {','.join(PAIRX_SCORES)}",
+    )  # fmt: skip
     p.add_argument("--out", required=True)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.pairx_scores = tuple(s.strip() for s in args.pairx_scores.split(",") if s.strip())
+    unknown = sorted(set(args.pairx_scores) - set(PAIRX_SCORES))
+    if unknown or not args.pairx_scores:
+        p.error(f"--pairx-scores: expected names among {', '.join(PAIRX_SCORES)}, got {args.pairx_scores}")
+    return args
 
 
 def sample_queries(r: Ranked, n: int | None, seed: int) -> Ranked:
@@ -148,8 +159,9 @@ def side_scores(args, rr, pr: PairxReranker, r: Ranked) -> dict:
     return {"sift": inliers, "pairx": pairx, "sift_s": t1 - t0, "pairx_s": t2 - t1}
 
 
-def _named(s: dict, border: int, with_sift: bool) -> dict[str, np.ndarray]:
-    names = {"residual": s["pairx"][border]["residual"], "coverage": s["pairx"][border]["coverage"]}
+def _named(s: dict, border: int, with_sift: bool, pairx_scores=PAIRX_SCORES) -> dict[str, np.ndarray]:
+    """The scores one fusion weighs: the named PAIR-X scores at ``border`` (and SIFT's inliers)."""
+    names = {n: s["pairx"][border][n] for n in pairx_scores}
     return {"sift": s["sift"], **names} if with_sift else names
 
 
@@ -187,6 +199,12 @@ def cached_scores(args, compute) -> tuple[dict, dict]:
                 raise SystemExit(
                     f"{path}: scores of other settings ({z['settings']}); give another --scores-cache"
                 )
+            missing = sorted({f"pairx/{b}/{n}" for b in BORDERS for n in args.pairx_scores}
+                             - {k.split("/", 1)[1] for k in z.files if k.startswith("validation/")})  # fmt: skip
+            if missing:
+                raise SystemExit(
+                    f"{path}: has no {', '.join(missing)} (an older cache); give another --scores-cache"
+                )
             logger.info("side scores read from %s", path)
             return _unflat(z, "validation"), _unflat(z, "test")
     vs, ts = compute()
@@ -196,7 +214,14 @@ def cached_scores(args, compute) -> tuple[dict, dict]:
     return vs, ts
 
 
-def fit_arms(val: Ranked, s: dict, pairx_config: dict, sift_config: dict, max_species_loss=None) -> dict:
+def fit_arms(
+    val: Ranked,
+    s: dict,
+    pairx_config: dict,
+    sift_config: dict,
+    max_species_loss=None,
+    pairx_scores=PAIRX_SCORES,
+) -> dict:
     """The three fusions, fitted on the validation shortlists; for PAIR-X and both, the border width whose fit
     scores best on validation (top-1, then reciprocal rank; ties: no border)."""
     correct = correct_candidates(val.queries, val.gallery, val.idx)
@@ -205,7 +230,7 @@ def fit_arms(val: Ranked, s: dict, pairx_config: dict, sift_config: dict, max_sp
     out = {"sift": fit_fusion(cos, s["sift"], correct, species, feature_config=sift_config)}
     for arm, with_sift in (("pairx", False), ("both", True)):
         fits = {
-            b: fit_score_fusion(cos, _named(s, b, with_sift), correct, species,
+            b: fit_score_fusion(cos, _named(s, b, with_sift, pairx_scores), correct, species,
                                 pairx_config={**pairx_config, "border": b},
                                 feature_config=sift_config if with_sift else None,
                                 max_species_loss=max_species_loss)
@@ -225,7 +250,8 @@ def fused(arm: str, fusions: dict, r: Ranked, s: dict) -> np.ndarray:
     if arm == "sift":
         return fusions["sift"].fuse(cos, s["sift"], [q.species for q in r.queries])
     fusion = fusions[arm]
-    return fusion.fuse(cos, _named(s, fusion.pairx_config["border"], arm == "both"))
+    names = [n for n in PAIRX_SCORES if n in fusion.weights]
+    return fusion.fuse(cos, _named(s, fusion.pairx_config["border"], arm == "both", names))
 
 
 def per_species(r: Ranked, metrics: dict[str, dict]) -> dict:
@@ -334,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
         return side_scores(args, rr, pr, val), side_scores(args, rr, pr, te)
 
     vs, ts = cached_scores(args, compute)
-    fusions = fit_arms(val, vs, pairx_config, sift_config.to_dict(), args.max_species_loss)
+    fusions = fit_arms(val, vs, pairx_config, sift_config.to_dict(), args.max_species_loss, args.pairx_scores)
     result = {
         "name": args.name or Path(args.model).name,
         "model": args.model,
@@ -345,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
         "stage": pr.stage,
         "max_queries_per_species": args.max_queries_per_species,
         "max_species_loss": args.max_species_loss,
+        "pairx_scores": list(args.pairx_scores),
         "validation": score_side(val, fusions, vs),
         "test": score_side(te, fusions, ts),
         "fusions": {k: f if k.endswith("_by_border") else f.to_dict() for k, f in fusions.items()},

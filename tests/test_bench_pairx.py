@@ -56,16 +56,16 @@ def test_query_metrics_match_evaluate_reid_and_follow_the_rescored_shortlist():
 def test_side_scores_are_cached_and_read_back_only_for_the_same_settings(tmp_path):
     import argparse
 
-    from benchmarks.bench_pairx import CACHE_KEYS, cached_scores
+    from benchmarks.bench_pairx import CACHE_KEYS, PAIRX_SCORES, cached_scores
 
-    args = argparse.Namespace(**{k: None for k in CACHE_KEYS}, scores_cache=str(tmp_path / "s.npz"))
+    args = argparse.Namespace(
+        **{k: None for k in CACHE_KEYS}, scores_cache=str(tmp_path / "s.npz"), pairx_scores=PAIRX_SCORES
+    )
     args.model, args.k = "m", 20
     rng = np.random.default_rng(0)
 
-    def side():
-        pairx = {
-            b: {"residual": rng.uniform(size=(3, 4)), "coverage": rng.uniform(size=(3, 4))} for b in (0, 1)
-        }
+    def side(names=PAIRX_SCORES):
+        pairx = {b: {n: rng.uniform(size=(3, 4)) for n in names} for b in (0, 1)}
         return {"sift": rng.integers(-1, 50, (3, 4)), "pairx": pairx, "sift_s": 1.5, "pairx_s": 2.5}
 
     calls = []
@@ -76,9 +76,16 @@ def test_side_scores_are_cached_and_read_back_only_for_the_same_settings(tmp_pat
         np.testing.assert_array_equal(a["sift"], b["sift"])
         assert (a["sift_s"], a["pairx_s"]) == (b["sift_s"], b["pairx_s"]) and set(b["pairx"]) == {0, 1}
         for border in (0, 1):
-            for name in ("residual", "coverage"):
+            for name in PAIRX_SCORES:
                 np.testing.assert_array_equal(a["pairx"][border][name], b["pairx"][border][name])
     args.k = 50  # other settings: refused, the file kept
     with pytest.raises(SystemExit, match="s.npz: scores of other settings"):
         cached_scores(args, lambda: (side(), side()))
     assert (tmp_path / "s.npz").is_file()
+    # a cache written before a score existed is refused for a fit that weighs it, and serves one that does not
+    args.k, args.scores_cache = 20, str(tmp_path / "old.npz")
+    old = cached_scores(args, lambda: (side(("residual", "coverage")),) * 2)
+    with pytest.raises(SystemExit, match="old.npz: has no pairx/0/similarity, pairx/1/similarity"):
+        cached_scores(args, lambda: (side(), side()))
+    args.pairx_scores = ("residual", "coverage")
+    np.testing.assert_array_equal(cached_scores(args, lambda: None)[0]["sift"], old[0]["sift"])

@@ -51,7 +51,7 @@ def explanation(xy_a, xy_b, geometry_a, geometry_b, heat=None) -> Explanation:
     found = Correspondences(
         torch.zeros(n, 2, dtype=torch.long), torch.zeros(n, 2, dtype=torch.long), torch.ones(n)
     )
-    scores = PairScores(0.5, 0.25, 40, found, torch.ones(n))
+    scores = PairScores(0.5, 0.25, 0.6, 40, found, torch.ones(n))
     return Explanation(
         xy_a=np.asarray(xy_a, dtype=np.float32).reshape(-1, 2),
         xy_b=np.asarray(xy_b, dtype=np.float32).reshape(-1, 2),

@@ -3,7 +3,8 @@ each cell to the pair's cosine (LRP through zennit, or gradient x activation), a
 
 A random tiny model suffices for what is checked: the tail reproduces the model's own features, relevance is
 symmetric for identical images, an image and its shifted crop agree in geometry (inverted residual mean near 1)
-where an unrelated image does not, and the batched shortlist scores equal the pair-by-pair ones.
+and look alike where they match (matched similarity) where an unrelated image does not, and the batched shortlist
+scores equal the pair-by-pair ones.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from animal_reid.explain import (
     shortlist_scores,
     stage_index,
 )
+from animal_reid.explain.correspondences import Correspondences
 from animal_reid.explain.relevance import conv_bn_pairs, default_method
-from animal_reid.explain.scores import inverted_residual_mean
+from animal_reid.explain.scores import inverted_residual_mean, matched_similarity
 from animal_reid.testing.serve import tiny_model
 
 SIZE = 128
@@ -129,6 +131,7 @@ def test_identical_images_have_identical_relevance_and_full_agreement(model_and_
     )  # every cell is its own mutual nearest neighbour
     assert scores.coverage == pytest.approx(1.0)
     assert scores.residual == pytest.approx(1.0, abs=1e-3)
+    assert scores.similarity == pytest.approx(1.0, abs=1e-5)  # every cell matched to itself
 
 
 def test_shifted_crop_agrees_in_geometry_where_an_unrelated_image_does_not(model_and_processor):
@@ -141,6 +144,7 @@ def test_shifted_crop_agrees_in_geometry_where_an_unrelated_image_does_not(model
     unrelated = explain_pair(model, processor, a, other, top=10)
     assert same.scores.residual > 0.5 > unrelated.scores.residual
     assert same.scores.coverage > unrelated.scores.coverage
+    assert same.scores.similarity > unrelated.scores.similarity
     offsets = same.xy_b - same.xy_a  # the most relevant matches move with the content
     assert np.mean(np.abs(offsets[:, 0] + SHIFT) <= 8) >= 0.8
     assert list(same.relevance) == sorted(same.relevance, reverse=True)
@@ -169,7 +173,16 @@ def test_shortlist_scores_equal_pair_by_pair(model_and_processor):
         assert got.n_matches == one.n_matches
         assert got.coverage == pytest.approx(one.coverage, rel=1e-4)
         assert got.residual == pytest.approx(one.residual, rel=1e-4)
+        assert got.similarity == pytest.approx(one.similarity, rel=1e-4)
     assert shortlist_scores(model, index, maps[0], maps[:0]) == []
+
+
+def test_matched_similarity_is_the_relevance_weighted_mean_of_the_matches():
+    cells = torch.zeros(2, 2, dtype=torch.long)
+    found = Correspondences(cells, cells, torch.tensor([1.0, 0.2]))
+    assert matched_similarity(found, torch.tensor([3.0, 1.0])) == pytest.approx((3.0 + 0.2) / 4.0)
+    assert matched_similarity(found, torch.zeros(2)) == pytest.approx(0.6)  # no relevance: the plain mean
+    assert matched_similarity(Correspondences(cells[:0], cells[:0], torch.zeros(0)), torch.zeros(0)) == 0.0
 
 
 def test_residual_needs_four_matches_and_rejects_scatter():

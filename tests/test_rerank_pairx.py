@@ -64,6 +64,70 @@ def test_max_species_loss_refuses_weights_that_buy_one_species_gain_with_another
     assert ScoreFusion.load(held.save(tmp_path / "f.json")).max_species_loss == 1
 
 
+def _one_by_one(cos, scores, correct, species, grid, scales, max_species_loss):
+    """The grid search written plainly, weighting by weighting: what the batched fit must choose."""
+    import itertools
+
+    from animal_reid.rerank.score_fusion import _bonus_terms
+
+    groups = [np.flatnonzero(np.array(species) == s) for s in sorted(set(species))]
+
+    def top1_rr(fused):
+        best_true = np.where(correct, fused, -np.inf).max(axis=1)
+        rank = (fused > best_true[:, None]).sum(axis=1)
+        return (rank == 0).astype(float), 1.0 / (rank + 1.0)
+
+    def macro(t, r):
+        return float(np.mean([t[g].mean() for g in groups])), float(np.mean([r[g].mean() for g in groups]))
+
+    plain_t, plain_r = top1_rr(cos)
+    best = (macro(plain_t, plain_r), 0.0, None, None)
+    for scale in scales:
+        terms = _bonus_terms(scores, scale)
+        for combo in itertools.product(grid, repeat=len(scores)):
+            t, r = top1_rr(cos + sum(w * terms[n] for n, w in zip(scores, combo, strict=True)))
+            lost = max(plain_t[g].sum() - t[g].sum() for g in groups)
+            cand = macro(t, r)
+            if (cand, -sum(combo)) > (best[0], -best[1]) and (
+                max_species_loss is None or lost <= max_species_loss
+            ):
+                best = (cand, sum(combo), dict(zip(scores, combo, strict=True)), scale)
+    return best
+
+
+@pytest.mark.parametrize("max_species_loss", [None, 0, 2])
+def test_the_batched_grid_search_chooses_what_a_one_by_one_search_chooses(max_species_loss):
+    # cattle and nyala: the scores point at the true candidate; dog: the cosine is right and the scores are faint
+    # noise, so each limit admits other weightings (None, 0 and 2 choose three different ones)
+    rng = np.random.default_rng(7)
+    q, k = 90, 6
+    cos = np.sort(rng.uniform(0.3, 0.6, (q, k)), axis=1)[:, ::-1].copy()
+    correct = np.zeros((q, k), dtype=bool)
+    correct[np.arange(q), rng.integers(0, k, q)] = True
+    correct[60:] = False
+    correct[60:, 0] = True
+    signal = correct.copy()
+    signal[60:] = False
+    faint = np.where(np.arange(q)[:, None] >= 60, 0.1, 1.0)
+    scores = {
+        "sift": np.where(signal, rng.integers(0, 40, (q, k)), rng.integers(-1, 30, (q, k))),
+        "coverage": np.clip(signal * 0.2 + faint * rng.uniform(0, 0.8, (q, k)), 0, 1),
+        "similarity": np.clip(signal * 0.1 + faint * rng.uniform(0, 0.9, (q, k)), 0, 1),
+    }
+    species = ["cattle"] * 30 + ["nyala"] * 30 + ["dog"] * 30
+    grid, scales = (0.0, 0.1, 0.3, 0.6), (10.0, 40.0)
+    fit = fit_score_fusion(
+        cos, scores, correct, species, grid=grid, scales=scales, max_species_loss=max_species_loss
+    )
+    (top1, mrr), _, weights, scale = _one_by_one(
+        cos, scores, correct, species, grid, scales, max_species_loss
+    )
+    assert top1 > fit.curve["validation_top1_cosine"]  # each limit leaves some weighting that gains
+    assert fit.curve["validation_top1_fused"] == pytest.approx(top1)
+    assert fit.weights == weights and fit.scale == scale
+    assert fit.curve["validation_mrr_fused"] == pytest.approx(mrr)
+
+
 def test_sift_inliers_enter_as_a_bounded_bonus_and_fusions_round_trip(tmp_path):
     fusion = ScoreFusion({"sift": 1.0, "residual": 0.5}, scale=10.0)
     cos = np.array([[0.5, 0.4]])

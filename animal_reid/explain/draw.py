@@ -230,7 +230,8 @@ def caption_lines(explanation: Any, drawn: int) -> list[str]:
     s = explanation.scores
     method = METHOD_NAMES.get(explanation.method, explanation.method)
     return [
-        f"cosine {explanation.cosine:.3f}   residual {s.residual:.3f}   coverage {s.coverage:.3f}",
+        f"cosine {explanation.cosine:.3f}   residual {s.residual:.3f}   coverage {s.coverage:.3f}"
+        f"   matched similarity {s.similarity:.3f}",
         f"{s.n_matches} mutual matches ({drawn} drawn)   stage {explanation.stage}   relevance: {method}",
     ]
 

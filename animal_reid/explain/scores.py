@@ -8,6 +8,9 @@ same two).
   than 4 matches, or no homography: 0.
 - **Match coverage**: the share of each image's relevance that lies on matched cells, averaged over the two
   images (0 .. 1).
+- **Matched similarity**: the mean cosine similarity of the matched cells' feature vectors, weighted by the
+  product of their relevance (0 when nothing matches): how alike the two images look where the model looks, at a
+  finer grid than the embedding's single vector.
 """
 
 from __future__ import annotations
@@ -25,17 +28,24 @@ RANSAC_CELLS = 1.5  # RANSAC's reprojection threshold, in cells
 
 @dataclass(frozen=True)
 class PairScores:
-    """``residual`` (inverted residual mean, 0 .. 1), ``coverage`` (0 .. 1), ``n_matches`` (mutual nearest
-    neighbours) and the matches themselves, most relevant first (``relevance`` = product of the two cells')."""
+    """``residual`` (inverted residual mean, 0 .. 1), ``coverage`` (0 .. 1), ``similarity`` (relevance-weighted
+    mean cosine of the matched cells), ``n_matches`` (mutual nearest neighbours) and the matches themselves, most
+    relevant first (``relevance`` = product of the two cells')."""
 
     residual: float
     coverage: float
+    similarity: float
     n_matches: int
     matches: Correspondences
     relevance: torch.Tensor
 
     def as_dict(self) -> dict[str, float]:
-        return {"residual": self.residual, "coverage": self.coverage, "n_matches": self.n_matches}
+        return {
+            "residual": self.residual,
+            "coverage": self.coverage,
+            "similarity": self.similarity,
+            "n_matches": self.n_matches,
+        }
 
 
 def by_relevance(found: Correspondences, rel_a: torch.Tensor, rel_b: torch.Tensor):
@@ -79,6 +89,17 @@ def coverage(found: Correspondences, rel_a: torch.Tensor, rel_b: torch.Tensor) -
     return float(np.mean(shares))
 
 
+def matched_similarity(found: Correspondences, weight: torch.Tensor) -> float:
+    """The matches' cosine similarity averaged with their relevance ``weight`` (plain mean where every weight is
+    0; 0 without matches)."""
+    if len(found) == 0:
+        return 0.0
+    total = float(weight.sum())
+    if total <= 0:
+        return float(found.similarity.mean())
+    return float((found.similarity * weight).sum()) / total
+
+
 def pair_scores(
     fa: torch.Tensor, fb: torch.Tensor, rel_a: torch.Tensor, rel_b: torch.Tensor, border: int = 0
 ) -> PairScores:
@@ -90,4 +111,5 @@ def pair_scores(
     found, weight = by_relevance(mutual_nearest_neighbours(fa, fb, border), rel_a, rel_b)
     top = min(RESIDUAL_MATCHES, len(found))
     residual = inverted_residual_mean(found.cells_a[:top].numpy(), found.cells_b[:top].numpy())
-    return PairScores(residual, coverage(found, rel_a, rel_b), len(found), found, weight)
+    cover = coverage(found, rel_a, rel_b)
+    return PairScores(residual, cover, matched_similarity(found, weight), len(found), found, weight)

@@ -3,7 +3,8 @@ each candidate correspond (:mod:`animal_reid.explain`), optionally beside SIFT.
 
 Each image's feature map at the explanation stage is computed once and cached on disk (float16, keyed by the
 model, the stage and the image's embedding-cache key); per query, relevance is propagated for the ``K`` pairs in
-one batched pass through the later stages, and each pair gets the inverted residual mean and the match coverage.
+one batched pass through the later stages, and each pair gets the inverted residual mean, the match coverage and
+the matched similarity (:data:`PAIRX_SCORES`).
 They are fused with the cosine by a :class:`~.score_fusion.ScoreFusion` fitted on validation
 (``rerank_pairx_fusion.json`` beside the model or the gallery). An image that cannot be read keeps its cosine.
 """
@@ -26,6 +27,7 @@ from .reranker import LocalReranker, RerankOutput
 from .score_fusion import ScoreFusion
 
 logger = logging.getLogger(__name__)
+PAIRX_SCORES = ("residual", "coverage", "similarity")  # per pair, from animal_reid.explain.scores
 
 
 class StageMapCache(PartFileCache):
@@ -161,16 +163,15 @@ class PairxReranker:
         return [None if p is None else next(maps) for p in pixels]
 
     def scores(self, query: Any, candidates: Sequence[Any], borders: Sequence[int] | None = None) -> dict:
-        """``{"residual": [K], "coverage": [K]}`` of one query against its candidates (0 where unreadable), at
-        the fusion's border width; with ``borders``, one such dict per border width (one relevance pass)."""
+        """``{name: [K]}`` for each of :data:`PAIRX_SCORES`, of one query against its candidates (0 where
+        unreadable), at the fusion's border width; with ``borders``, one such dict per border width (one
+        relevance pass)."""
         import torch
 
         from animal_reid.explain import shortlist_scores
 
         widths = (self.border,) if borders is None else tuple(borders)
-        out = {
-            b: {"residual": np.zeros(len(candidates)), "coverage": np.zeros(len(candidates))} for b in widths
-        }
+        out = {b: {n: np.zeros(len(candidates)) for n in PAIRX_SCORES} for b in widths}
         maps = self.maps([query, *candidates])
         ok = [j for j, m in enumerate(maps[1:]) if m is not None]
         if maps[0] is not None and ok:
@@ -179,21 +180,22 @@ class PairxReranker:
             got = shortlist_scores(self.model, self.stage, q, g, self.method, widths)
             for b, found in (got if len(widths) > 1 else {widths[0]: got}).items():
                 for j, sc in zip(ok, found, strict=True):
-                    out[b]["residual"][j], out[b]["coverage"][j] = sc.residual, sc.coverage
+                    for name in PAIRX_SCORES:
+                        out[b][name][j] = getattr(sc, name)
         return out[widths[0]] if borders is None else out
 
     def score_shortlists(self, queries, gallery, indices, borders: Sequence[int] | None = None) -> dict:
-        """PAIR-X scores ``[Q, K]`` of each query's shortlist ``indices`` (-1: padding, score 0); with
-        ``borders``, one ``{"residual", "coverage"}`` dict per border width."""
+        """PAIR-X scores ``[Q, K]`` of each query's shortlist ``indices`` (-1: padding, score 0), a dict by
+        name; with ``borders``, one such dict per border width."""
         idx = np.asarray(indices, dtype=np.int64)[:, : self.k]
         widths = (self.border,) if borders is None else tuple(borders)
-        out = {b: {"residual": np.zeros(idx.shape), "coverage": np.zeros(idx.shape)} for b in widths}
+        out = {b: {n: np.zeros(idx.shape) for n in PAIRX_SCORES} for b in widths}
         for qi, q in enumerate(queries):
             slots = [j for j in range(idx.shape[1]) if idx[qi, j] >= 0]
             got = self.scores(q, [gallery[idx[qi, j]] for j in slots], widths)
             for b in widths:
-                out[b]["residual"][qi, slots] = got[b]["residual"]
-                out[b]["coverage"][qi, slots] = got[b]["coverage"]
+                for name in PAIRX_SCORES:
+                    out[b][name][qi, slots] = got[b][name]
         return out[widths[0]] if borders is None else out
 
     def rerank(self, queries, gallery, indices, cosine, species=None) -> RerankOutput:

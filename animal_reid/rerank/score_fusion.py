@@ -1,9 +1,10 @@
 """One fused score from the cosine and several re-ranking scores, one formula for every species:
 
     fused = cosine + w_sift * inliers / (inliers + scale) + w_residual * residual + w_coverage * coverage
+                   + w_similarity * similarity
 
-``inliers`` are SIFT's verified matches (< 0: not verified, no bonus), ``residual`` and ``coverage`` PAIR-X's
-scores in 0 .. 1 (:mod:`animal_reid.explain.scores`). The SIFT-only fusion (:class:`~.fusion.Fusion`) keeps its
+``inliers`` are SIFT's verified matches (< 0: not verified, no bonus); ``residual``, ``coverage`` and
+``similarity`` are PAIR-X's scores (:mod:`animal_reid.explain.scores`); a fusion weighs only the scores it names. The SIFT-only fusion (:class:`~.fusion.Fusion`) keeps its
 per-species weights; this one has the same form with one weight per score for all species, fitted on validation
 shortlists by :func:`fit_score_fusion` over a grid (species-averaged top-1, ties: mean reciprocal rank of the first
 true match, then the smaller weights). The grid holds all-zero weights, and a fit that does not raise validation
@@ -27,7 +28,7 @@ import numpy as np
 
 from .fusion import DEFAULT_SCALES, save_json
 
-SCORE_NAMES = ("sift", "residual", "coverage")
+SCORE_NAMES = ("sift", "residual", "coverage", "similarity")
 PAIRX_FUSION_FILE = "rerank_pairx_fusion.json"
 GRID = tuple(round(0.1 * i, 1) for i in range(21))  # 0 .. 2 per score
 
@@ -113,21 +114,53 @@ class ScoreFusion:
 
 
 def _top1_rr(fused: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per query: 1.0 when a true candidate ranks first, and the reciprocal rank of the first true candidate."""
-    best_true = np.where(correct, fused, -np.inf).max(axis=1)
-    rank = (fused > best_true[:, None]).sum(axis=1)  # candidates strictly above the best true one
-    has = correct.any(axis=1)
+    """Per query (the last two axes are [Q, K]; any leading axes, e.g. a batch of weightings, are kept): 1.0 when
+    a true candidate ranks first, and the reciprocal rank of the first true candidate."""
+    best_true = np.where(correct, fused, -np.inf).max(axis=-1)
+    rank = (fused > best_true[..., None]).sum(axis=-1)  # candidates strictly above the best true one
+    has = correct.any(axis=-1)
     return (has & (rank == 0)).astype(np.float64), np.where(has, 1.0 / (rank + 1.0), 0.0)
 
 
-def _macro(top1: np.ndarray, rr: np.ndarray, groups: list[np.ndarray]) -> tuple[float, float]:
-    """Species-averaged top-1 and mean reciprocal rank of the first true candidate."""
-    return float(np.mean([top1[g].mean() for g in groups])), float(np.mean([rr[g].mean() for g in groups]))
+def _group_sums(values: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """``[..., S]``: ``values [..., Q]`` summed within each species' queries."""
+    return np.stack([values[..., g].sum(axis=-1) for g in groups], axis=-1)
 
 
-def _worst_species_loss(top1: np.ndarray, plain_top1: np.ndarray, groups: list[np.ndarray]) -> int:
+def _macro(top1: np.ndarray, rr: np.ndarray, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Species-averaged top-1 and mean reciprocal rank of the first true candidate (over the last axis)."""
+    sizes = np.array([len(g) for g in groups], dtype=np.float64)
+    return (_group_sums(top1, groups) / sizes).mean(axis=-1), (_group_sums(rr, groups) / sizes).mean(axis=-1)
+
+
+def _worst_species_loss(top1: np.ndarray, plain_top1: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
     """The largest net number of top-1 queries any species loses against the cosine's ``plain_top1``."""
-    return int(max(round(float(plain_top1[g].sum() - top1[g].sum())) for g in groups))
+    lost = _group_sums(plain_top1, groups) - _group_sums(top1, groups)
+    return np.rint(lost).astype(np.int64).max(axis=-1)
+
+
+def _grid_stats(cos, ok, terms, names, combos, plain_top1, groups, batch: int = 256):
+    """Macro top-1, macro reciprocal rank and worst species loss of every weighting in ``combos [B, n]``."""
+    stacked = np.stack([terms[n] for n in names])  # [n, Q, K]
+    out = []
+    for start in range(0, len(combos), batch):
+        w = combos[start : start + batch]
+        fused = cos[None] + np.tensordot(w, stacked, axes=1)  # [b, Q, K]
+        top1, rr = _top1_rr(fused, ok[None])
+        out.append((*_macro(top1, rr, groups), _worst_species_loss(top1, plain_top1, groups)))
+    return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
+
+
+def _best_admissible(top1s, rrs, combos, worst, max_species_loss) -> int | None:
+    """The index of the best weighting by (top-1, reciprocal rank, smaller weight sum, earlier in the grid) among
+    those within ``max_species_loss`` (None: all); None when none is."""
+    rows = np.flatnonzero(
+        np.ones(len(combos), dtype=bool) if max_species_loss is None else worst <= max_species_loss
+    )
+    if len(rows) == 0:
+        return None
+    order = np.lexsort((rows, combos[rows].sum(axis=1), -rrs[rows], -top1s[rows]))
+    return int(rows[order[0]])
 
 
 def fit_score_fusion(
@@ -154,18 +187,18 @@ def fit_score_fusion(
     sp = np.array(["all"] * len(cos) if species is None else [str(s) for s in species], dtype=object)
     groups = [np.flatnonzero(sp == s) for s in sorted(set(sp.tolist()))]
     plain_top1, plain_rr = _top1_rr(cos, ok)
-    plain = _macro(plain_top1, plain_rr, groups)
+    plain = tuple(float(x) for x in _macro(plain_top1, plain_rr, groups))
     best = (plain, 0.0, {n: 0.0 for n in names}, float(scales[0]))
+    combos = np.array(list(itertools.product(sorted(grid), repeat=len(names))), dtype=np.float64)
     for scale in scales if "sift" in names else scales[:1]:
         terms = _bonus_terms({n: scores[n] for n in names}, float(scale))
-        for combo in itertools.product(sorted(grid), repeat=len(names)):
-            fused = cos + sum(w * terms[n] for n, w in zip(names, combo, strict=True))
-            top1, rr = _top1_rr(fused, ok)
-            cand = _macro(top1, rr, groups)
-            if (cand, -sum(combo)) <= (best[0], -best[1]):
-                continue
-            if max_species_loss is None or _worst_species_loss(top1, plain_top1, groups) <= max_species_loss:
-                best = (cand, sum(combo), dict(zip(names, combo, strict=True)), float(scale))
+        top1s, rrs, worst = _grid_stats(cos, ok, terms, names, combos, plain_top1, groups)
+        i = _best_admissible(top1s, rrs, combos, worst, max_species_loss)
+        if i is None:
+            continue
+        cand, combo = (float(top1s[i]), float(rrs[i])), [float(w) for w in combos[i]]
+        if (cand, -sum(combo)) > (best[0], -best[1]):
+            best = (cand, sum(combo), dict(zip(names, combo, strict=True)), float(scale))
     (top1, mrr), _, weights, scale = best
     if top1 <= plain[0]:  # ties on top-1 won on the reciprocal rank only: the cosine alone
         weights = {n: 0.0 for n in names}

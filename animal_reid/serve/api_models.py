@@ -315,6 +315,9 @@ class ExplainScores(BaseModel):
     coverage: float = Field(
         description="share of each image's relevance on matched cells, mean of the two, 0 .. 1"
     )
+    similarity: float = Field(
+        description="mean cosine of the matched cells' features, weighted by their relevance"
+    )
     n_matches: int = Field(description="mutual nearest neighbours between the two feature maps")
 
 
