@@ -195,7 +195,7 @@ def test_maps_are_cached_per_image_and_unreadable_images_keep_their_cosine(scene
 
 def test_identify_rerank_pairx_moves_the_matching_view_up(scene, tmp_path, capsys):
     model_dir, gallery, queries = scene
-    ScoreFusion({"residual": 3.0, "coverage": 1.0}).save(tmp_path / "pairx_fusion.json")
+    ScoreFusion({"residual": 3.0, "coverage": 1.0, "similarity": 1.0}).save(tmp_path / "pairx_fusion.json")
     argv = ["--model", str(model_dir), "--gallery", str(gallery), "--queries", str(queries), "--cache-dir",
             str(tmp_path / "cache"), "--rerank", "pairx", "--rerank-k", "5", "--rerank-fusion",
             str(tmp_path / "pairx_fusion.json"), "--on-error", "skip", "-q"]  # fmt: skip
