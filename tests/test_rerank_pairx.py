@@ -42,6 +42,8 @@ def test_fit_gives_weight_to_a_score_that_finds_the_true_candidate():
     assert (correct[np.arange(q), fused.argmax(axis=1)]).mean() > 0.9
     useless = fit_score_fusion(cos, {"coverage": np.zeros((q, k))}, correct, ["lion"] * q)
     assert useless.weights == {"coverage": 0.0}  # nothing gained on validation: the cosine alone
+    none = fit_score_fusion(cos, {}, correct, ["lion"] * q)  # no score at all: the cosine, fitted
+    assert none.weights == {} and none.curve["validation_top1_fused"] == none.curve["validation_top1_cosine"]
 
 
 def test_max_species_loss_refuses_weights_that_buy_one_species_gain_with_another_loss(tmp_path):

@@ -4,13 +4,14 @@
                    + w_similarity * similarity
 
 ``inliers`` are SIFT's verified matches (< 0: not verified, no bonus); ``residual``, ``coverage`` and
-``similarity`` are PAIR-X's scores (:mod:`animal_reid.explain.scores`); a fusion weighs only the scores it names. The SIFT-only fusion (:class:`~.fusion.Fusion`) keeps its
-per-species weights; this one has the same form with one weight per score for all species, fitted on validation
-shortlists by :func:`fit_score_fusion` over a grid (species-averaged top-1, ties: mean reciprocal rank of the first
-true match, then the smaller weights). The grid holds all-zero weights, and a fit that does not raise validation
-top-1 above the cosine alone falls back to them. ``max_species_loss`` (optional) admits only weights under which no
-species loses more than that many validation queries from its top-1, net, against the cosine: one formula for all
-species that must not buy one species' gain with another's loss. Saved as JSON like the SIFT fusion.
+``similarity`` are PAIR-X's scores (:mod:`animal_reid.explain.scores`); a fusion weighs only the scores it names.
+The SIFT-only fusion (:class:`~.fusion.Fusion`) keeps its per-species weights; this one has the same form with
+one weight per score for all species, fitted on validation shortlists by :func:`fit_score_fusion` over a grid
+(species-averaged top-1, ties: mean reciprocal rank of the first true match, then the smaller weights). The grid
+holds all-zero weights, and a fit that does not raise validation top-1 above the cosine alone falls back to them.
+``max_species_loss`` (optional) admits only weights under which no species loses more than that many validation
+queries from its top-1, net, against the cosine: one formula for all species that must not buy one species' gain
+with another's loss. The grid is searched in batches of weightings (numpy). Saved as JSON like the SIFT fusion.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def _worst_species_loss(top1: np.ndarray, plain_top1: np.ndarray, groups: list[n
 
 def _grid_stats(cos, ok, terms, names, combos, plain_top1, groups, batch: int = 256):
     """Macro top-1, macro reciprocal rank and worst species loss of every weighting in ``combos [B, n]``."""
-    stacked = np.stack([terms[n] for n in names])  # [n, Q, K]
+    stacked = np.stack([terms[n] for n in names]) if names else np.zeros((0, *cos.shape))  # [n, Q, K]
     out = []
     for start in range(0, len(combos), batch):
         w = combos[start : start + batch]
