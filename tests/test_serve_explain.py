@@ -223,7 +223,8 @@ def _explain_first_candidate(browser, card) -> None:
         lambda b: b.execute_script("return arguments[0].naturalWidth", picture) > 0
     )
     assert picture.get_attribute("src").startswith("data:image/png;base64,")
-    assert "cosine" in card.find_element(By.CSS_SELECTOR, ".explain-scores").text
+    caption = card.find_element(By.CSS_SELECTOR, ".explain-scores").text
+    assert "cosine" in caption and "matched similarity" in caption and "NaN" not in caption
 
 
 def test_the_explain_button_shows_the_picture_beside_a_candidate(tmp_path):

@@ -38,6 +38,7 @@ function explainForm(blob, photo, sightingId) {
 function explainScores(answer) {
   const s = answer.scores;
   return `cosine ${score2(answer.cosine)} · geometry ${score2(s.residual)} · coverage ${score2(s.coverage)} · ` +
+    `matched similarity ${score2(s.similarity)} · ` +
     `${s.n_matches} mutual matches, ${answer.matches.length} drawn (stage ${answer.stage}, ` +
     `relevance ${answer.relevance_method})`;
 }
