@@ -25,9 +25,9 @@ numpy, OpenCV, PIL, :mod:`animal_reid.io` (the atomic writer, the part-file cach
 
 from .features import FEATURE_METHODS, LocalFeatureCache, LocalFeatureConfig, LocalFeatures, LocalFeatureStore
 from .fusion import FUSION_FILE, Fusion, best_match_in_shortlist, fit_fusion, unknown_identities
-from .pairx import PAIRX_SCORES, PairxReranker, StageMapCache
+from .pairx import PairxReranker, StageMapCache
 from .reranker import LocalReranker, PairMatch, RerankOutput, draw_matches
-from .score_fusion import PAIRX_FUSION_FILE, SCORE_NAMES, ScoreFusion, fit_score_fusion
+from .score_fusion import PAIRX_FUSION_FILE, PAIRX_SCORES, SCORE_NAMES, ScoreFusion, fit_score_fusion
 
 __all__ = [
     "FEATURE_METHODS",

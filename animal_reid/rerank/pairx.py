@@ -24,10 +24,9 @@ import numpy as np
 from ..io import CorruptCacheFile, PartFileCache, read_npz
 from .features import item_key
 from .reranker import LocalReranker, RerankOutput
-from .score_fusion import ScoreFusion
+from .score_fusion import PAIRX_SCORES, ScoreFusion
 
 logger = logging.getLogger(__name__)
-PAIRX_SCORES = ("residual", "coverage", "similarity")  # per pair, from animal_reid.explain.scores
 
 
 class StageMapCache(PartFileCache):

@@ -29,7 +29,8 @@ import numpy as np
 
 from .fusion import DEFAULT_SCALES, save_json
 
-SCORE_NAMES = ("sift", "residual", "coverage", "similarity")
+PAIRX_SCORES = ("residual", "coverage", "similarity")  # per pair, from animal_reid.explain.scores
+SCORE_NAMES = ("sift", *PAIRX_SCORES)
 PAIRX_FUSION_FILE = "rerank_pairx_fusion.json"
 GRID = tuple(round(0.1 * i, 1) for i in range(21))  # 0 .. 2 per score
 
